@@ -1,0 +1,221 @@
+//! Code generation for `#[protocol]`: the impl block as written (minus the inert markers), the
+//! `Request` and `Reply` enums, and the dispatcher.
+
+use crate::ast::{Protocol, Transition};
+use crate::attr;
+use heck::ToUpperCamelCase;
+use proc_macro2::{Ident, TokenStream};
+use quote::{format_ident, quote};
+use syn::{ImplItem, ItemImpl};
+
+/// Expands `#[protocol]`, or returns every error found.
+pub fn protocol(args: TokenStream, item: &ItemImpl) -> syn::Result<TokenStream> {
+    attr::protocol_args(args)?;
+    let protocol = Protocol::from_syn(item)?;
+    protocol.validate()?;
+    Ok(generate(&protocol))
+}
+
+/// The impl block with every `#[transition]` marker removed; the methods stay as written.
+pub fn strip_markers(item: &ItemImpl) -> ItemImpl {
+    let mut item = item.clone();
+    for impl_item in &mut item.items {
+        if let ImplItem::Fn(func) = impl_item {
+            func.attrs.retain(|a| !attr::is_transition(a));
+        }
+    }
+    item
+}
+
+/// Names used by the generated code for one transition.
+struct Names<'a> {
+    transition: &'a Transition<'a>,
+    message: String,
+    variant: Ident,
+    reply: &'a Ident,
+    method: &'a Ident,
+    fields: Vec<&'a Ident>,
+    types: Vec<&'a syn::Type>,
+}
+
+impl<'a> Names<'a> {
+    fn new(transition: &'a Transition<'a>) -> Self {
+        let message = transition.message_name();
+        let variant = format_ident!(
+            "{}",
+            message.to_upper_camel_case(),
+            span = transition.message_span()
+        );
+        Names {
+            transition,
+            variant,
+            message,
+            // valid.rs has checked that these exist.
+            reply: transition.reply_ident().expect("validated reply type"),
+            method: &transition.original.sig.ident,
+            fields: transition
+                .args
+                .iter()
+                .map(|a| a.ident.expect("validated argument"))
+                .collect(),
+            types: transition.args.iter().map(|a| a.ty).collect(),
+        }
+    }
+}
+
+fn generate(protocol: &Protocol) -> TokenStream {
+    let item = strip_markers(protocol.original);
+    let names: Vec<Names> = protocol.transitions.iter().map(Names::new).collect();
+    let refusal = protocol.transitions[0].result.expect("validated").1;
+    let serde_path = quote!(::rollback_node::__private::serde);
+    let serde_crate = "::rollback_node::__private::serde";
+
+    let request_variants = names.iter().map(|n| {
+        let Names {
+            message,
+            variant,
+            fields,
+            types,
+            ..
+        } = n;
+        let docs = n
+            .transition
+            .original
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"));
+        let field_docs = fields
+            .iter()
+            .map(|f| format!("The `{f}` field of a `{message}` request."));
+        quote! {
+            #(#docs)*
+            #[serde(rename = #message)]
+            #variant { #( #[doc = #field_docs] #fields: #types, )* },
+        }
+    });
+    let messages: Vec<&String> = names.iter().map(|n| &n.message).collect();
+    let variants: Vec<&Ident> = names.iter().map(|n| &n.variant).collect();
+    let replies: Vec<&Ident> = names.iter().map(|n| n.reply).collect();
+    let changes: Vec<bool> = names.iter().map(|n| n.transition.changes_state()).collect();
+    let reply_docs = names
+        .iter()
+        .map(|n| format!("The reply to a `{}` request.", n.message));
+
+    let decoders = names.iter().map(|n| {
+        let Names {
+            message,
+            variant,
+            fields,
+            types,
+            ..
+        } = n;
+        quote! {
+            #message => {
+                #[derive(#serde_path::Deserialize)]
+                #[serde(crate = #serde_crate)]
+                struct Fields { #( #fields: #types, )* }
+                ::core::option::Option::Some(
+                    <Fields as #serde_path::Deserialize>::deserialize(deserializer)
+                        .map(|f| Self::#variant { #( #fields: f.#fields, )* }),
+                )
+            }
+        }
+    });
+
+    let dispatch = names.iter().map(|n| {
+        let Names {
+            variant,
+            reply,
+            method,
+            fields,
+            ..
+        } = n;
+        quote! {
+            Request::#variant { #(#fields,)* } => self
+                .#method( #( ::core::clone::Clone::clone(#fields), )* )
+                .map(Reply::#reply),
+        }
+    });
+
+    let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+    let self_ty = &item.self_ty;
+
+    quote! {
+        #item
+
+        /// A decoded request body: one variant per `#[transition]`, its fields the transition's
+        /// arguments. On the wire it is a JSON object whose `type` names the variant.
+        #[derive(Debug, Clone, PartialEq, #serde_path::Serialize, #serde_path::Deserialize)]
+        #[serde(crate = #serde_crate, tag = "type")]
+        pub enum Request {
+            #(#request_variants)*
+        }
+
+        impl Request {
+            /// Every message type, in the order the transitions are declared.
+            pub const TYPES: &'static [&'static str] = &[ #(#messages),* ];
+
+            /// The wire `type` of this request.
+            pub fn type_name(&self) -> &'static str {
+                match self { #( Self::#variants { .. } => #messages, )* }
+            }
+
+            /// Whether this request may change the state (its transition takes `&mut self`).
+            /// Such requests are remembered for retries; queries are not.
+            pub fn changes_state(&self) -> bool {
+                match self { #( Self::#variants { .. } => #changes, )* }
+            }
+
+            /// Decodes the fields of a request whose `type` is `type_name` from a JSON object
+            /// (other keys, such as `type` and `msg_id`, are ignored).
+            ///
+            /// Returns `None` when `type_name` is not one of [`Request::TYPES`].
+            ///
+            /// # Errors
+            /// The deserializer's error when a field is missing or ill-typed.
+            pub fn decode_fields<'de, D>(
+                type_name: &str,
+                deserializer: D,
+            ) -> ::core::option::Option<::core::result::Result<Self, D::Error>>
+            where
+                D: #serde_path::Deserializer<'de>,
+            {
+                match type_name {
+                    #(#decoders)*
+                    _ => ::core::option::Option::None,
+                }
+            }
+        }
+
+        /// A successful reply: one variant per `#[transition]`, holding its reply body.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Reply {
+            #( #[doc = #reply_docs] #replies(#replies), )*
+        }
+
+        impl ::rollback_node::ReplyBody for Reply {
+            fn type_name(&self) -> &'static str {
+                match self { #( Self::#replies(reply) => ::rollback_node::ReplyBody::type_name(reply), )* }
+            }
+
+            fn serialize_fields<M>(&self, map: &mut M) -> ::core::result::Result<(), M::Error>
+            where
+                M: #serde_path::ser::SerializeMap,
+            {
+                match self { #( Self::#replies(reply) => ::rollback_node::ReplyBody::serialize_fields(reply, map), )* }
+            }
+        }
+
+        impl #impl_generics #self_ty #where_clause {
+            /// Applies one request through its transition and wraps the answer in [`Reply`].
+            ///
+            /// # Errors
+            /// The transition's refusal; a refused request leaves the state as it was.
+            pub fn apply(&mut self, request: &Request) -> ::core::result::Result<Reply, #refusal> {
+                match request {
+                    #(#dispatch)*
+                }
+            }
+        }
+    }
+}

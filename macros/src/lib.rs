@@ -1,0 +1,48 @@
+//! Procedural macros behind `rollback-node`'s protocol.
+//!
+//! - `#[protocol]` goes on the `impl` block that holds the state machine's transitions. Each method
+//!   marked `#[transition]` becomes one message type: its arguments are the request's fields, its
+//!   `Ok` type is the reply. From them the macro derives the `Request` enum (the wire decoder), the
+//!   `Reply` enum and the dispatcher `apply`.
+//! - `#[derive(Reply)]` makes a struct a reply body: its snake_case name is the wire `type`, its
+//!   fields follow `type` and `in_reply_to` in declaration order.
+//!
+//! # Layout
+//! The attribute works in stages, each in its own file: [`ast`] (a typed view of the impl block that
+//! keeps the syn nodes for spans), [`attr`] (the `#[transition(...)]` keywords), [`valid`]
+//! (cross-checks, every error spanned at the offending token), [`expand`] (code generation) and
+//! [`fallback`] (what is still emitted after an error, so one mistake does not cascade).
+//! [`reply`] is the derive.
+//!
+//! These macros are re-exported by the `rollback_node` library; depend on that, not on this crate.
+
+mod ast;
+mod attr;
+mod expand;
+mod fallback;
+mod reply;
+mod valid;
+
+use proc_macro::TokenStream;
+use syn::{parse_macro_input, DeriveInput, ItemImpl};
+
+/// Derives the protocol of a state machine from its annotated transitions.
+///
+/// See the `rollback_node` crate's documentation of `protocol` for the full contract and an
+/// example.
+#[proc_macro_attribute]
+pub fn protocol(args: TokenStream, input: TokenStream) -> TokenStream {
+    let item = parse_macro_input!(input as ItemImpl);
+    expand::protocol(args.into(), &item)
+        .unwrap_or_else(|error| fallback::protocol(&item, error))
+        .into()
+}
+
+/// Makes a struct with named fields a reply body (see `rollback_node::ReplyBody`).
+#[proc_macro_derive(Reply)]
+pub fn derive_reply(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    reply::derive(&input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}

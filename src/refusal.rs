@@ -1,0 +1,71 @@
+//! Why a request was not carried out: one variant per Maelstrom error code this node uses.
+//! A refusal is sent as an `error` reply `{"type":"error","in_reply_to":N,"code":C,"text":"..."}`.
+
+use crate::wire::ReplyBody;
+use serde::ser::SerializeMap;
+
+/// A refused request. Every code used here is *definite*: the request did not happen (except
+/// [`Refusal::Crash`], which says it may have happened in part).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// 10 not-supported: the message type is unknown.
+    #[error("{0}")]
+    NotSupported(String),
+    /// 11 temporarily-unavailable: nothing was done; the same request may succeed later.
+    #[error("{0}")]
+    TemporarilyUnavailable(String),
+    /// 12 malformed-request: a missing or ill-typed field, or a value no state could accept.
+    #[error("{0}")]
+    MalformedRequest(String),
+    /// 13 crash: an executor failed part-way; the text says what was done.
+    #[error("{0}")]
+    Crash(String),
+    /// 14 abort: the request was given up without any effect.
+    #[error("{0}")]
+    Abort(String),
+    /// 20 key-does-not-exist: an unknown flag, backup or catalogue version.
+    #[error("{0}")]
+    KeyDoesNotExist(String),
+    /// 22 precondition-failed: the current state forbids the request.
+    #[error("{0}")]
+    PreconditionFailed(String),
+}
+
+impl Refusal {
+    /// The Maelstrom error code.
+    pub fn code(&self) -> u32 {
+        match self {
+            Refusal::NotSupported(_) => 10,
+            Refusal::TemporarilyUnavailable(_) => 11,
+            Refusal::MalformedRequest(_) => 12,
+            Refusal::Crash(_) => 13,
+            Refusal::Abort(_) => 14,
+            Refusal::KeyDoesNotExist(_) => 20,
+            Refusal::PreconditionFailed(_) => 22,
+        }
+    }
+
+    /// The human-readable text: what was wrong and what would be right.
+    pub fn text(&self) -> &str {
+        match self {
+            Refusal::NotSupported(text)
+            | Refusal::TemporarilyUnavailable(text)
+            | Refusal::MalformedRequest(text)
+            | Refusal::Crash(text)
+            | Refusal::Abort(text)
+            | Refusal::KeyDoesNotExist(text)
+            | Refusal::PreconditionFailed(text) => text,
+        }
+    }
+}
+
+impl ReplyBody for Refusal {
+    fn type_name(&self) -> &'static str {
+        "error"
+    }
+
+    fn serialize_fields<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+        map.serialize_entry("code", &self.code())?;
+        map.serialize_entry("text", self.text())
+    }
+}

@@ -1,0 +1,328 @@
+//! The state machine: [`Machine`] holds the estate's [`State`], the memory of answered requests
+//! and an [`Executor`]. Each `#[transition]` method below is one message type; `#[protocol]`
+//! derives [`Request`], [`Reply`] and the dispatcher [`Machine::apply`] from them.
+//!
+//! A transition first checks everything that could refuse the request, touching nothing, then
+//! asks the executor to act and records the outcome. So a refused request leaves the state
+//! exactly as it was. Transitions read no clock and do no I/O of their own: with the
+//! [`Simulated`] executor every run is deterministic and replayable.
+
+use crate::answered::{Answer, Answered};
+use crate::executor::{ExecError, Executor, Simulated};
+use crate::protocol;
+use crate::refusal::Refusal;
+use crate::replies::*;
+use crate::state::{join, Environment, Health, RestoreRecord, State};
+
+/// The state machine of one estate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine<E = Simulated> {
+    state: State,
+    answered: Answered,
+    executor: E,
+}
+
+impl Machine<Simulated> {
+    /// A machine over the built-in example estate with the simulated executor.
+    pub fn example() -> Self {
+        Machine::new(State::example(), Simulated)
+    }
+}
+
+impl<E: Executor> Machine<E> {
+    /// A machine starting from `state`, acting through `executor`.
+    pub fn new(state: State, executor: E) -> Self {
+        Machine {
+            state,
+            answered: Answered::default(),
+            executor,
+        }
+    }
+
+    /// The estate's current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The memory of answered state-changing requests.
+    pub fn answered(&self) -> &Answered {
+        &self.answered
+    }
+
+    /// Handles a request from `src` with retry semantics: a state-changing request whose
+    /// `(src, msg_id)` was already answered gets the remembered reply again and changes nothing.
+    ///
+    /// # Errors
+    /// The transition's refusal; [`Refusal::MalformedRequest`] for a state-changing request
+    /// without a `msg_id` (it could not be told apart from its retries); and
+    /// [`Refusal::PreconditionFailed`] when a `msg_id` already answered a different request.
+    pub fn handle(
+        &mut self,
+        src: &str,
+        msg_id: Option<u64>,
+        request: Request,
+    ) -> Result<Reply, Refusal> {
+        if !request.changes_state() {
+            return self.apply(&request);
+        }
+        let Some(msg_id) = msg_id else {
+            return Err(Refusal::MalformedRequest(format!(
+                "{} changes the estate and needs a msg_id, so that a retry cannot apply it twice; nothing changed",
+                request.type_name()
+            )));
+        };
+        if let Some(answer) = self.answered.get(src, msg_id) {
+            if answer.request == request {
+                return answer.reply.clone();
+            }
+            return Err(Refusal::PreconditionFailed(format!(
+                "msg_id {msg_id} from {src} already answered a different request ({}); send this {} with a new msg_id",
+                answer.request.type_name(),
+                request.type_name()
+            )));
+        }
+        let reply = self.apply(&request);
+        self.answered.insert(
+            src,
+            msg_id,
+            Answer {
+                request,
+                reply: reply.clone(),
+            },
+        );
+        reply
+    }
+}
+
+#[protocol]
+impl<E: Executor> Machine<E> {
+    /// Maelstrom's handshake: the node learns its id. Changes nothing in the estate.
+    #[transition]
+    pub fn init(&self, node_id: String, node_ids: Vec<String>) -> Result<InitOk, Refusal> {
+        if node_id.is_empty() {
+            return Err(Refusal::MalformedRequest(
+                "init needs a non-empty node_id".to_owned(),
+            ));
+        }
+        if !node_ids.is_empty() && !node_ids.contains(&node_id) {
+            return Err(Refusal::MalformedRequest(format!(
+                "node_id {node_id} is not among node_ids ({}); init needs node_ids to include the node itself",
+                join(&node_ids)
+            )));
+        }
+        Ok(InitOk)
+    }
+
+    /// Runs down() for the current version and each below it, down to `version`; the schema ends
+    /// at `version - 1`.
+    #[transition]
+    pub fn rollback(&mut self, version: Version) -> Result<RollbackComplete, Refusal> {
+        let target = version.get();
+        let current = self.state.schema_version;
+        self.check_catalogued(target)?;
+        if target > current {
+            return Err(Refusal::PreconditionFailed(if current == 0 {
+                format!("migration {target} is not applied: no migration is applied, so there is nothing to roll back")
+            } else {
+                format!("migration {target} is not applied (the schema is at version {current}); rollback needs a version from 1 to {current}")
+            }));
+        }
+        if let Some(stuck) = (target..=current)
+            .rev()
+            .filter_map(|v| self.state.migration(v))
+            .find(|m| !m.reversible)
+        {
+            let instead = match self.state.backup_at_or_below(target - 1) {
+                Some(b) => format!(
+                    "restore backup {} (schema version {}) instead",
+                    b.name, b.schema_version
+                ),
+                None => format!("no backup is at or below version {}", target - 1),
+            };
+            return Err(Refusal::PreconditionFailed(format!(
+                "migration {} ({}) has no down(), so the schema cannot be rolled back to version {}; nothing was rolled back; {instead}",
+                stuck.version,
+                stuck.name,
+                target - 1
+            )));
+        }
+        let mut duration: u64 = 0;
+        for v in (target..=current).rev() {
+            let migration = self.state.migration(v).expect("checked: catalogued");
+            match self.executor.run_down(migration) {
+                Ok(seconds) => duration = duration.saturating_add(seconds),
+                Err(error) => return Err(self.partial("down()", current, v, error)),
+            }
+            self.state.schema_version = v - 1;
+        }
+        Ok(RollbackComplete {
+            rolled_back_from: current,
+            rolled_back_to: target - 1,
+            duration_seconds: duration,
+        })
+    }
+
+    /// Runs up() for each version above the current one, up to `version`.
+    #[transition]
+    pub fn migrate(&mut self, version: Version) -> Result<MigrateComplete, Refusal> {
+        let target = version.get();
+        let current = self.state.schema_version;
+        let last = self.state.last_version();
+        self.check_catalogued(target)?;
+        if target <= current {
+            return Err(Refusal::PreconditionFailed(if current == last {
+                format!("migration {target} is already applied and the schema is at the last version ({last}); there is nothing to migrate")
+            } else {
+                format!("migration {target} is already applied (the schema is at version {current}); migrate needs a version from {} to {last}", current + 1)
+            }));
+        }
+        let mut duration: u64 = 0;
+        for v in current + 1..=target {
+            let migration = self.state.migration(v).expect("checked: catalogued");
+            match self.executor.run_up(migration) {
+                Ok(seconds) => duration = duration.saturating_add(seconds),
+                Err(error) => return Err(self.partial("up()", current, v, error)),
+            }
+            self.state.schema_version = v;
+        }
+        Ok(MigrateComplete {
+            migrated_from: current,
+            migrated_to: target,
+            duration_seconds: duration,
+        })
+    }
+
+    /// The kill switch: disables a flag at once. Disabling a disabled flag succeeds again.
+    #[transition]
+    pub fn disable_feature(&mut self, feature: String) -> Result<FeatureDisabled, Refusal> {
+        self.set_flag(&feature, false)?;
+        Ok(FeatureDisabled {
+            feature,
+            rolled_back_instant: true,
+        })
+    }
+
+    /// Enables a flag again.
+    #[transition]
+    pub fn enable_feature(&mut self, feature: String) -> Result<FeatureEnabled, Refusal> {
+        self.set_flag(&feature, true)?;
+        Ok(FeatureEnabled { feature })
+    }
+
+    /// Moves traffic from the live environment to the other, healthy one.
+    #[transition]
+    pub fn switch_traffic(
+        &mut self,
+        from: Environment,
+        to: Environment,
+    ) -> Result<TrafficSwitched, Refusal> {
+        let live = self.state.traffic.live;
+        if from == to {
+            return Err(Refusal::MalformedRequest(format!(
+                "from and to are both {from}; switch_traffic moves traffic from the live environment to the other one ({live} to {})",
+                live.other()
+            )));
+        }
+        if from != live {
+            return Err(Refusal::PreconditionFailed(format!(
+                "{from} is not live ({live} is); switch_traffic needs from = the live environment"
+            )));
+        }
+        if self.state.traffic.health(to) != Health::Healthy {
+            return Err(Refusal::PreconditionFailed(format!(
+                "{to} is unhealthy; switch_traffic needs a healthy target, so traffic stays on {from}"
+            )));
+        }
+        let downtime = self
+            .executor
+            .switch_traffic(from, to)
+            .map_err(|e| nothing_changed("switching traffic", e))?;
+        self.state.traffic.live = to;
+        Ok(TrafficSwitched {
+            current_environment: to,
+            downtime_seconds: downtime,
+        })
+    }
+
+    /// The last resort: restores a backup, which sets the schema to the backup's version.
+    #[transition]
+    pub fn restore(&mut self, backup: String) -> Result<RestoreComplete, Refusal> {
+        let Some(found) = self.state.backup(&backup) else {
+            return Err(Refusal::KeyDoesNotExist(format!(
+                "backup \"{backup}\" does not exist; known backups: {}",
+                self.state.backup_names()
+            )));
+        };
+        let restored = self
+            .executor
+            .restore(found)
+            .map_err(|e| nothing_changed("restoring", e))?;
+        let schema_version = found.schema_version;
+        self.state.schema_version = schema_version;
+        self.state.last_restore = Some(RestoreRecord {
+            backup,
+            restored_rows: restored.rows,
+            schema_version,
+        });
+        Ok(RestoreComplete {
+            restored_rows: restored.rows,
+            duration_seconds: restored.seconds,
+        })
+    }
+
+    /// Where the estate stands. Changes nothing.
+    #[transition]
+    pub fn status(&self) -> Result<StatusOk, Refusal> {
+        Ok(StatusOk {
+            schema_version: self.state.schema_version,
+            live_environment: self.state.traffic.live,
+            flags: self.state.flags.clone(),
+            restore: self.state.last_restore.clone(),
+        })
+    }
+}
+
+impl<E: Executor> Machine<E> {
+    fn check_catalogued(&self, version: u32) -> Result<(), Refusal> {
+        let last = self.state.last_version();
+        if version <= last {
+            return Ok(());
+        }
+        Err(Refusal::KeyDoesNotExist(if last == 0 {
+            format!("migration {version} is not in the catalogue, which is empty")
+        } else {
+            format!("migration {version} is not in the catalogue; known versions: 1 to {last}")
+        }))
+    }
+
+    fn set_flag(&mut self, feature: &str, enabled: bool) -> Result<(), Refusal> {
+        let Some(flag) = self.state.flags.get_mut(feature) else {
+            return Err(Refusal::KeyDoesNotExist(format!(
+                "flag \"{feature}\" does not exist; known flags: {}",
+                self.state.flag_names()
+            )));
+        };
+        self.executor
+            .set_flag(feature, enabled)
+            .map_err(|e| nothing_changed("setting the flag", e))?;
+        *flag = enabled;
+        Ok(())
+    }
+
+    /// An executor failed at migration `at` of a run that started at version `from`: the state
+    /// keeps the migrations that did run, and the refusal says where the schema stands.
+    fn partial(&self, step: &str, from: u32, at: u32, error: ExecError) -> Refusal {
+        let now = self.state.schema_version;
+        if now == from {
+            nothing_changed(&format!("{step} of migration {at}"), error)
+        } else {
+            Refusal::Crash(format!(
+                "{step} of migration {at} failed: {error}; the schema is now at version {now} (it was at {from})"
+            ))
+        }
+    }
+}
+
+fn nothing_changed(what: &str, error: ExecError) -> Refusal {
+    Refusal::TemporarilyUnavailable(format!("{what} failed: {error}; nothing changed"))
+}
