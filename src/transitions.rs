@@ -124,7 +124,7 @@ impl<E: Executor> Machine<E> {
             return Err(Refusal::PreconditionFailed(if current == 0 {
                 format!("migration {target} is not applied: no migration is applied, so there is nothing to roll back")
             } else {
-                format!("migration {target} is not applied (the schema is at version {current}); rollback needs a version from 1 to {current}")
+                format!("migration {target} is not applied (the schema is at version {current}); rollback needs {}", versions(1, current))
             }));
         }
         if let Some(stuck) = (target..=current)
@@ -173,7 +173,7 @@ impl<E: Executor> Machine<E> {
             return Err(Refusal::PreconditionFailed(if current == last {
                 format!("migration {target} is already applied and the schema is at the last version ({last}); there is nothing to migrate")
             } else {
-                format!("migration {target} is already applied (the schema is at version {current}); migrate needs a version from {} to {last}", current + 1)
+                format!("migration {target} is already applied (the schema is at version {current}); migrate needs {}", versions(current + 1, last))
             }));
         }
         let mut duration: u64 = 0;
@@ -320,6 +320,15 @@ impl<E: Executor> Machine<E> {
                 "{step} of migration {at} failed: {error}; the schema is now at version {now} (it was at {from})"
             ))
         }
+    }
+}
+
+/// "version 3" or "a version from 1 to 3", for error texts.
+fn versions(low: u32, high: u32) -> String {
+    if low == high {
+        format!("version {low}")
+    } else {
+        format!("a version from {low} to {high}")
     }
 }
 

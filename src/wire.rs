@@ -119,6 +119,12 @@ struct RawHead<'a> {
 /// A one-line description when the line is not a JSON object with string `src`/`dest`: nothing
 /// can be answered then.
 pub fn decode(line: &str) -> Result<Incoming<'_>, String> {
+    if !is_object(line) {
+        return Err(
+            "not a Maelstrom envelope: expected a JSON object {\"src\":…,\"dest\":…,\"body\":…}"
+                .to_owned(),
+        );
+    }
     let envelope: RawEnvelope = serde_json::from_str(line)
         .map_err(|e| format!("not a Maelstrom envelope: {}", without_position(&e)))?;
     let mut incoming = Incoming {
@@ -128,9 +134,10 @@ pub fn decode(line: &str) -> Result<Incoming<'_>, String> {
         request: Err(Refusal::MalformedRequest(String::new())),
     };
     incoming.request = match envelope.body {
-        None => Err(malformed(format!(
-            "the envelope has no \"body\"; send {{\"src\":…,\"dest\":…,\"body\":{{\"type\":…,\"msg_id\":…}}}}"
-        ))),
+        None => Err(malformed(
+            "the envelope has no \"body\"; send {\"src\":…,\"dest\":…,\"body\":{\"type\":…,\"msg_id\":…}}"
+                .to_owned(),
+        )),
         Some(body) => decode_body(body.get(), &mut incoming.msg_id),
     };
     if incoming.src.is_none() && incoming.request.is_ok() {
@@ -142,6 +149,12 @@ pub fn decode(line: &str) -> Result<Incoming<'_>, String> {
 }
 
 fn decode_body(body: &str, msg_id: &mut Option<u64>) -> Result<Request, Refusal> {
+    if !is_object(body) {
+        return Err(malformed(format!(
+            "the body must be a JSON object with a string \"type\", not {}",
+            body.chars().take(40).collect::<String>()
+        )));
+    }
     let head: RawHead = serde_json::from_str(body).map_err(|e| {
         malformed(format!(
             "the body must be a JSON object with a string \"type\": {}",
@@ -178,6 +191,12 @@ fn decode_body(body: &str, msg_id: &mut Option<u64>) -> Result<Request, Refusal>
         Some(Ok(request)) => Ok(request),
         Some(Err(_)) => Err(malformed(explain_fields_error(&kind, body))),
     }
+}
+
+/// Whether JSON text is an object. serde's derived structs also accept arrays, which on this
+/// wire would only hide a sender's mistake.
+fn is_object(json: &str) -> bool {
+    json.trim_start().starts_with('{')
 }
 
 /// The text of a JSON string value, borrowed when it has no escapes.
