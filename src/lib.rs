@@ -9,11 +9,12 @@
 //! - [`state`]: the formal state of an estate (schema, flags, traffic, last restore), which is also
 //!   the estate file format.
 //! - [`transitions`]: the state machine. One `#[transition]` method per message type;
-//!   [`macro@protocol`] derives [`Request`], [`Reply`] and the dispatcher from them.
+//!   [`macro@protocol`] derives [`Request`], [`transitions::Reply`] and the dispatcher from them.
 //! - [`executor`]: the boundary between deciding and doing; [`Simulated`] is the cost model.
 //! - [`replies`]: the reply bodies and the [`Version`] field type.
 //! - [`refusal`]: why a request was refused, one variant per Maelstrom error code.
 //! - [`answered`]: the bounded memory that makes retries idempotent.
+//! - [`journal`]: the durable, write-ahead journal of a state directory, and its replay.
 //! - [`wire`]: envelopes in, reply lines out.
 //! - [`lines`] and [`session`]: capped line splitting and the per-line entry point shared by the
 //!   binary, the tests and the fuzzers. The stdio loop itself lives only in the binary.
@@ -41,6 +42,7 @@ extern crate self as rollback_node;
 
 pub mod answered;
 pub mod executor;
+pub mod journal;
 pub mod lines;
 pub mod refusal;
 pub mod replies;
@@ -54,7 +56,7 @@ pub use refusal::Refusal;
 pub use replies::Version;
 pub use session::{Diagnostic, Session};
 pub use state::{Environment, State};
-pub use transitions::{Machine, Reply, Request};
+pub use transitions::{Machine, Request};
 pub use wire::ReplyBody;
 
 /// Derives a protocol from the transitions of a state machine.

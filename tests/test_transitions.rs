@@ -7,7 +7,8 @@ use common::estate_with;
 use rollback_node::executor::{ExecError, Restored, Seconds};
 use rollback_node::replies::*;
 use rollback_node::state::{Backup, Migration};
-use rollback_node::{Environment, Executor, Machine, Refusal, Reply, Request, Simulated, State};
+use rollback_node::transitions::Reply;
+use rollback_node::{Environment, Executor, Machine, Refusal, Request, Simulated, State};
 
 fn v(version: u32) -> rollback_node::Version {
     rollback_node::Version::new(version).unwrap()
@@ -382,6 +383,7 @@ fn request_types_and_kinds() {
             "enable_feature",
             "switch_traffic",
             "restore",
+            "history",
             "status"
         ]
     );

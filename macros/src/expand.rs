@@ -5,7 +5,8 @@ use crate::ast::{Protocol, Transition};
 use crate::attr;
 use heck::ToUpperCamelCase;
 use proc_macro2::{Ident, TokenStream};
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
 use syn::{ImplItem, ItemImpl};
 
 /// Expands `#[protocol]`, or returns every error found.
@@ -33,6 +34,7 @@ struct Names<'a> {
     message: String,
     variant: Ident,
     reply: &'a Ident,
+    reply_ty: &'a syn::Type,
     method: &'a Ident,
     fields: Vec<&'a Ident>,
     types: Vec<&'a syn::Type>,
@@ -52,6 +54,7 @@ impl<'a> Names<'a> {
             message,
             // valid.rs has checked that these exist.
             reply: transition.reply_ident().expect("validated reply type"),
+            reply_ty: transition.result.expect("validated").0,
             method: &transition.original.sig.ident,
             fields: transition
                 .args
@@ -97,6 +100,20 @@ fn generate(protocol: &Protocol) -> TokenStream {
     let variants: Vec<&Ident> = names.iter().map(|n| &n.variant).collect();
     let replies: Vec<&Ident> = names.iter().map(|n| n.reply).collect();
     let changes: Vec<bool> = names.iter().map(|n| n.transition.changes_state()).collect();
+    // Spanned at each reply type, so that a type without #[derive(Reply)] is reported where the
+    // transition names it.
+    let type_name_calls = names.iter().map(|n| {
+        let reply = n.reply;
+        quote_spanned! {n.reply_ty.span()=>
+            Self::#reply(reply) => ::rollback_node::ReplyBody::type_name(reply),
+        }
+    });
+    let serialize_calls = names.iter().map(|n| {
+        let reply = n.reply;
+        quote_spanned! {n.reply_ty.span()=>
+            Self::#reply(reply) => ::rollback_node::ReplyBody::serialize_fields(reply, map),
+        }
+    });
     let reply_docs = names
         .iter()
         .map(|n| format!("The reply to a `{}` request.", n.message));
@@ -195,14 +212,14 @@ fn generate(protocol: &Protocol) -> TokenStream {
 
         impl ::rollback_node::ReplyBody for Reply {
             fn type_name(&self) -> &'static str {
-                match self { #( Self::#replies(reply) => ::rollback_node::ReplyBody::type_name(reply), )* }
+                match self { #(#type_name_calls)* }
             }
 
             fn serialize_fields<M>(&self, map: &mut M) -> ::core::result::Result<(), M::Error>
             where
                 M: #serde_path::ser::SerializeMap,
             {
-                match self { #( Self::#replies(reply) => ::rollback_node::ReplyBody::serialize_fields(reply, map), )* }
+                match self { #(#serialize_calls)* }
             }
         }
 

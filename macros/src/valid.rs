@@ -88,9 +88,9 @@ impl Transition<'_> {
                 "a transition is a plain synchronous method: no `async`, `const` or `unsafe`",
             ));
         }
-        if !sig.generics.params.is_empty() {
+        if let Some(param) = sig.generics.params.first() {
             errors.push(Error::new(
-                sig.generics.span(),
+                param.span(),
                 "a transition cannot be generic: its arguments become the fields of a request type",
             ));
         }
