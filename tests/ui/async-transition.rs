@@ -1,0 +1,20 @@
+use rollback_node::{protocol, Refusal};
+
+pub struct Counter {
+    total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, rollback_node::Reply)]
+pub struct Added {
+    total: u64,
+}
+
+#[protocol]
+impl Counter {
+    #[transition]
+    async fn add(&mut self, by: u64) -> Result<Added, Refusal> {
+        self.total += by;
+        Ok(Added { total: self.total })
+    }
+}
+fn main() {}

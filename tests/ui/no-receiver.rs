@@ -1,0 +1,20 @@
+use rollback_node::{protocol, Refusal};
+
+pub struct Counter {
+    total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, rollback_node::Reply)]
+pub struct Added {
+    total: u64,
+}
+
+#[protocol]
+impl Counter {
+    #[transition]
+    fn add(by: u64) -> Result<Added, Refusal> {
+        Ok(Added { total: by })
+    }
+}
+
+fn main() {}

@@ -1,0 +1,19 @@
+use rollback_node::{protocol, Refusal};
+
+pub struct Counter {
+    total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, rollback_node::Reply)]
+pub struct Added {
+    total: u64,
+}
+
+#[protocol]
+impl Counter {
+    #[transition]
+    fn add(self, by: u64) -> Result<Added, Refusal> {
+        Ok(Added { total: self.total + by })
+    }
+}
+fn main() {}

@@ -1,0 +1,20 @@
+use rollback_node::protocol;
+
+pub struct Counter {
+    total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, rollback_node::Reply)]
+pub struct Added {
+    total: u64,
+}
+
+#[protocol]
+impl Counter {
+    #[transition]
+    fn add(&mut self, by: u64) -> Added {
+        self.total += by;
+        Added { total: self.total }
+    }
+}
+fn main() {}
