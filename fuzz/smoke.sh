@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Fuzzing smoke test: seeds the corpora, then runs each target for a bounded time, one at a time
+# on one core, and prints executions and exec/s per target. Exits non-zero on a crash (the input
+# is left in fuzz/artifacts/<target>/). Skips (exit 0) without nightly or cargo-fuzz.
+#
+#   FUZZ_SECONDS=60 fuzz/smoke.sh        # default 30 s per target
+#   fuzz/smoke.sh session                # only the named targets
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+seconds="${FUZZ_SECONDS:-30}"
+targets=("$@")
+[[ ${#targets[@]} -gt 0 ]] || targets=(decode session)
+
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "smoke: skipped: no nightly toolchain (rustup toolchain install nightly)"
+    exit 0
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "smoke: skipped: cargo-fuzz is not installed (cargo install cargo-fuzz)"
+    exit 0
+fi
+
+"$here/seed.sh"
+cd "$here"
+
+declare -A extra=([decode]="-max_len=4096" [session]="-max_len=8192")
+summary=()
+status=0
+for target in "${targets[@]}"; do
+    log="$here/target/smoke-$target.log"
+    mkdir -p "$here/target"
+    echo "smoke: $target for ${seconds}s (log: $log)"
+    set +e
+    cargo +nightly fuzz run "$target" -j 1 -- \
+        -max_total_time="$seconds" ${extra[$target]:-} \
+        -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1
+    rc=$?
+    set -e
+    execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
+    if [[ -z "$execs" ]]; then # no final stats (e.g. a crash): the last "#N ..." status line
+        execs="$(grep -oE '^#[0-9]+' "$log" | tail -n 1 | tr -d '#')"
+    fi
+    rate="$(grep -oE 'exec/s: [0-9]+' "$log" | tail -n 1 | grep -oE '[0-9]+' || true)"
+    if [[ -z "$rate" && -n "$execs" ]]; then
+        rate="$((execs / (seconds > 0 ? seconds : 1)))"
+    fi
+    if [[ $rc -eq 0 ]]; then
+        verdict=ok
+    else
+        verdict="FAILED (exit $rc)"
+        status=1
+        grep -E "panicked at|^thread '|ERROR: libFuzzer|Test unit written to" "$log" | head -n 5 || true
+    fi
+    summary+=("$(printf '%-8s %12s execs %8s exec/s  %s' "$target" "${execs:-?}" "${rate:-?}" "$verdict")")
+done
+
+echo
+printf '%s\n' "${summary[@]}"
+exit "$status"
