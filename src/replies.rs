@@ -3,10 +3,14 @@
 //! and `in_reply_to`; the field order here *is* the wire contract.
 
 use crate::executor::Seconds;
+use crate::refusal::Refusal;
 use crate::state::{Environment, RestoreRecord};
+use crate::transitions::{Reply as AnyReply, Request};
+use crate::wire::BodyOut;
 use crate::Reply;
 use serde::de::{self, Unexpected, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -132,4 +136,43 @@ pub struct StatusOk {
     pub flags: BTreeMap<String, bool>,
     /// The last restore, or `null`.
     pub restore: Option<RestoreRecord>,
+}
+
+/// `history_ok`: the recent accepted changes, oldest first.
+#[derive(Debug, Clone, PartialEq, Reply)]
+pub struct HistoryOk {
+    /// The entries.
+    pub entries: Vec<HistoryEntry>,
+}
+
+/// One accepted change in the audit trail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    /// Its sequence number among the answered changes (the journal's too).
+    pub seq: u64,
+    /// Who sent it.
+    pub src: String,
+    /// Its msg_id.
+    pub msg_id: u64,
+    /// The request.
+    pub request: Request,
+    /// The reply it got.
+    pub reply: Result<AnyReply, Refusal>,
+}
+
+impl Serialize for HistoryEntry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut entry = serializer.serialize_struct("HistoryEntry", 5)?;
+        entry.serialize_field("seq", &self.seq)?;
+        entry.serialize_field("src", &self.src)?;
+        entry.serialize_field("msg_id", &self.msg_id)?;
+        entry.serialize_field("request", &self.request)?;
+        match &self.reply {
+            Ok(reply) => entry.serialize_field("reply", &BodyOut::new(Some(self.msg_id), reply))?,
+            Err(refusal) => {
+                entry.serialize_field("reply", &BodyOut::new(Some(self.msg_id), refusal))?
+            }
+        }
+        entry.end()
+    }
 }

@@ -3,7 +3,8 @@
 //! line per input line and returns a diagnostic (for stderr) whenever a line gets no reply.
 
 use crate::executor::{Executor, Simulated};
-use crate::transitions::{Machine, Request};
+use crate::refusal::Refusal;
+use crate::transitions::{Answering, Machine, Reply, Request};
 use crate::wire::{self, write_reply, MAX_LINE_BYTES};
 use std::fmt;
 
@@ -25,12 +26,48 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// A node: the state machine plus the node's identity on the wire.
+/// A freshly answered state-changing request, handed to the [`Recorder`] before its reply is
+/// written.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// Its sequence number among answered changes, from 1.
+    pub seq: u64,
+    /// The sender.
+    pub src: &'a str,
+    /// The request's msg_id.
+    pub msg_id: u64,
+    /// The request.
+    pub request: &'a Request,
+    /// The answer.
+    pub reply: &'a Result<Reply, Refusal>,
+}
+
+/// Where a session records its fresh answers: nowhere (`()`, the in-memory node) or a durable
+/// [`Journal`](crate::journal::Journal).
+pub trait Recorder {
+    /// Records one answer. A failure is kept and reported by the next [`Recorder::commit`].
+    fn record(&mut self, entry: Entry<'_>);
+
+    /// Makes what was recorded durable; called before replies are written out.
+    ///
+    /// # Errors
+    /// A failed record or commit: the replies written since the last commit must not be sent.
+    fn commit(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Recorder for () {
+    fn record(&mut self, _entry: Entry<'_>) {}
+}
+
+/// A node: the state machine plus the node's identity on the wire and its recorder.
 #[derive(Debug, Clone)]
-pub struct Session<E = Simulated> {
+pub struct Session<E = Simulated, R = ()> {
     machine: Machine<E>,
     node_id: Option<String>,
     line: u64,
+    recorder: R,
 }
 
 impl Session<Simulated> {
@@ -41,13 +78,26 @@ impl Session<Simulated> {
 }
 
 impl<E: Executor> Session<E> {
-    /// A session driving `machine`.
+    /// An in-memory session driving `machine`.
     pub fn new(machine: Machine<E>) -> Self {
+        Session::with_recorder(machine, ())
+    }
+}
+
+impl<E: Executor, R: Recorder> Session<E, R> {
+    /// A session driving `machine` that records every fresh answer with `recorder`.
+    pub fn with_recorder(machine: Machine<E>, recorder: R) -> Self {
         Session {
             machine,
             node_id: None,
             line: 0,
+            recorder,
         }
+    }
+
+    /// The recorder, to commit what it recorded.
+    pub fn recorder_mut(&mut self) -> &mut R {
+        &mut self.recorder
     }
 
     /// The state machine.
@@ -103,7 +153,20 @@ impl<E: Executor> Session<E> {
                 Request::Init { node_id, .. } => Some(node_id.clone()),
                 _ => None,
             };
-            let reply = self.machine.handle(src, Some(msg_id), request);
+            let (reply, answering) = self.machine.handle_traced(src, Some(msg_id), request);
+            if let Answering::Fresh(seq) = answering {
+                let answer = self
+                    .machine
+                    .answer(src, msg_id)
+                    .expect("fresh answers are remembered");
+                self.recorder.record(Entry {
+                    seq,
+                    src,
+                    msg_id,
+                    request: &answer.request,
+                    reply: &answer.reply,
+                });
+            }
             if reply.is_ok() && new_id.is_some() {
                 self.node_id = new_id;
             }

@@ -146,6 +146,10 @@ pub struct State {
     /// The backups that can be restored.
     #[serde(default)]
     pub backups: Vec<Backup>,
+    /// Guard rails: message type to the senders allowed to send it. A type not listed is open
+    /// to every sender.
+    #[serde(default)]
+    pub permissions: BTreeMap<String, Vec<String>>,
     /// The last restore, if any; never read from an estate file.
     #[serde(skip)]
     pub last_restore: Option<RestoreRecord>,
@@ -206,6 +210,17 @@ impl State {
         }
         if self.flags.keys().any(String::is_empty) {
             return Err("flags: a flag name is empty".to_owned());
+        }
+        for (kind, senders) in &self.permissions {
+            if !crate::Request::TYPES.contains(&kind.as_str()) {
+                return Err(format!(
+                    "permissions.{kind}: there is no message type \"{kind}\"; known types: {}",
+                    crate::Request::TYPES.join(", ")
+                ));
+            }
+            if senders.iter().any(String::is_empty) {
+                return Err(format!("permissions.{kind}: a sender name is empty"));
+            }
         }
         for (index, backup) in self.backups.iter().enumerate() {
             if backup.name.is_empty() {

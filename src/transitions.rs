@@ -13,13 +13,33 @@ use crate::protocol;
 use crate::refusal::Refusal;
 use crate::replies::*;
 use crate::state::{join, Environment, Health, RestoreRecord, State};
+use std::collections::VecDeque;
+
+/// How many accepted changes the `history` message can return.
+pub const HISTORY_WINDOW: usize = 1_000;
 
 /// The state machine of one estate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Machine<E = Simulated> {
     state: State,
     answered: Answered,
+    /// How many state-changing requests were answered (accepted or refused): the sequence
+    /// number of the last one, the same number its journal entry gets.
+    seq: u64,
+    /// The last [`HISTORY_WINDOW`] accepted changes, oldest first.
+    recent: VecDeque<HistoryEntry>,
     executor: E,
+}
+
+/// How [`Machine::handle_traced`] answered a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answering {
+    /// A query, or a request refused before it was remembered: nothing to record.
+    Unrecorded,
+    /// A state-changing request answered for the first time, with its sequence number.
+    Fresh(u64),
+    /// A retry, answered from memory.
+    Retry,
 }
 
 impl Machine<Simulated> {
@@ -35,6 +55,8 @@ impl<E: Executor> Machine<E> {
         Machine {
             state,
             answered: Answered::default(),
+            seq: 0,
+            recent: VecDeque::new(),
             executor,
         }
     }
@@ -49,39 +71,79 @@ impl<E: Executor> Machine<E> {
         &self.answered
     }
 
+    /// The sequence number of the last answered state-changing request (0 before any).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Handles a request from `src` with retry semantics: a state-changing request whose
     /// `(src, msg_id)` was already answered gets the remembered reply again and changes nothing.
     ///
     /// # Errors
-    /// The transition's refusal; [`Refusal::MalformedRequest`] for a state-changing request
-    /// without a `msg_id` (it could not be told apart from its retries); and
-    /// [`Refusal::PreconditionFailed`] when a `msg_id` already answered a different request.
+    /// As [`Machine::handle_traced`].
     pub fn handle(
         &mut self,
         src: &str,
         msg_id: Option<u64>,
         request: Request,
     ) -> Result<Reply, Refusal> {
+        self.handle_traced(src, msg_id, request).0
+    }
+
+    /// As [`Machine::handle`], also saying whether the answer is fresh (to be journaled) or a
+    /// retry. A fresh answer is remembered and can be read back with [`Machine::answer`].
+    ///
+    /// The first element is the reply or refusal: the transition's refusal;
+    /// [`Refusal::MalformedRequest`] for a state-changing request without a `msg_id` (it could
+    /// not be told apart from its retries); [`Refusal::PreconditionFailed`] when a `msg_id`
+    /// already answered a different request or the estate's permissions do not allow `src` to
+    /// send this type.
+    pub fn handle_traced(
+        &mut self,
+        src: &str,
+        msg_id: Option<u64>,
+        request: Request,
+    ) -> (Result<Reply, Refusal>, Answering) {
         if !request.changes_state() {
-            return self.apply(&request);
+            let reply = self
+                .permit(src, &request)
+                .and_then(|()| self.apply(&request));
+            return (reply, Answering::Unrecorded);
         }
         let Some(msg_id) = msg_id else {
-            return Err(Refusal::MalformedRequest(format!(
+            let refusal = Refusal::MalformedRequest(format!(
                 "{} changes the estate and needs a msg_id, so that a retry cannot apply it twice; nothing changed",
                 request.type_name()
-            )));
+            ));
+            return (Err(refusal), Answering::Unrecorded);
         };
         if let Some(answer) = self.answered.get(src, msg_id) {
             if answer.request == request {
-                return answer.reply.clone();
+                return (answer.reply.clone(), Answering::Retry);
             }
-            return Err(Refusal::PreconditionFailed(format!(
+            let refusal = Refusal::PreconditionFailed(format!(
                 "msg_id {msg_id} from {src} already answered a different request ({}); send this {} with a new msg_id",
                 answer.request.type_name(),
                 request.type_name()
-            )));
+            ));
+            return (Err(refusal), Answering::Unrecorded);
         }
-        let reply = self.apply(&request);
+        let reply = self
+            .permit(src, &request)
+            .and_then(|()| self.apply(&request));
+        self.seq += 1;
+        if reply.is_ok() {
+            if self.recent.len() >= HISTORY_WINDOW {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(HistoryEntry {
+                seq: self.seq,
+                src: src.to_owned(),
+                msg_id,
+                request: request.clone(),
+                reply: reply.clone(),
+            });
+        }
         self.answered.insert(
             src,
             msg_id,
@@ -90,7 +152,26 @@ impl<E: Executor> Machine<E> {
                 reply: reply.clone(),
             },
         );
-        reply
+        (reply, Answering::Fresh(self.seq))
+    }
+
+    /// The remembered answer to `(src, msg_id)`, if any.
+    pub fn answer(&self, src: &str, msg_id: u64) -> Option<&Answer> {
+        self.answered.get(src, msg_id)
+    }
+
+    /// The estate's guard rail: whether `src` may send this type of request.
+    fn permit(&self, src: &str, request: &Request) -> Result<(), Refusal> {
+        let kind = request.type_name();
+        match self.state.permissions.get(kind) {
+            Some(allowed) if !allowed.iter().any(|s| s == src) => {
+                Err(Refusal::PreconditionFailed(format!(
+                    "sender {src} may not send {kind}: the estate allows it only from {} (rule permissions.{kind}); nothing changed",
+                    join(allowed)
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -267,6 +348,22 @@ impl<E: Executor> Machine<E> {
         Ok(RestoreComplete {
             restored_rows: restored.rows,
             duration_seconds: restored.seconds,
+        })
+    }
+
+    /// The audit trail: the last `limit` accepted changes (default 20, at most 1000), oldest
+    /// first. Changes nothing.
+    #[transition]
+    pub fn history(&self, limit: Option<u32>) -> Result<HistoryOk, Refusal> {
+        let limit = limit.unwrap_or(20);
+        if limit == 0 || limit as usize > HISTORY_WINDOW {
+            return Err(Refusal::MalformedRequest(format!(
+                "history limit {limit} is out of range; ask for 1 to {HISTORY_WINDOW} entries"
+            )));
+        }
+        let skip = self.recent.len().saturating_sub(limit as usize);
+        Ok(HistoryOk {
+            entries: self.recent.iter().skip(skip).cloned().collect(),
         })
     }
 

@@ -65,9 +65,17 @@ struct EnvelopeOut<'a, B: ReplyBody + ?Sized> {
     body: BodyOut<'a, B>,
 }
 
-struct BodyOut<'a, B: ReplyBody + ?Sized> {
+/// A reply body as it goes on the wire: `type`, `in_reply_to`, then the body's fields.
+pub struct BodyOut<'a, B: ReplyBody + ?Sized> {
     in_reply_to: Option<u64>,
     body: &'a B,
+}
+
+impl<'a, B: ReplyBody + ?Sized> BodyOut<'a, B> {
+    /// The body of a reply to `in_reply_to`.
+    pub fn new(in_reply_to: Option<u64>, body: &'a B) -> Self {
+        BodyOut { in_reply_to, body }
+    }
 }
 
 impl<B: ReplyBody + ?Sized> Serialize for BodyOut<'_, B> {

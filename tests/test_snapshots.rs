@@ -83,6 +83,14 @@ fn replies() {
             r#"{"type":"status","msg_id":4}"#,
         ),
         (
+            "history_ok",
+            &[
+                r#"{"type":"disable_feature","msg_id":1,"feature":"new_checkout"}"#,
+                r#"{"type":"rollback","msg_id":2,"version":3}"#,
+            ],
+            r#"{"type":"history","msg_id":3,"limit":5}"#,
+        ),
+        (
             "retry_gets_identical_reply",
             &[r#"{"type":"rollback","msg_id":7,"version":2}"#],
             r#"{"type":"rollback","msg_id":7,"version":2}"#,
@@ -148,6 +156,11 @@ fn errors() {
             "error_12_type_not_a_string",
             &[],
             r#"{"type":7,"msg_id":1}"#,
+        ),
+        (
+            "error_12_history_limit",
+            &[],
+            r#"{"type":"history","msg_id":1,"limit":0}"#,
         ),
         (
             "error_12_init_empty_node_id",
@@ -224,6 +237,15 @@ fn errors_that_need_another_estate() {
         estate_with("blue = \"healthy\"", "blue = \"unhealthy\""),
         &[],
         r#"{"type":"switch_traffic","msg_id":1,"from":"green","to":"blue"}"#,
+    );
+    check(
+        "error_22_sender_not_permitted",
+        estate_with(
+            "[[backups]]",
+            "[permissions]\nrestore = [\"oncall\", \"release-bot\"]\n\n[[backups]]",
+        ),
+        &[],
+        r#"{"type":"restore","msg_id":1,"backup":"users_backup_20240115"}"#,
     );
     check(
         "error_22_irreversible_migration",
