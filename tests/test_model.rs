@@ -16,8 +16,8 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-/// Test cases of the state-machine test and of the determinism test.
-const CASES: u32 = 512;
+/// Test cases of the state-machine test and of the determinism test (`PROPTEST_CASES` overrides).
+const CASES: u32 = 4096;
 /// Input lines per test case (exclusive upper bound).
 const MAX_TRANSITIONS: usize = 40;
 
@@ -1121,7 +1121,10 @@ impl StateMachineTest for NodeTest {
 /// place them next to a file under `tests/` by itself.
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: CASES,
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|cases| cases.parse().ok())
+            .unwrap_or(CASES),
         max_shrink_iters: 8192,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
             "proptest-regressions/test_model.txt",
