@@ -8,11 +8,17 @@
 use crate::refusal::Refusal;
 use crate::transitions::{Reply, Request};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// Answers remembered per sender.
 pub const PER_SENDER: usize = 10_000;
 /// Senders remembered.
 pub const SENDERS: usize = 1_024;
+
+/// The hasher of the msg_id index: keyed per process, and much cheaper than SipHash for the
+/// short keys used here. Every map is bounded, so a sender that provoked collisions could slow
+/// down only its own lookups, and only so far.
+type Hasher = foldhash::fast::RandomState;
 
 /// A remembered request and the answer it got.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,44 +30,152 @@ pub struct Answer {
 }
 
 /// The bounded memory of answers, keyed by (sender, msg_id).
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// Each sender's answers are kept in arrival order in a ring, from which the oldest is dropped.
+/// While a sender's msg_ids in the ring are ascending (as a sender that counts them produces),
+/// a lookup is a comparison with the newest one or a binary search, and nothing is hashed; once
+/// they are out of order, an index from msg_id to position is kept as well, until the ring is
+/// in order again. Answers are shared ([`Arc`]) with the audit trail, not copied.
+#[derive(Debug, Clone, Default)]
 pub struct Answered {
-    senders: HashMap<Box<str>, SenderLog>,
-    arrival: VecDeque<Box<str>>,
+    senders: HashMap<Arc<str>, SenderLog, Hasher>,
+    arrival: VecDeque<Arc<str>>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone)]
 struct SenderLog {
-    answers: HashMap<u64, Answer>,
-    arrival: VecDeque<u64>,
+    /// The sender, shared with [`Answered::arrival`] and the audit trail.
+    name: Arc<str>,
+    /// How many answers are kept.
+    capacity: usize,
+    /// The answers in arrival order: `answers[i]` has arrival number `first + i`.
+    answers: VecDeque<(u64, Arc<Answer>)>,
+    /// The arrival number of `answers[0]`.
+    first: u64,
+    /// How many neighbours in `answers` are out of order (a msg_id below the one before it).
+    descents: usize,
+    /// msg_id to arrival number, kept exactly while `descents > 0`.
+    index: Option<HashMap<u64, u64, Hasher>>,
+}
+
+impl SenderLog {
+    fn new(name: Arc<str>, capacity: usize) -> Self {
+        SenderLog {
+            name,
+            capacity,
+            answers: VecDeque::new(),
+            first: 0,
+            descents: 0,
+            index: None,
+        }
+    }
+
+    /// Where `msg_id` is in `answers`.
+    fn position(&self, msg_id: u64) -> Option<usize> {
+        match &self.index {
+            Some(index) => usize::try_from(*index.get(&msg_id)? - self.first).ok(),
+            None => {
+                // In order: the common case, a new msg_id above every remembered one, is one
+                // comparison.
+                let (newest, _) = self.answers.back()?;
+                if msg_id > *newest {
+                    return None;
+                }
+                let at = self.answers.partition_point(|(id, _)| *id < msg_id);
+                (self.answers.get(at)?.0 == msg_id).then_some(at)
+            }
+        }
+    }
+
+    fn get(&self, msg_id: u64) -> Option<&Arc<Answer>> {
+        Some(&self.answers.get(self.position(msg_id)?)?.1)
+    }
+
+    /// Remembers an answer; returns where it is in `answers`.
+    fn insert(&mut self, msg_id: u64, answer: Arc<Answer>) -> usize {
+        if let Some(at) = self.position(msg_id) {
+            self.answers[at].1 = answer;
+            return at;
+        }
+        if self.answers.len() >= self.capacity {
+            if let Some((oldest, _)) = self.answers.pop_front() {
+                if self.answers.front().is_some_and(|(next, _)| *next < oldest) {
+                    self.descents -= 1;
+                }
+                if let Some(index) = &mut self.index {
+                    index.remove(&oldest);
+                }
+                self.first += 1;
+            }
+        }
+        if self
+            .answers
+            .back()
+            .is_some_and(|(newest, _)| msg_id < *newest)
+        {
+            self.descents += 1;
+        }
+        self.answers.push_back((msg_id, answer));
+        let arrival = self.first + self.answers.len() as u64 - 1;
+        match (&mut self.index, self.descents) {
+            (None, 0) => {}
+            (Some(_), 0) => self.index = None,
+            (Some(index), _) => {
+                index.insert(msg_id, arrival);
+            }
+            (None, _) => {
+                let first = self.first;
+                self.index = Some(
+                    self.answers
+                        .iter()
+                        .zip(first..)
+                        .map(|((id, _), arrival)| (*id, arrival))
+                        .collect(),
+                );
+            }
+        }
+        self.answers.len() - 1
+    }
 }
 
 impl Answered {
     /// The answer given to `(src, msg_id)`, if still remembered.
     pub fn get(&self, src: &str, msg_id: u64) -> Option<&Answer> {
-        self.senders.get(src)?.answers.get(&msg_id)
+        self.get_shared(src, msg_id).map(|answer| &**answer)
+    }
+
+    /// As [`Answered::get`], the shared answer itself.
+    pub(crate) fn get_shared(&self, src: &str, msg_id: u64) -> Option<&Arc<Answer>> {
+        self.senders.get(src)?.get(msg_id)
     }
 
     /// Remembers an answer, forgetting the oldest when a window is full.
     pub fn insert(&mut self, src: &str, msg_id: u64, answer: Answer) {
+        self.insert_shared(src, msg_id, Arc::new(answer));
+    }
+
+    /// As [`Answered::insert`], sharing the answer; returns the sender's name (shared) and the
+    /// answer as remembered.
+    pub(crate) fn insert_shared(
+        &mut self,
+        src: &str,
+        msg_id: u64,
+        answer: Arc<Answer>,
+    ) -> (&Arc<str>, &Arc<Answer>) {
         if !self.senders.contains_key(src) {
             if self.arrival.len() >= SENDERS {
                 if let Some(oldest) = self.arrival.pop_front() {
-                    self.senders.remove(&oldest);
+                    self.senders.remove(&*oldest);
                 }
             }
-            self.arrival.push_back(src.into());
-            self.senders.insert(src.into(), SenderLog::default());
+            let name: Arc<str> = Arc::from(src);
+            self.arrival.push_back(Arc::clone(&name));
+            self.senders
+                .insert(Arc::clone(&name), SenderLog::new(name, PER_SENDER));
         }
         let log = self.senders.get_mut(src).expect("inserted above");
-        if log.answers.insert(msg_id, answer).is_none() {
-            if log.arrival.len() >= PER_SENDER {
-                if let Some(oldest) = log.arrival.pop_front() {
-                    log.answers.remove(&oldest);
-                }
-            }
-            log.arrival.push_back(msg_id);
-        }
+        let at = log.insert(msg_id, answer);
+        (&log.name, &log.answers[at].1)
     }
 
     /// How many answers are remembered in all.
@@ -72,6 +186,21 @@ impl Answered {
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.senders.is_empty()
+    }
+}
+
+/// Two memories are equal when they remember the same senders in the same order, each with the
+/// same answers in the same order (how many were forgotten before does not matter).
+impl PartialEq for Answered {
+    fn eq(&self, other: &Self) -> bool {
+        self.arrival == other.arrival
+            && self.arrival.iter().all(|src| {
+                match (self.senders.get(&**src), other.senders.get(&**src)) {
+                    (Some(mine), Some(theirs)) => mine.answers == theirs.answers,
+                    (None, None) => true,
+                    _ => false,
+                }
+            })
     }
 }
 
@@ -108,5 +237,70 @@ mod tests {
         assert_eq!(answered.len(), SENDERS);
         assert!(answered.get("s0", 1).is_none());
         assert!(answered.get(&format!("s{SENDERS}"), 1).is_some());
+    }
+
+    fn numbered(n: u64) -> Arc<Answer> {
+        Arc::new(Answer {
+            request: Request::Status {},
+            reply: Err(Refusal::Abort(n.to_string())),
+        })
+    }
+
+    proptest::proptest! {
+        /// A sender's log against the obvious model (a map plus the arrival order), for msg_ids
+        /// in order, out of order and repeated, across many evictions: the same answers are
+        /// remembered, the index exists exactly while the ring is out of order.
+        #[test]
+        fn sender_log_matches_a_map_and_a_queue(
+            capacity in 1usize..8,
+            ops in proptest::collection::vec((0u64..24, proptest::bool::ANY), 0..200),
+        ) {
+            let mut log = SenderLog::new(Arc::from("a"), capacity);
+            let mut model: std::collections::HashMap<u64, u64> = Default::default();
+            let mut order: VecDeque<u64> = VecDeque::new();
+            for (step, (id, ascending)) in ops.into_iter().enumerate() {
+                // Half the time, continue upwards from the newest msg_id, as counters do.
+                let id = match (ascending, order.back()) {
+                    (true, Some(&newest)) => newest + 1 + id % 3,
+                    _ => id,
+                };
+                let n = step as u64;
+                if model.insert(id, n).is_none() {
+                    if order.len() >= capacity {
+                        let oldest = order.pop_front().unwrap();
+                        model.remove(&oldest);
+                    }
+                    order.push_back(id);
+                }
+                let at = log.insert(id, numbered(n));
+                proptest::prop_assert_eq!(&*log.answers[at].1, &*numbered(n));
+                let kept: Vec<u64> = log.answers.iter().map(|(id, _)| *id).collect();
+                proptest::prop_assert_eq!(&kept, &order.iter().copied().collect::<Vec<_>>());
+                for probe in 0..48 {
+                    let want = model.get(&probe).map(|&n| numbered(n));
+                    proptest::prop_assert_eq!(log.get(probe).cloned(), want, "msg_id {}", probe);
+                }
+                let sorted = kept.windows(2).all(|w| w[0] < w[1]);
+                proptest::prop_assert_eq!(log.index.is_none(), sorted);
+                if let Some(index) = &log.index {
+                    proptest::prop_assert_eq!(index.len(), kept.len());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn equality_ignores_what_was_forgotten() {
+        let mut one = Answered::default();
+        let mut two = Answered::default();
+        for id in 0..(PER_SENDER as u64 + 3) {
+            one.insert("a", id, answer());
+        }
+        for id in 3..(PER_SENDER as u64 + 3) {
+            two.insert("a", id, answer());
+        }
+        assert_eq!(one, two);
+        two.insert("a", 1, answer());
+        assert_ne!(one, two);
     }
 }

@@ -20,7 +20,7 @@ use crate::executor::Executor;
 use crate::refusal::Refusal;
 use crate::session::{Entry, Recorder};
 use crate::transitions::{Answering, Machine, Reply, Request};
-use crate::wire::BodyOut;
+use crate::wire::{write_body, Decimal};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -49,6 +49,10 @@ pub struct Journal {
     pending: usize,
     failure: Option<String>,
     _lock: Option<File>,
+    /// Reused for each entry's request JSON.
+    request_json: Vec<u8>,
+    /// Reused for each entry's reply JSON.
+    reply_json: Vec<u8>,
 }
 
 /// One recorded entry, as `history` lists it.
@@ -82,29 +86,49 @@ impl Row {
     }
 
     fn checksum(&self) -> u32 {
-        let mut hasher = crc32fast::Hasher::new();
-        for part in [
-            self.seq.to_string().as_bytes(),
-            self.src.as_bytes(),
-            self.msg_id.to_string().as_bytes(),
-            &[u8::from(self.accepted)],
-            self.request.as_bytes(),
-            self.reply.as_bytes(),
-        ] {
-            hasher.update(&(part.len() as u64).to_le_bytes());
-            hasher.update(part);
-        }
-        hasher.finalize()
+        checksum(
+            self.seq,
+            &self.src,
+            self.msg_id,
+            self.accepted,
+            &self.request,
+            &self.reply,
+        )
     }
+}
+
+/// The checksum of an entry: CRC-32 over its fields (integers in decimal), each preceded by its
+/// length.
+fn checksum(seq: u64, src: &str, msg_id: u64, accepted: bool, request: &str, reply: &str) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    for part in [
+        Decimal::new(seq).as_bytes(),
+        src.as_bytes(),
+        Decimal::new(msg_id).as_bytes(),
+        &[u8::from(accepted)],
+        request.as_bytes(),
+        reply.as_bytes(),
+    ] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize()
+}
+
+/// Appends the reply body JSON stored for an answer.
+fn write_reply_json(out: &mut Vec<u8>, msg_id: u64, reply: &Result<Reply, Refusal>) {
+    let written = match reply {
+        Ok(reply) => write_body(out, Some(msg_id), reply),
+        Err(refusal) => write_body(out, Some(msg_id), refusal),
+    };
+    assert!(written, "reply bodies always serialize");
 }
 
 /// The reply body JSON stored for an answer.
 fn reply_json(msg_id: u64, reply: &Result<Reply, Refusal>) -> String {
-    let encoded = match reply {
-        Ok(reply) => serde_json::to_string(&BodyOut::new(Some(msg_id), reply)),
-        Err(refusal) => serde_json::to_string(&BodyOut::new(Some(msg_id), refusal)),
-    };
-    encoded.expect("reply bodies always serialize")
+    let mut out = Vec::with_capacity(128);
+    write_reply_json(&mut out, msg_id, reply);
+    String::from_utf8(out).expect("JSON is UTF-8")
 }
 
 impl Journal {
@@ -150,6 +174,8 @@ impl Journal {
             pending: 0,
             failure: None,
             _lock: Some(lock),
+            request_json: Vec::new(),
+            reply_json: Vec::new(),
         };
         journal.prepare()?;
         let stored = journal.meta("estate")?;
@@ -205,6 +231,8 @@ impl Journal {
             pending: 0,
             failure: None,
             _lock: None,
+            request_json: Vec::new(),
+            reply_json: Vec::new(),
         };
         journal.check()?;
         let text = journal
@@ -395,28 +423,27 @@ impl Journal {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
         }
         self.pending += 1;
-        let request = serde_json::to_string(entry.request).expect("requests always serialize");
-        let row = Row {
-            seq: entry.seq,
-            src: entry.src.to_owned(),
-            msg_id: entry.msg_id,
-            accepted: entry.reply.is_ok(),
-            request,
-            reply: reply_json(entry.msg_id, entry.reply),
-        };
-        let checksum = row.checksum();
+        self.request_json.clear();
+        serde_json::to_writer(&mut self.request_json, entry.request)
+            .expect("requests always serialize");
+        self.reply_json.clear();
+        write_reply_json(&mut self.reply_json, entry.msg_id, entry.reply);
+        let request = std::str::from_utf8(&self.request_json).expect("JSON is UTF-8");
+        let reply = std::str::from_utf8(&self.reply_json).expect("JSON is UTF-8");
+        let accepted = entry.reply.is_ok();
+        let checksum = checksum(entry.seq, entry.src, entry.msg_id, accepted, request, reply);
         self.conn
             .prepare_cached(
                 "INSERT INTO journal (seq, src, msg_id, accepted, request, reply, checksum)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
-                row.seq as i64,
-                row.src,
-                row.msg_id as i64,
-                row.accepted,
-                row.request,
-                row.reply,
+                entry.seq as i64,
+                entry.src,
+                entry.msg_id as i64,
+                accepted,
+                request,
+                reply,
                 i64::from(checksum)
             ])?;
         Ok(())

@@ -53,7 +53,7 @@ impl<R: Read> LineReader<R> {
                 return Ok(any.then(|| Self::finish(seen, self.cap)));
             }
             any = true;
-            let (chunk, done) = match memchr(available) {
+            let (chunk, done) = match memchr::memchr(b'\n', available) {
                 Some(at) => (&available[..at], Some(at + 1)),
                 None => (available, None),
             };
@@ -81,10 +81,6 @@ impl<R: Read> LineReader<R> {
     pub fn has_buffered(&self) -> bool {
         !self.inner.buffer().is_empty()
     }
-}
-
-fn memchr(haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == b'\n')
 }
 
 #[cfg(test)]

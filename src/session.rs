@@ -4,7 +4,7 @@
 
 use crate::executor::{Executor, Simulated};
 use crate::refusal::Refusal;
-use crate::transitions::{Answering, Machine, Reply, Request};
+use crate::transitions::{Answering, Machine, Outcome, Reply, Request};
 use crate::wire::{self, write_reply, MAX_LINE_BYTES};
 use std::fmt;
 
@@ -148,36 +148,36 @@ impl<E: Executor, R: Recorder> Session<E, R> {
             };
             return self.diagnostic(why);
         };
-        let answer = incoming.request.and_then(|request| {
-            let new_id = match &request {
-                Request::Init { node_id, .. } => Some(node_id.clone()),
-                _ => None,
-            };
-            let (reply, answering) = self.machine.handle_traced(src, Some(msg_id), request);
-            if let Answering::Fresh(seq) = answering {
-                let answer = self
-                    .machine
-                    .answer(src, msg_id)
-                    .expect("fresh answers are remembered");
-                self.recorder.record(Entry {
-                    seq,
-                    src,
-                    msg_id,
-                    request: &answer.request,
-                    reply: &answer.reply,
-                });
+        let outcome = match incoming.request {
+            Err(refusal) => Outcome::Computed(Err(refusal)),
+            Ok(request) => {
+                let new_id = match &request {
+                    Request::Init { node_id, .. } => Some(node_id.clone()),
+                    _ => None,
+                };
+                let (outcome, answering) = self.machine.handle_shared(src, Some(msg_id), request);
+                if let (Answering::Fresh(seq), Outcome::Remembered(answer)) = (answering, &outcome)
+                {
+                    self.recorder.record(Entry {
+                        seq,
+                        src,
+                        msg_id,
+                        request: &answer.request,
+                        reply: &answer.reply,
+                    });
+                }
+                if outcome.reply().is_ok() && new_id.is_some() {
+                    self.node_id = new_id;
+                }
+                outcome
             }
-            if reply.is_ok() && new_id.is_some() {
-                self.node_id = new_id;
-            }
-            reply
-        });
+        };
         let from = self
             .node_id
             .as_deref()
             .or(incoming.dest.as_deref())
             .unwrap_or(DEFAULT_NODE_ID);
-        match &answer {
+        match outcome.reply() {
             Ok(reply) => write_reply(out, from, src, Some(msg_id), reply),
             Err(refusal) => write_reply(out, from, src, Some(msg_id), refusal),
         }

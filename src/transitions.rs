@@ -14,6 +14,7 @@ use crate::refusal::Refusal;
 use crate::replies::*;
 use crate::state::{join, Environment, Health, RestoreRecord, State};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// How many accepted changes the `history` message can return.
 pub const HISTORY_WINDOW: usize = 1_000;
@@ -27,8 +28,30 @@ pub struct Machine<E = Simulated> {
     /// number of the last one, the same number its journal entry gets.
     seq: u64,
     /// The last [`HISTORY_WINDOW`] accepted changes, oldest first.
-    recent: VecDeque<HistoryEntry>,
+    recent: VecDeque<Recent>,
     executor: E,
+}
+
+/// One accepted change in the audit trail: the answer is shared with the retry memory, and
+/// copied out only when `history` asks for it.
+#[derive(Debug, Clone, PartialEq)]
+struct Recent {
+    seq: u64,
+    src: Arc<str>,
+    msg_id: u64,
+    answer: Arc<Answer>,
+}
+
+impl Recent {
+    fn entry(&self) -> HistoryEntry {
+        HistoryEntry {
+            seq: self.seq,
+            src: self.src.to_string(),
+            msg_id: self.msg_id,
+            request: self.answer.request.clone(),
+            reply: self.answer.reply.clone(),
+        }
+    }
 }
 
 /// How [`Machine::handle_traced`] answered a request.
@@ -40,6 +63,33 @@ pub enum Answering {
     Fresh(u64),
     /// A retry, answered from memory.
     Retry,
+}
+
+/// What [`Machine::handle_shared`] answered: a reply computed for this request alone, or the
+/// remembered answer of a state-changing request (fresh or a retry), as the memory holds it.
+#[derive(Debug)]
+pub(crate) enum Outcome<'a> {
+    /// A query's reply, or a refusal that is not remembered.
+    Computed(Result<Reply, Refusal>),
+    /// The remembered answer.
+    Remembered(&'a Answer),
+}
+
+impl Outcome<'_> {
+    /// The reply or refusal.
+    pub(crate) fn reply(&self) -> &Result<Reply, Refusal> {
+        match self {
+            Outcome::Computed(reply) => reply,
+            Outcome::Remembered(answer) => &answer.reply,
+        }
+    }
+
+    fn into_reply(self) -> Result<Reply, Refusal> {
+        match self {
+            Outcome::Computed(reply) => reply,
+            Outcome::Remembered(answer) => answer.reply.clone(),
+        }
+    }
 }
 
 impl Machine<Simulated> {
@@ -104,55 +154,68 @@ impl<E: Executor> Machine<E> {
         msg_id: Option<u64>,
         request: Request,
     ) -> (Result<Reply, Refusal>, Answering) {
+        let (outcome, answering) = self.handle_shared(src, msg_id, request);
+        (outcome.into_reply(), answering)
+    }
+
+    /// As [`Machine::handle_traced`], without copying a remembered answer: a fresh or retried
+    /// change comes back as the answer the memory holds.
+    pub(crate) fn handle_shared(
+        &mut self,
+        src: &str,
+        msg_id: Option<u64>,
+        request: Request,
+    ) -> (Outcome<'_>, Answering) {
         if !request.changes_state() {
             let reply = self
                 .permit(src, &request)
                 .and_then(|()| self.apply(&request));
-            return (reply, Answering::Unrecorded);
+            return (Outcome::Computed(reply), Answering::Unrecorded);
         }
         let Some(msg_id) = msg_id else {
             let refusal = Refusal::MalformedRequest(format!(
                 "{} changes the estate and needs a msg_id, so that a retry cannot apply it twice; nothing changed",
                 request.type_name()
             ));
-            return (Err(refusal), Answering::Unrecorded);
+            return (Outcome::Computed(Err(refusal)), Answering::Unrecorded);
         };
-        if let Some(answer) = self.answered.get(src, msg_id) {
-            if answer.request == request {
-                return (answer.reply.clone(), Answering::Retry);
+        let seen = self
+            .answered
+            .get(src, msg_id)
+            .map(|answer| (answer.request == request, answer.request.type_name()));
+        match seen {
+            Some((true, _)) => {
+                let answer = self.answered.get(src, msg_id).expect("just found");
+                return (Outcome::Remembered(answer), Answering::Retry);
             }
-            let refusal = Refusal::PreconditionFailed(format!(
-                "msg_id {msg_id} from {src} already answered a different request ({}); send this {} with a new msg_id",
-                answer.request.type_name(),
-                request.type_name()
-            ));
-            return (Err(refusal), Answering::Unrecorded);
+            Some((false, earlier)) => {
+                let refusal = Refusal::PreconditionFailed(format!(
+                    "msg_id {msg_id} from {src} already answered a different request ({earlier}); send this {} with a new msg_id",
+                    request.type_name()
+                ));
+                return (Outcome::Computed(Err(refusal)), Answering::Unrecorded);
+            }
+            None => {}
         }
         let reply = self
             .permit(src, &request)
             .and_then(|()| self.apply(&request));
         self.seq += 1;
-        if reply.is_ok() {
+        let answer = Arc::new(Answer { request, reply });
+        let shared = answer.reply.is_ok().then(|| Arc::clone(&answer));
+        let (src, answer) = self.answered.insert_shared(src, msg_id, answer);
+        if let Some(shared) = shared {
             if self.recent.len() >= HISTORY_WINDOW {
                 self.recent.pop_front();
             }
-            self.recent.push_back(HistoryEntry {
+            self.recent.push_back(Recent {
                 seq: self.seq,
-                src: src.to_owned(),
+                src: Arc::clone(src),
                 msg_id,
-                request: request.clone(),
-                reply: reply.clone(),
+                answer: shared,
             });
         }
-        self.answered.insert(
-            src,
-            msg_id,
-            Answer {
-                request,
-                reply: reply.clone(),
-            },
-        );
-        (reply, Answering::Fresh(self.seq))
+        (Outcome::Remembered(answer), Answering::Fresh(self.seq))
     }
 
     /// The remembered answer to `(src, msg_id)`, if any.
@@ -363,7 +426,7 @@ impl<E: Executor> Machine<E> {
         }
         let skip = self.recent.len().saturating_sub(limit as usize);
         Ok(HistoryOk {
-            entries: self.recent.iter().skip(skip).cloned().collect(),
+            entries: self.recent.iter().skip(skip).map(Recent::entry).collect(),
         })
     }
 
