@@ -1,14 +1,23 @@
-//! One arbitrary line through `wire::decode`: it must never panic, and every request it accepts
-//! must survive `encode_request` -> `decode` unchanged.
+//! One arbitrary line through `wire::decode`: it must never panic; wherever its single-pass
+//! fast path accepts a line, the full decoder must read exactly the same from it; and every
+//! request it accepts must survive `encode_request` -> `decode` unchanged.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rollback_node::wire::{decode, encode_request};
+use rollback_node::wire::{decode, decode_in_full, decode_single_pass, encode_request};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(line) = std::str::from_utf8(data) else {
         return;
     };
+    if let Some(fast) = decode_single_pass(line) {
+        let full = decode_in_full(line)
+            .unwrap_or_else(|e| panic!("the single pass accepts what the full decoder refuses: {e}"));
+        assert_eq!(fast.src, full.src, "src differs");
+        assert_eq!(fast.dest, full.dest, "dest differs");
+        assert_eq!(fast.msg_id, full.msg_id, "msg_id differs");
+        assert_eq!(fast.request, full.request, "request differs");
+    }
     let Ok(incoming) = decode(line) else {
         return;
     };
