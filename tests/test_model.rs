@@ -22,7 +22,8 @@ const CASES: u32 = 4096;
 const MAX_TRANSITIONS: usize = 40;
 
 /// A second estate, to reach what the example cannot: an irreversible migration, other costs, a
-/// schema not at the last version, an unhealthy environment, two backups, a disabled flag.
+/// schema not at the last version, an unhealthy environment, two backups, a disabled flag, and
+/// guard rails restricting two change types to some of the generated senders.
 const VARIANT_TOML: &str = r#"
 schema_version = 1
 
@@ -60,6 +61,10 @@ live = "blue"
 blue = "healthy"
 green = "unhealthy"
 
+[permissions]
+restore = ["c1"]
+migrate = ["c2", "c3"]
+
 [[backups]]
 name = "nightly"
 rows = 42
@@ -75,6 +80,10 @@ restore_seconds = 30
 
 const UNKNOWN_NAMES: [&str; 3] = ["ghost", "", "NEW_CHECKOUT"];
 
+/// How many accepted changes `history` can list at most, and its default.
+const HISTORY_MAX: u64 = 1_000;
+const HISTORY_DEFAULT: u64 = 20;
+
 // ---------------------------------------------------------------------------------------------
 // Inputs: a plain description of one line, and its JSON text.
 // ---------------------------------------------------------------------------------------------
@@ -89,6 +98,7 @@ enum Kind {
     SwitchTraffic(Option<Value>, Option<Value>),
     Restore(Option<Value>),
     Status,
+    History(Option<Value>),
     Init(Option<Value>, Option<Value>),
     Unknown(String),
     NoType,
@@ -145,6 +155,7 @@ impl Msg {
             Kind::SwitchTraffic(..) => kind("switch_traffic"),
             Kind::Restore(_) => kind("restore"),
             Kind::Status => kind("status"),
+            Kind::History(_) => kind("history"),
             Kind::Init(..) => kind("init"),
             Kind::Unknown(t) => kind(t),
             Kind::NoType => {}
@@ -160,6 +171,7 @@ impl Msg {
                 put(&mut body, "to", to);
             }
             Kind::Restore(v) => put(&mut body, "backup", v),
+            Kind::History(v) => put(&mut body, "limit", v),
             Kind::Init(id, ids) => {
                 put(&mut body, "node_id", id);
                 put(&mut body, "node_ids", ids);
@@ -248,12 +260,99 @@ enum Req {
     Switch(Env, Env),
     Restore(String),
     Status,
+    /// The limit as sent (decoded as a u32), range-checked when answered.
+    History(u64),
     Init(String, Vec<String>),
 }
 
 impl Req {
     fn changes_state(&self) -> bool {
-        !matches!(self, Req::Status | Req::Init(..))
+        !matches!(self, Req::Status | Req::History(_) | Req::Init(..))
+    }
+
+    /// The `type` on the wire.
+    fn type_name(&self) -> &'static str {
+        match self {
+            Req::Rollback(_) => "rollback",
+            Req::Migrate(_) => "migrate",
+            Req::Disable(_) => "disable_feature",
+            Req::Enable(_) => "enable_feature",
+            Req::Switch(..) => "switch_traffic",
+            Req::Restore(_) => "restore",
+            Req::Status => "status",
+            Req::History(_) => "history",
+            Req::Init(..) => "init",
+        }
+    }
+
+    /// The request as `history` lists it: `type`, then the fields in declaration order.
+    fn wire_text(&self) -> String {
+        let fields: Vec<(&str, Value)> = match self {
+            Req::Rollback(v) | Req::Migrate(v) => vec![("version", json!(v))],
+            Req::Disable(f) | Req::Enable(f) => vec![("feature", json!(f))],
+            Req::Switch(from, to) => vec![("from", json!(from.name())), ("to", json!(to.name()))],
+            Req::Restore(b) => vec![("backup", json!(b))],
+            Req::Status | Req::History(_) | Req::Init(..) => {
+                unreachable!("only accepted changes are listed")
+            }
+        };
+        let mut all = vec![("type", json!(self.type_name()).to_string())];
+        all.extend(fields.into_iter().map(|(k, v)| (k, v.to_string())));
+        ordered(&all)
+    }
+}
+
+/// A JSON object with its keys in the given order; the values are JSON texts.
+fn ordered(fields: &[(&str, String)]) -> String {
+    let items: Vec<String> = fields
+        .iter()
+        .map(|(key, value)| format!("{}:{value}", json!(key)))
+        .collect();
+    format!("{{{}}}", items.join(","))
+}
+
+/// A success body as the node writes it: `type`, `in_reply_to`, then the reply's fields in
+/// declaration order.
+fn reply_text(body: &Value, in_reply_to: u64) -> String {
+    let kind = body["type"].as_str().expect("a success body has a type");
+    let order: &[&str] = match kind {
+        "rollback_complete" => &["rolled_back_from", "rolled_back_to", "duration_seconds"],
+        "migrate_complete" => &["migrated_from", "migrated_to", "duration_seconds"],
+        "feature_disabled" => &["feature", "rolled_back_instant"],
+        "feature_enabled" => &["feature"],
+        "traffic_switched" => &["current_environment", "downtime_seconds"],
+        "restore_complete" => &["restored_rows", "duration_seconds"],
+        other => unreachable!("{other} is not the reply to a change"),
+    };
+    assert_eq!(body.as_object().unwrap().len(), order.len() + 1, "{body}");
+    let mut fields = vec![
+        ("type", json!(kind).to_string()),
+        ("in_reply_to", in_reply_to.to_string()),
+    ];
+    fields.extend(order.iter().map(|key| (*key, body[*key].to_string())));
+    ordered(&fields)
+}
+
+/// One accepted change, as the model remembers it for `history`.
+#[derive(Clone, Debug)]
+struct Accepted {
+    seq: u64,
+    src: String,
+    msg_id: u64,
+    req: Req,
+    /// The success body, without `in_reply_to`.
+    body: Value,
+}
+
+impl Accepted {
+    fn wire_text(&self) -> String {
+        ordered(&[
+            ("seq", self.seq.to_string()),
+            ("src", json!(self.src).to_string()),
+            ("msg_id", self.msg_id.to_string()),
+            ("request", self.req.wire_text()),
+            ("reply", reply_text(&self.body, self.msg_id)),
+        ])
     }
 }
 
@@ -271,6 +370,8 @@ struct ExpectedReply {
     dest: String,
     in_reply_to: u64,
     outcome: Outcome,
+    /// The body's exact text, where the model predicts the wire shape (`history_ok`).
+    exact: Option<String>,
 }
 
 /// What the model predicts for the last line.
@@ -298,6 +399,12 @@ struct Model {
     last_restore: Option<(String, u64, u32)>,
     node_id: Option<String>,
     answered: BTreeMap<(String, u64), (Req, Outcome)>,
+    /// Guard rails: a type listed here is accepted only from these senders.
+    permissions: BTreeMap<&'static str, Vec<&'static str>>,
+    /// How many changes were answered fresh (accepted or refused), as their sequence numbers.
+    seq: u64,
+    /// The accepted changes, oldest first, at most [`HISTORY_MAX`].
+    recent: Vec<Accepted>,
     /// Earlier messages with a sender and a valid msg_id, to resend or to reuse the id of.
     sent: Vec<Msg>,
     next_id: u64,
@@ -327,6 +434,9 @@ fn example_model() -> Model {
         last_restore: None,
         node_id: None,
         answered: BTreeMap::new(),
+        permissions: BTreeMap::new(),
+        seq: 0,
+        recent: Vec::new(),
         sent: Vec::new(),
         next_id: 100,
         step: Step::default(),
@@ -369,6 +479,7 @@ fn variant_model() -> Model {
             ("dark_mode".to_owned(), true),
         ]),
         live: Env::Blue,
+        permissions: BTreeMap::from([("restore", vec!["c1"]), ("migrate", vec!["c2", "c3"])]),
         ..example_model()
     }
 }
@@ -395,6 +506,16 @@ fn decode_env(v: &Option<Value>) -> Result<Env, u64> {
     }
 }
 
+fn decode_limit(v: &Option<Value>) -> Result<u64, u64> {
+    match v {
+        None | Some(Value::Null) => Ok(HISTORY_DEFAULT),
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= u64::from(u32::MAX) => Ok(n),
+            _ => Err(12),
+        },
+    }
+}
+
 fn decode_strings(v: &Option<Value>) -> Result<Vec<String>, u64> {
     match v {
         Some(Value::Array(items)) => items
@@ -415,6 +536,7 @@ fn decode(kind: &Kind) -> Result<Req, u64> {
         Kind::SwitchTraffic(from, to) => Req::Switch(decode_env(from)?, decode_env(to)?),
         Kind::Restore(b) => Req::Restore(decode_string(b)?),
         Kind::Status => Req::Status,
+        Kind::History(limit) => Req::History(decode_limit(limit)?),
         Kind::Init(id, ids) => Req::Init(decode_string(id)?, decode_strings(ids)?),
         Kind::Unknown(_) => return Err(10),
         Kind::NoType | Kind::TypeNotString(_) => return Err(12),
@@ -428,6 +550,30 @@ impl Model {
 
     fn migration(&self, version: u32) -> &Migration {
         &self.migrations[version as usize - 1]
+    }
+
+    /// Whether the estate's guard rails let `src` send this type.
+    fn permitted(&self, src: &str, req: &Req) -> bool {
+        self.permissions
+            .get(req.type_name())
+            .is_none_or(|allowed| allowed.contains(&src))
+    }
+
+    /// The exact `history_ok` body answering msg_id `in_reply_to`, or the error code.
+    fn history(&self, limit: u64, in_reply_to: u64) -> Result<String, u64> {
+        if limit == 0 || limit > HISTORY_MAX {
+            return Err(12);
+        }
+        let skip = self.recent.len().saturating_sub(limit as usize);
+        let entries: Vec<String> = self.recent[skip..]
+            .iter()
+            .map(Accepted::wire_text)
+            .collect();
+        Ok(ordered(&[
+            ("type", json!("history_ok").to_string()),
+            ("in_reply_to", in_reply_to.to_string()),
+            ("entries", format!("[{}]", entries.join(","))),
+        ]))
     }
 
     fn healthy(&self, env: Env) -> bool {
@@ -532,6 +678,7 @@ impl Model {
                     "schema_version": schema,
                 })),
             })),
+            Req::History(_) => unreachable!("answered by Model::history"),
             Req::Init(id, ids) => {
                 if id.is_empty() || (!ids.is_empty() && !ids.contains(id)) {
                     return Outcome::Err(12);
@@ -558,8 +705,19 @@ impl Model {
         if self.sent.len() > 16 {
             self.sent.remove(0);
         }
+        let mut exact = None;
         let outcome = match decode(&msg.kind) {
             Err(code) => Outcome::Err(code),
+            Ok(req) if !self.permitted(src, &req) && !req.changes_state() => Outcome::Err(22),
+            Ok(Req::History(limit)) => match self.history(limit, msg_id) {
+                Ok(text) => {
+                    let mut body: Value = serde_json::from_str(&text).unwrap();
+                    body.as_object_mut().unwrap().remove("in_reply_to");
+                    exact = Some(text);
+                    Outcome::Ok(body)
+                }
+                Err(code) => Outcome::Err(code),
+            },
             Ok(req) if !req.changes_state() => self.perform(&req),
             Ok(req) => {
                 let key = (src.clone(), msg_id);
@@ -570,9 +728,26 @@ impl Model {
                     }
                     Some(_) => Outcome::Err(22),
                     None => {
-                        let outcome = self.perform(&req);
+                        self.seq += 1;
+                        let outcome = if self.permitted(src, &req) {
+                            self.perform(&req)
+                        } else {
+                            Outcome::Err(22)
+                        };
                         if let (Req::Rollback(v), Outcome::Ok(_)) = (&req, &outcome) {
                             step.rollback_version = Some(*v);
+                        }
+                        if let Outcome::Ok(body) = &outcome {
+                            if self.recent.len() as u64 >= HISTORY_MAX {
+                                self.recent.remove(0);
+                            }
+                            self.recent.push(Accepted {
+                                seq: self.seq,
+                                src: src.clone(),
+                                msg_id,
+                                req: req.clone(),
+                                body: body.clone(),
+                            });
                         }
                         self.answered.insert(key.clone(), (req, outcome.clone()));
                         step.first_answer = Some(key);
@@ -591,6 +766,7 @@ impl Model {
             dest: src.clone(),
             in_reply_to: msg_id,
             outcome,
+            exact,
         });
         step
     }
@@ -722,6 +898,29 @@ fn any_kind(names: &Names) -> BoxedStrategy<Kind> {
     .boxed()
 }
 
+/// A `history` query: the limit left out, small, at the edges of its range, or ill-typed.
+fn history_kind() -> BoxedStrategy<Kind> {
+    prop_oneof![
+        4 => Just(None),
+        6 => (1u64..=4).prop_map(|n| Some(json!(n))),
+        2 => Just(Some(json!(0))),
+        1 => Just(Some(json!(HISTORY_MAX))),
+        2 => select(vec![HISTORY_MAX + 1, u64::from(u32::MAX), u64::from(u32::MAX) + 1])
+            .prop_map(|n| Some(json!(n))),
+        1 => Just(Some(Value::Null)),
+        3 => select(vec![json!(-1), json!(2.5), json!(3.0), json!("3"), json!([3]), json!(true)])
+            .prop_map(Some),
+    ]
+    .prop_map(Kind::History)
+    .boxed()
+}
+
+/// Any body the state-machine test sends. The determinism test leaves `history` out: its `seq`
+/// counts refused changes too, which a replay of the accepted requests alone does not resend.
+fn model_kind(names: &Names) -> BoxedStrategy<Kind> {
+    prop_oneof![7 => any_kind(names), 1 => history_kind()].boxed()
+}
+
 fn sender() -> BoxedStrategy<String> {
     prop_oneof![3 => Just("c1"), 3 => Just("c2"), 1 => Just("c3")]
         .prop_map(str::to_owned)
@@ -822,14 +1021,14 @@ impl ReferenceStateMachine for Reference {
         let mut options: Vec<(u32, BoxedStrategy<Input>)> = vec![
             (
                 16,
-                msg(src.clone(), fresh_id, any_kind(&names))
+                msg(src.clone(), fresh_id, model_kind(&names))
                     .prop_map(Input::Msg)
                     .boxed(),
             ),
             // A change or query that cannot be answered: no msg_id, or no sender.
             (
                 2,
-                msg(src, bad_msg_id(), any_kind(&names))
+                msg(src, bad_msg_id(), model_kind(&names))
                     .prop_map(Input::Msg)
                     .boxed(),
             ),
@@ -838,7 +1037,7 @@ impl ReferenceStateMachine for Reference {
                 msg(
                     Just(None).boxed(),
                     Just(Some(json!(7))).boxed(),
-                    any_kind(&names),
+                    model_kind(&names),
                 )
                 .prop_map(Input::Msg)
                 .boxed(),
@@ -921,6 +1120,12 @@ fn check_reply(line: &str, out: &[u8], expected: &Option<ExpectedReply>) -> Opti
         out.contains(r#","body":{"type":"#) && out.contains(r#"","in_reply_to":"#),
         "{context}: the body must start with type, then in_reply_to"
     );
+    if let Some(exact) = &expected.exact {
+        assert!(
+            out.trim_end().ends_with(&format!(r#","body":{exact}}}"#)),
+            "{context}: the body must be exactly {exact}"
+        );
+    }
     let body = &reply["body"];
     match &expected.outcome {
         Outcome::Ok(fields) => {
@@ -1058,6 +1263,11 @@ impl StateMachineTest for NodeTest {
             sut.session.node_id(),
             model.node_id.as_deref(),
             "model_equals_real_state: node_id"
+        );
+        assert_eq!(
+            sut.session.machine().seq(),
+            model.seq,
+            "model_equals_real_state: seq"
         );
 
         for flag in &sut.disabled {
