@@ -141,12 +141,7 @@ impl SenderLog {
 impl Answered {
     /// The answer given to `(src, msg_id)`, if still remembered.
     pub fn get(&self, src: &str, msg_id: u64) -> Option<&Answer> {
-        self.get_shared(src, msg_id).map(|answer| &**answer)
-    }
-
-    /// As [`Answered::get`], the shared answer itself.
-    pub(crate) fn get_shared(&self, src: &str, msg_id: u64) -> Option<&Arc<Answer>> {
-        self.senders.get(src)?.get(msg_id)
+        self.senders.get(src)?.get(msg_id).map(|answer| &**answer)
     }
 
     /// Remembers an answer, forgetting the oldest when a window is full.

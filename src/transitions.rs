@@ -141,7 +141,7 @@ impl<E: Executor> Machine<E> {
     }
 
     /// As [`Machine::handle`], also saying whether the answer is fresh (to be journaled) or a
-    /// retry. A fresh answer is remembered and can be read back with [`Machine::answer`].
+    /// retry. A fresh answer is remembered and can be read back with [`Machine::answered`].
     ///
     /// The first element is the reply or refusal: the transition's refusal;
     /// [`Refusal::MalformedRequest`] for a state-changing request without a `msg_id` (it could
@@ -216,11 +216,6 @@ impl<E: Executor> Machine<E> {
             });
         }
         (Outcome::Remembered(answer), Answering::Fresh(self.seq))
-    }
-
-    /// The remembered answer to `(src, msg_id)`, if any.
-    pub fn answer(&self, src: &str, msg_id: u64) -> Option<&Answer> {
-        self.answered.get(src, msg_id)
     }
 
     /// The estate's guard rail: whether `src` may send this type of request.
