@@ -6,18 +6,16 @@
 //! Maelstrom JSON-lines protocol; the `rollback-node` binary serves it on stdin/stdout.
 //!
 //! # Layout
-//! - [`state`]: the formal state of an estate (schema, flags, traffic, last restore), which is also
-//!   the estate file format.
-//! - [`transitions`]: the state machine. One `#[transition]` method per message type;
-//!   [`macro@protocol`] derives [`Request`], [`transitions::Reply`] and the dispatcher from them.
-//! - [`executor`]: the boundary between deciding and doing; [`Simulated`] is the cost model.
-//! - [`replies`]: the reply bodies and the [`Version`] field type.
-//! - [`refusal`]: why a request was refused, one variant per Maelstrom error code.
-//! - [`answered`]: the bounded memory that makes retries idempotent.
-//! - [`journal`]: the durable, write-ahead journal of a state directory, and its replay.
-//! - [`wire`]: envelopes in, reply lines out.
-//! - [`lines`] and [`session`]: capped line splitting and the per-line entry point shared by the
-//!   binary, the tests and the fuzzers. The stdio loop itself lives only in the binary.
+//! Dependencies run one way: `protocol` ← `core` ← {`wire`, `exec`, `store`} ← `runtime` ← the
+//! binary. `ARCHITECTURE.md` gives the bird's-eye view.
+//! - [`protocol`]: reply bodies, the values they carry, [`Refusal`], the one reply encoder.
+//! - [`core`]: the pure state machine — the estate's state, the transitions (one
+//!   `#[transition]` method per message; [`macro@protocol`] derives [`Request`] and the
+//!   dispatcher), decisions and effects as data, lanes and queues, the retry memory.
+//! - [`wire`]: request lines in (capped line splitting, the single-pass and full decoders).
+//! - [`exec`]: one small trait per capability and the simulated executor (the cost model).
+//! - [`store`]: the journal of intents and outcomes with snapshots, and replay.
+//! - [`runtime`]: the session (line in, replies out) and the concurrent event loop.
 //!
 //! ```
 //! use rollback_node::Session;
@@ -40,48 +38,41 @@
 
 extern crate self as rollback_node;
 
-pub mod answered;
-pub mod executor;
-pub mod journal;
-pub mod lines;
-pub mod refusal;
-pub mod replies;
-pub mod session;
-pub mod state;
-pub mod transitions;
+pub mod core;
+pub mod exec;
+pub mod protocol;
+pub mod runtime;
+pub mod store;
 pub mod wire;
 
-pub use executor::{ExecError, Executor, Simulated};
-pub use refusal::Refusal;
-pub use replies::Version;
-pub use session::{Diagnostic, Session};
-pub use state::{Environment, State};
-pub use transitions::{Machine, Request};
-pub use wire::ReplyBody;
+pub use crate::core::estate::{Estate, EstateError, EXAMPLE_ESTATE};
+pub use crate::core::state::State;
+pub use crate::core::{Machine, Request};
+pub use exec::simulated::Simulated;
+pub use protocol::{Environment, Refusal, ReplyBody, Version};
+pub use runtime::{Diagnostic, Session};
 
 /// Derives a protocol from the transitions of a state machine.
 ///
-/// Put `#[protocol]` on an `impl` block and mark each message's method `#[transition]` (or
-/// `#[transition(rename = "wire_name")]`). For each marked method:
-/// - its name is the message `type`, its arguments after the receiver are the request's fields;
-/// - `&self` makes it a query, `&mut self` a change (changes are remembered for retries);
-/// - it returns `Result<R, Refusal>` where `R` is a `#[derive(Reply)]` struct.
+/// Put `#[protocol]` on an `impl` block and mark each message's method `#[transition]` (a
+/// query) or `#[transition(lane = Lane::Name)]` (a change decided and performed in that lane;
+/// `rename = "wire_name"` renames either). For each marked method:
+/// - its name is the message `type`, its arguments after `&self` are the request's fields;
+/// - it only decides: it takes `&self` and returns `Result<R, Refusal>` (a reply at once) or
+///   `Result<Decision<R>, Refusal>` (an operation to perform, or a lookup), where `R` is a
+///   `#[derive(Reply)]` struct.
 ///
 /// The macro emits, next to the impl block: `enum Request` (serde, tagged by `type`) with
-/// `TYPES`, `type_name`, `changes_state` and `decode_fields`; `enum Reply` with one variant per
-/// reply type; and `fn apply(&mut self, &Request) -> Result<Reply, Refusal>`, the dispatcher.
-/// Mistakes (a missing reply type, a duplicate message, an argument pattern) are compile errors
-/// at the offending token.
+/// `TYPES`, `type_name`, `changes_state`, `lane`, `fields` and `decode_fields`; `enum Reply`
+/// with one variant per reply type; and `fn decide(&self, &Request) -> Result<Decision<Reply>,
+/// Refusal>`, the dispatcher. Mistakes (a missing reply type, a duplicate message, `&mut self`,
+/// an argument pattern) are compile errors at the offending token.
 ///
 /// ```
+/// use rollback_node::core::Decision;
 /// use rollback_node::{protocol, Refusal, Reply};
 ///
 /// pub struct Counter {
-///     total: u64,
-/// }
-///
-/// #[derive(Debug, Clone, PartialEq, Reply)]
-/// pub struct Added {
 ///     total: u64,
 /// }
 ///
@@ -90,29 +81,35 @@ pub use wire::ReplyBody;
 ///     total: u64,
 /// }
 ///
+/// #[derive(Debug, Clone, PartialEq, Reply)]
+/// pub struct Sum {
+///     sum: u64,
+/// }
+///
 /// #[protocol]
 /// impl Counter {
-///     /// Adds `by` to the total.
-///     #[transition]
-///     fn add(&mut self, by: u64) -> Result<Added, Refusal> {
-///         self.total = self.total.checked_add(by).ok_or_else(|| {
-///             Refusal::PreconditionFailed("the total would overflow".into())
-///         })?;
-///         Ok(Added { total: self.total })
-///     }
-///
 ///     /// Reads the total.
 ///     #[transition(rename = "read")]
 ///     fn total(&self) -> Result<Total, Refusal> {
 ///         Ok(Total { total: self.total })
 ///     }
+///
+///     /// What the total would be with `by` added; refuses an overflow.
+///     #[transition]
+///     fn sum(&self, by: u64) -> Result<Decision<Sum>, Refusal> {
+///         let sum = self.total.checked_add(by).ok_or_else(|| {
+///             Refusal::PreconditionFailed("the total would overflow".into())
+///         })?;
+///         Ok(Decision::Reply(Sum { sum }))
+///     }
 /// }
 ///
-/// assert_eq!(Request::TYPES, ["add", "read"]);
-/// let request: Request = serde_json::from_str(r#"{"type":"add","by":2}"#).unwrap();
-/// assert!(request.changes_state());
-/// let mut counter = Counter { total: 40 };
-/// assert_eq!(counter.apply(&request), Ok(Reply::Added(Added { total: 42 })));
+/// assert_eq!(Request::TYPES, ["read", "sum"]);
+/// assert_eq!(Request::fields("sum"), Some(&["by"][..]));
+/// let request: Request = serde_json::from_str(r#"{"type":"sum","by":2}"#).unwrap();
+/// assert!(!request.changes_state());
+/// let counter = Counter { total: 40 };
+/// assert_eq!(counter.decide(&request), Ok(Decision::Reply(Reply::Sum(Sum { sum: 42 }))));
 /// ```
 pub use rollback_node_macros::protocol;
 

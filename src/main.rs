@@ -1,14 +1,16 @@
 //! The `rollback-node` binary: serves one estate over the Maelstrom protocol on stdin/stdout,
-//! optionally durable in a state directory; `status` and `history` read a state directory.
-//! Every stdout line of the node is a protocol reply; diagnostics go to stderr.
+//! optionally durable in a state directory; `status` and `history` read a state directory;
+//! `example-estate` prints the built-in estate. Every stdout line of the node is a protocol
+//! reply; diagnostics go to stderr. This file is the command line only.
 
 use clap::{Args, Parser, Subcommand};
-use rollback_node::journal::Journal;
-use rollback_node::lines::{Line, LineReader};
-use rollback_node::session::Recorder;
-use rollback_node::state::EXAMPLE_ESTATE;
-use rollback_node::wire::{BodyOut, MAX_LINE_BYTES};
-use rollback_node::{Machine, Request, Session, Simulated, State};
+use rollback_node::core::machine::Machine;
+use rollback_node::protocol::encode::BodyOut;
+use rollback_node::protocol::values::InFlightView;
+use rollback_node::store::journal::{Journal, LOCK_NAME};
+use rollback_node::store::replay::{self, Open};
+use rollback_node::store::{MemoryStore, Store};
+use rollback_node::{Estate, Session, Simulated, EXAMPLE_ESTATE};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,11 +22,13 @@ use std::process::ExitCode;
 /// and it rolls back with the right strategy: disable_feature (instant kill switch),
 /// switch_traffic (blue-green, zero downtime), rollback (a migration's down()) or restore
 /// (from backup, last resort); migrate, enable_feature, status and history complete the set.
+/// Add "dry_run": true to any change to see its effects without performing them.
 /// Replies go to stdout, diagnostics to stderr.
 ///
-/// Without --estate it manages the built-in example estate. Without --state-dir it keeps
-/// everything in memory and starts fresh each run; with it, every change is journaled before
-/// it is acknowledged, and a restart carries on where the node stopped.
+/// Without --estate it manages the built-in example estate (print it with
+/// `rollback-node example-estate`). Without --state-dir it keeps everything in memory and starts
+/// fresh each run; with it, every change is journaled before it is acted on and acknowledged, and
+/// a restart carries on where the node stopped.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -36,33 +40,49 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Estate description (TOML) to manage instead of the built-in example (format: see
-    /// estates/example.toml). With --state-dir, only needed the first time.
+    /// Estate description (TOML) to manage instead of the built-in example (the format is what
+    /// `rollback-node example-estate` prints). With --state-dir, only needed the first time.
     #[arg(long, value_name = "FILE")]
     estate: Option<PathBuf>,
-    /// Directory for the durable journal (created if missing). The node replays it at start.
+    /// Directory for the durable journal (created if missing). The node resumes from it at start.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Simulated effects take F × their modelled seconds of wall time (0: instant, the default).
+    /// Replies report the modelled seconds at any pace.
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = pace)]
+    pace: f64,
+}
+
+fn pace(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f.is_finite() && f >= 0.0 => Ok(f),
+        _ => Err(format!(
+            "{text} is not a pace; give a number of at least 0, such as 0.05 (a 60 s restore then takes 3 s)"
+        )),
+    }
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print where the estate of a state directory stands, as one JSON line (replays its
-    /// journal; the node need not be running).
+    /// Print where the estate of a state directory stands, as one JSON line (reads the
+    /// snapshot and the journal; the node need not be running).
     Status {
         /// The state directory.
         #[arg(long, value_name = "DIR")]
         state_dir: PathBuf,
     },
-    /// Print the audit trail of a state directory: accepted changes as JSON lines, oldest first.
+    /// Print the audit trail of a state directory: operations that ended, as JSON lines, oldest
+    /// first.
     History {
         /// The state directory.
         #[arg(long, value_name = "DIR")]
         state_dir: PathBuf,
         /// Print only the last N entries.
         #[arg(long, value_name = "N")]
-        limit: Option<usize>,
+        limit: Option<u64>,
     },
+    /// Print the built-in example estate (TOML) on stdout: a starting point for your own.
+    ExampleEstate,
 }
 
 /// A failure to report on stderr, with the exit code it ends with.
@@ -74,6 +94,7 @@ fn main() -> ExitCode {
         None => serve(cli.serve),
         Some(Command::Status { state_dir }) => status(&state_dir),
         Some(Command::History { state_dir, limit }) => history(&state_dir, limit),
+        Some(Command::ExampleEstate) => print_lines([EXAMPLE_ESTATE.trim_end().to_owned()]),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,26 +120,44 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         None => None,
     };
     let Some(dir) = &args.state_dir else {
-        let state = match &given {
-            Some((text, origin)) => State::from_toml(text, origin).map_err(config)?,
-            None => State::example(),
+        let estate = match &given {
+            Some((text, origin)) => Estate::from_toml(text, origin).map_err(config)?,
+            None => Estate::example(),
         };
-        return run(Session::new(Machine::new(state, Simulated)));
+        let executors = Simulated::new(estate.costs, &estate.state, args.pace).executors();
+        let session = Session::new(Machine::new(estate.state), executors, MemoryStore::new());
+        return run(session);
     };
-    let (journal, text) = Journal::open(
+    let (journal, loaded) = Journal::open(
         dir,
         given.as_ref().map(|(t, o)| (t.as_str(), o.as_str())),
         EXAMPLE_ESTATE,
     )
     .map_err(config)?;
+    if loaded.created && given.is_none() {
+        eprintln!(
+            "rollback-node: {} is new and no --estate was given: adopting the built-in example estate (see `rollback-node example-estate`); to manage your own, start with a new --state-dir and --estate FILE",
+            dir.display()
+        );
+    }
+    if let Some(warning) = &loaded.warning {
+        eprintln!("rollback-node: {warning}");
+    }
     let origin = match &given {
         Some((_, origin)) => origin.clone(),
         None => format!("{} (stored estate)", journal.path().display()),
     };
-    let mut machine = Machine::new(State::from_toml(&text, &origin).map_err(config)?, Simulated);
-    let replayed = journal.replay(&mut machine).map_err(config)?;
+    let estate = Estate::from_toml(&loaded.estate, &origin).map_err(config)?;
+    let executors = Simulated::new(estate.costs, &estate.state, args.pace).executors();
+    let (machine, open) = rebuild(estate.state, loaded.snapshot, loaded.entries, &journal)?;
+    let replayed = machine.seq();
+    let mut session = Session::new(machine, executors, journal);
+    for note in session.reconcile(open) {
+        eprintln!("rollback-node: {note}");
+    }
+    session.commit().map_err(|e| Failure(1, e.to_string()))?;
     if replayed > 0 {
-        let state = machine.state();
+        let state = session.machine().state();
         eprintln!(
             "rollback-node: resumed {} after {replayed} journal entries: schema at version {}, {} live",
             dir.display(),
@@ -126,71 +165,79 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             state.traffic.live
         );
     }
-    run(Session::with_recorder(machine, journal))
+    run(session)
 }
 
-/// The stdio loop: one line at a time. Replies are flushed whenever no more input is buffered,
-/// so an interactive caller sees each reply at once and a piped batch is written in chunks;
-/// what the recorder holds is committed before any reply leaves.
-fn run<R: Recorder>(mut session: Session<Simulated, R>) -> Result<(), Failure> {
-    let io_failure = |e: io::Error| Failure(1, e.to_string());
-    let mut reader = LineReader::new(io::stdin().lock(), MAX_LINE_BYTES);
-    let mut stdout = io::stdout().lock();
-    let mut stderr = io::stderr();
-    let mut line = Vec::with_capacity(1024);
-    let mut out = Vec::with_capacity(1 << 16);
-    loop {
-        let next = reader.next_line(&mut line).map_err(io_failure)?;
-        if let Some(kind) = next {
-            let diagnostic = match kind {
-                Line::Complete => session.handle_line(&line, &mut out),
-                Line::TooLong(bytes) => Some(session.too_long(bytes)),
-            };
-            if let Some(diagnostic) = diagnostic {
-                let _ = writeln!(stderr, "rollback-node: {diagnostic}");
-            }
-        }
-        if next.is_none() || out.len() >= 1 << 16 || !reader.has_buffered() {
-            session.recorder_mut().commit().map_err(|e| {
-                Failure(
-                    1,
-                    format!("{e}; stopping without sending the unrecorded replies"),
-                )
-            })?;
-            let written = stdout.write_all(&out).and_then(|()| stdout.flush());
-            match written {
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-                other => other.map_err(io_failure)?,
-            }
-            out.clear();
-        }
-        if next.is_none() {
-            return Ok(());
-        }
-    }
+/// A machine rebuilt from a snapshot (or the estate) and the journal entries after it.
+fn rebuild(
+    state: rollback_node::State,
+    snapshot: Option<rollback_node::core::Snapshot>,
+    entries: Vec<rollback_node::store::Entry>,
+    journal: &Journal,
+) -> Result<(Machine, Vec<Open>), Failure> {
+    let mut machine = match snapshot {
+        Some(snapshot) => Machine::from_snapshot(snapshot),
+        None => Machine::new(state),
+    };
+    let open = replay::rebuild(&mut machine, entries).map_err(|e| {
+        config(format!(
+            "{}: {e}; see README \"Recovering a damaged journal\"",
+            journal.path().display()
+        ))
+    })?;
+    Ok((machine, open))
 }
 
-/// Loads a state directory's estate and replays its journal.
-fn resume(dir: &Path) -> Result<(Journal, Machine), Failure> {
-    let (journal, text) = Journal::open_existing(dir).map_err(config)?;
-    let origin = format!("{} (stored estate)", journal.path().display());
-    let mut machine = Machine::new(State::from_toml(&text, &origin).map_err(config)?, Simulated);
-    journal.replay(&mut machine).map_err(config)?;
-    Ok((journal, machine))
+/// Serves stdin to stdout.
+fn run<S: Store>(session: Session<S>) -> Result<(), Failure> {
+    rollback_node::runtime::serve(session, io::stdin(), io::stdout().lock(), io::stderr())
+        .map_err(|e| Failure(1, e.to_string()))
 }
 
 fn status(dir: &Path) -> Result<(), Failure> {
-    let (_, mut machine) = resume(dir)?;
-    let reply = machine
-        .apply(&Request::Status {})
-        .map_err(|e| Failure(1, e.to_string()))?;
-    let line = serde_json::to_string(&BodyOut::new(None, &reply))
+    let journal = Journal::open_existing(dir).map_err(config)?;
+    let loaded = journal.load().map_err(config)?;
+    let origin = format!("{} (stored estate)", journal.path().display());
+    let estate = Estate::from_toml(&loaded.estate, &origin).map_err(config)?;
+    let (machine, open) = rebuild(estate.state, loaded.snapshot, loaded.entries, &journal)?;
+    let serving = is_served(dir);
+    let mut status = rollback_node::core::transitions::status_of(machine.state());
+    status.interrupted = machine.interrupted();
+    status.in_flight = open
+        .iter()
+        .map(|o| InFlightView {
+            kind: o.request.type_name().to_owned(),
+            msg_id: o.msg_id,
+            src: o.src.clone(),
+            lane: o.lane.to_string(),
+            state: if serving {
+                "running"
+            } else {
+                "interrupted (reconciled at the next start)"
+            }
+            .to_owned(),
+            progress: None,
+        })
+        .collect();
+    let line = serde_json::to_string(&BodyOut::new(None, &status))
         .map_err(|e| Failure(1, e.to_string()))?;
     print_lines([line])
 }
 
-fn history(dir: &Path, limit: Option<usize>) -> Result<(), Failure> {
-    let (journal, _) = Journal::open_existing(dir).map_err(config)?;
+/// Whether a node holds the directory's lock.
+fn is_served(dir: &Path) -> bool {
+    let Ok(lock) = std::fs::File::open(dir.join(LOCK_NAME)) else {
+        return false;
+    };
+    match lock.try_lock_shared() {
+        Ok(()) => false,
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(std::fs::TryLockError::Error(_)) => false,
+    }
+}
+
+fn history(dir: &Path, limit: Option<u64>) -> Result<(), Failure> {
+    let journal = Journal::open_existing(dir).map_err(config)?;
     let rows = journal.history(limit).map_err(config)?;
     print_lines(rows.iter().map(|row| row.to_json_line()))
 }

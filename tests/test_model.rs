@@ -11,7 +11,7 @@ use proptest::sample::select;
 use proptest::strategy::Union;
 use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence};
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
-use rollback_node::{Environment, Machine, Session, Simulated, State};
+use rollback_node::{Environment, Session, State};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -113,7 +113,8 @@ struct Msg {
     /// `None` = no `msg_id` key.
     msg_id: Option<Value>,
     kind: Kind,
-    /// An extra body field the node must ignore.
+    /// An extra body field, which the node must refuse (12, naming it) unless the type is
+    /// unknown (10).
     extra: bool,
     /// A trailing `\r`, which the node must ignore.
     crlf: bool,
@@ -706,7 +707,12 @@ impl Model {
             self.sent.remove(0);
         }
         let mut exact = None;
-        let outcome = match decode(&msg.kind) {
+        let decoded = match decode(&msg.kind) {
+            Err(10) => Err(10),
+            _ if msg.extra => Err(12),
+            other => other,
+        };
+        let outcome = match decoded {
             Err(code) => Outcome::Err(code),
             Ok(req) if !self.permitted(src, &req) && !req.changes_state() => Outcome::Err(22),
             Ok(Req::History(limit)) => match self.history(limit, msg_id) {
@@ -1089,9 +1095,9 @@ fn env_name(env: Environment) -> &'static str {
 }
 
 fn variant_session() -> Session {
-    let state =
-        State::from_toml(VARIANT_TOML, "variant.toml").expect("the variant estate is valid");
-    Session::new(Machine::new(state, Simulated))
+    let estate = rollback_node::Estate::from_toml(VARIANT_TOML, "variant.toml")
+        .expect("the variant estate is valid");
+    Session::simulated(estate)
 }
 
 /// Checks a real reply line against the model's expectation; returns it parsed.

@@ -4,10 +4,10 @@
 mod common;
 
 use common::{estate_with, line, reply, session, snapshot_settings};
-use rollback_node::{Session, State};
+use rollback_node::{Estate, Session};
 
 /// One case: a fresh session over `state`, the `setup` lines fed first, then `body`.
-fn check(name: &str, state: State, setup: &[&str], body: &str) {
+fn check(name: &str, state: Estate, setup: &[&str], body: &str) {
     let mut node = session(state);
     for (i, body) in setup.iter().enumerate() {
         let answer = reply(&mut node, &line(body)).expect("setup lines are answered");
@@ -20,8 +20,8 @@ fn check(name: &str, state: State, setup: &[&str], body: &str) {
     snapshot_settings().bind(|| insta::assert_snapshot!(name, answer));
 }
 
-fn example() -> State {
-    State::example()
+fn example() -> Estate {
+    Estate::example()
 }
 
 #[test]

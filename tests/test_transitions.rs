@@ -1,68 +1,94 @@
-//! Each transition and each refusal, through the library API: the reply, the state after, and
-//! that a refused request leaves the state exactly as it was.
+//! The pure core through its own API: each transition's decision (effects as data) and refusal,
+//! the second pure function (`Machine::finish`) for completions and failures, and the lanes —
+//! queues, retries that join a running request, completions in any order, a full queue — with a
+//! test sink standing in for the runtime and completions handed in by hand.
 
 mod common;
 
 use common::estate_with;
-use rollback_node::executor::{ExecError, Restored, Seconds};
-use rollback_node::replies::*;
-use rollback_node::state::{Backup, Migration};
-use rollback_node::transitions::Reply;
-use rollback_node::{Environment, Executor, Machine, Refusal, Request, Simulated, State};
+use rollback_node::core::effects::{
+    Completion, Decision, Done, Effect, ExecError, Failure, Lane, Operation, Plan, ServerState,
+};
+use rollback_node::core::machine::{Inbound, Record, Sink, QUEUE_LIMIT};
+use rollback_node::core::transitions::Reply;
+use rollback_node::protocol::replies::*;
+use rollback_node::protocol::values::Progress;
+use rollback_node::{Environment, Estate, Machine, Refusal, Request, State};
+use serde_json::Value;
 
 fn v(version: u32) -> rollback_node::Version {
     rollback_node::Version::new(version).unwrap()
 }
 
-fn machine() -> Machine {
-    Machine::example()
-}
-
-/// Applies `request`, which must be refused with `code`; the state must not change.
-fn refused<E: Executor + Clone + PartialEq + std::fmt::Debug>(
-    machine: &mut Machine<E>,
-    request: Request,
-    code: u32,
-) -> String {
-    let before = machine.state().clone();
-    let refusal = machine.apply(&request).expect_err("refused");
+/// Decides `request`, which must be refused with `code`; returns the text.
+fn refused(machine: &Machine, request: Request, code: u32) -> String {
+    let refusal = machine.decide(&request).expect_err("refused");
     assert_eq!(refusal.code(), code, "{refusal}");
-    assert_eq!(
-        machine.state(),
-        &before,
-        "a refused request changed the state"
-    );
     refusal.text().to_owned()
 }
 
+/// Decides `request`, which must be accepted; returns the operation.
+fn accepted(machine: &Machine, request: &Request) -> Operation {
+    match machine.decide(request) {
+        Ok(Decision::Accept(operation)) => operation,
+        other => panic!("expected an operation, got {other:?}"),
+    }
+}
+
+fn done(seconds: u64) -> Completion {
+    Completion::Done(Done {
+        duration: Seconds::Modelled(seconds),
+        rows: None,
+    })
+}
+
 #[test]
-fn rollback_runs_down_to_the_target() {
-    let mut m = machine();
-    let reply = m.apply(&Request::Rollback { version: v(2) }).unwrap();
+fn rollback_decides_one_down_per_version_and_finish_moves_the_schema() {
+    let machine = Machine::example();
+    let operation = accepted(&machine, &Request::Rollback { version: v(2) });
+    assert_eq!(
+        operation.effects,
+        [
+            Effect::RunDown {
+                version: 3,
+                file: "add_checkout_columns".into()
+            },
+            Effect::RunDown {
+                version: 2,
+                file: "add_users_email_index".into()
+            },
+        ]
+    );
+    assert_eq!(operation.plan, Plan::Rollback { from: 3, to: 1 });
+    assert_eq!(
+        machine.state().schema_version,
+        3,
+        "deciding changes nothing"
+    );
+    let mut state = machine.state().clone();
+    let reply = Machine::finish(&mut state, &operation, &done(10)).unwrap();
     assert_eq!(
         reply,
         Reply::RollbackComplete(RollbackComplete {
             rolled_back_from: 3,
             rolled_back_to: 1,
-            duration_seconds: 10
+            duration_seconds: Seconds::Modelled(10)
         })
     );
-    assert_eq!(m.state().schema_version, 1);
-    refused(&mut m, Request::Rollback { version: v(2) }, 22);
-    refused(&mut m, Request::Rollback { version: v(4) }, 20);
-    m.apply(&Request::Rollback { version: v(1) }).unwrap();
-    assert_eq!(m.state().schema_version, 0);
-    let text = refused(&mut m, Request::Rollback { version: v(1) }, 22);
+    assert_eq!(state.schema_version, 1);
+    refused(&machine, Request::Rollback { version: v(4) }, 20);
+    let at_zero = Machine::new(State {
+        schema_version: 0,
+        ..State::example()
+    });
+    let text = refused(&at_zero, Request::Rollback { version: v(1) }, 22);
     assert!(text.contains("nothing to roll back"), "{text}");
 }
 
 #[test]
 fn rollback_refuses_whole_request_when_a_migration_is_irreversible() {
-    let mut m = Machine::new(
-        estate_with("reversible = true", "reversible = false"),
-        Simulated,
-    );
-    let text = refused(&mut m, Request::Rollback { version: v(1) }, 22);
+    let machine = Machine::new(estate_with("reversible = true", "reversible = false").state);
+    let text = refused(&machine, Request::Rollback { version: v(1) }, 22);
     assert!(
         text.contains("migration 3 (add_checkout_columns) has no down()"),
         "{text}"
@@ -70,47 +96,50 @@ fn rollback_refuses_whole_request_when_a_migration_is_irreversible() {
 }
 
 #[test]
-fn migrate_runs_up_to_the_target() {
-    let mut m = machine();
-    refused(&mut m, Request::Migrate { version: v(3) }, 22);
-    refused(&mut m, Request::Migrate { version: v(4) }, 20);
-    m.apply(&Request::Rollback { version: v(1) }).unwrap();
-    let reply = m.apply(&Request::Migrate { version: v(2) }).unwrap();
+fn migrate_decides_one_up_per_version() {
+    let machine = Machine::example();
+    refused(&machine, Request::Migrate { version: v(3) }, 22);
+    refused(&machine, Request::Migrate { version: v(4) }, 20);
+    let low = Machine::new(State {
+        schema_version: 0,
+        ..State::example()
+    });
+    let operation = accepted(&low, &Request::Migrate { version: v(2) });
+    assert_eq!(operation.effects.len(), 2);
+    let mut state = low.state().clone();
+    let reply = Machine::finish(&mut state, &operation, &done(10)).unwrap();
     assert_eq!(
         reply,
         Reply::MigrateComplete(MigrateComplete {
             migrated_from: 0,
             migrated_to: 2,
-            duration_seconds: 10
+            duration_seconds: Seconds::Modelled(10)
         })
     );
-    assert_eq!(m.state().schema_version, 2);
+    assert_eq!(state.schema_version, 2);
 }
 
 #[test]
-fn flags_disable_idempotently_and_enable() {
-    let mut m = machine();
-    let disable = Request::DisableFeature {
-        feature: "new_checkout".into(),
-    };
-    for _ in 0..2 {
-        let reply = m.apply(&disable).unwrap();
-        assert_eq!(
-            reply,
-            Reply::FeatureDisabled(FeatureDisabled {
-                feature: "new_checkout".into(),
-                rolled_back_instant: true
-            })
-        );
-        assert!(!m.state().flags["new_checkout"]);
-    }
-    m.apply(&Request::EnableFeature {
-        feature: "new_checkout".into(),
-    })
-    .unwrap();
-    assert!(m.state().flags["new_checkout"]);
+fn flags_write_the_flag_store_and_unknown_flags_are_refused() {
+    let machine = Machine::example();
+    let operation = accepted(
+        &machine,
+        &Request::DisableFeature {
+            feature: "new_checkout".into(),
+        },
+    );
+    assert_eq!(
+        operation.effects,
+        [Effect::WriteFlags {
+            flag: "new_checkout".into(),
+            enabled: false
+        }]
+    );
+    let mut state = machine.state().clone();
+    Machine::finish(&mut state, &operation, &done(0)).unwrap();
+    assert!(!state.flags["new_checkout"]);
     let text = refused(
-        &mut m,
+        &machine,
         Request::DisableFeature {
             feature: "new_chekout".into(),
         },
@@ -123,11 +152,11 @@ fn flags_disable_idempotently_and_enable() {
 }
 
 #[test]
-fn switch_traffic_needs_live_from_and_healthy_to() {
-    let mut m = machine();
+fn switch_traffic_readies_the_target_then_drains_the_live_one() {
+    let machine = Machine::example();
     let (blue, green) = (Environment::Blue, Environment::Green);
     refused(
-        &mut m,
+        &machine,
         Request::SwitchTraffic {
             from: green,
             to: green,
@@ -135,7 +164,7 @@ fn switch_traffic_needs_live_from_and_healthy_to() {
         12,
     );
     let text = refused(
-        &mut m,
+        &machine,
         Request::SwitchTraffic {
             from: blue,
             to: green,
@@ -146,27 +175,29 @@ fn switch_traffic_needs_live_from_and_healthy_to() {
         text,
         "blue is not live (green is); switch_traffic needs from = the live environment"
     );
-    let reply = m
-        .apply(&Request::SwitchTraffic {
+    let operation = accepted(
+        &machine,
+        &Request::SwitchTraffic {
             from: green,
             to: blue,
-        })
-        .unwrap();
+        },
+    );
     assert_eq!(
-        reply,
-        Reply::TrafficSwitched(TrafficSwitched {
-            current_environment: blue,
-            downtime_seconds: 0
-        })
+        operation.effects,
+        [
+            Effect::SetServerState {
+                server: blue,
+                state: ServerState::Ready
+            },
+            Effect::SetServerState {
+                server: green,
+                state: ServerState::Drain
+            },
+        ]
     );
-    assert_eq!(m.state().traffic.live, blue);
-
-    let mut sick = Machine::new(
-        estate_with("blue = \"healthy\"", "blue = \"unhealthy\""),
-        Simulated,
-    );
+    let sick = Machine::new(estate_with("blue = \"healthy\"", "blue = \"unhealthy\"").state);
     refused(
-        &mut sick,
+        &sick,
         Request::SwitchTraffic {
             from: green,
             to: blue,
@@ -176,153 +207,53 @@ fn switch_traffic_needs_live_from_and_healthy_to() {
 }
 
 #[test]
-fn restore_sets_schema_and_records_it() {
-    let mut m = machine();
+fn restore_reports_the_rows_the_executor_restored() {
+    let machine = Machine::example();
     refused(
-        &mut m,
+        &machine,
         Request::Restore {
             backup: "nope".into(),
         },
         20,
     );
-    let reply = m
-        .apply(&Request::Restore {
+    let operation = accepted(
+        &machine,
+        &Request::Restore {
             backup: "users_backup_20240115".into(),
-        })
-        .unwrap();
+        },
+    );
+    let mut state = machine.state().clone();
+    let completion = Completion::Done(Done {
+        duration: Seconds::Measured(61_234),
+        rows: Some(99_999),
+    });
+    let reply = Machine::finish(&mut state, &operation, &completion).unwrap();
     assert_eq!(
         reply,
         Reply::RestoreComplete(RestoreComplete {
-            restored_rows: 100_000,
-            duration_seconds: 60
+            restored_rows: 99_999,
+            duration_seconds: Seconds::Measured(61_234)
         })
     );
-    assert_eq!(m.state().schema_version, 2);
-    let record = m.state().last_restore.clone().unwrap();
-    assert_eq!(
-        (
-            record.backup.as_str(),
-            record.restored_rows,
-            record.schema_version
+    assert_eq!(state.schema_version, 2);
+    assert_eq!(state.last_restore.unwrap().restored_rows, 99_999);
+}
+
+fn failure(completed: usize, part_way: bool) -> Completion {
+    Completion::Failed(Failure {
+        completed,
+        part_way,
+        error: ExecError::failed(
+            "running 2_add_users_email_index.down.sql",
+            Some("line 4".into()),
+            "connection reset",
         ),
-        ("users_backup_20240115", 100_000, 2)
-    );
-}
-
-#[test]
-fn status_and_init_change_nothing() {
-    let mut m = machine();
-    let before = m.clone();
-    let Reply::StatusOk(status) = m.apply(&Request::Status {}).unwrap() else {
-        panic!("status_ok expected")
-    };
-    assert_eq!(
-        (status.schema_version, status.live_environment),
-        (3, Environment::Green)
-    );
-    m.apply(&Request::Init {
-        node_id: "n1".into(),
-        node_ids: vec!["n1".into()],
     })
-    .unwrap();
-    refused(
-        &mut m,
-        Request::Init {
-            node_id: "n3".into(),
-            node_ids: vec!["n1".into()],
-        },
-        12,
-    );
-    assert_eq!(m, before);
 }
 
 #[test]
-fn retries_are_answered_from_memory() {
-    let mut m = machine();
-    let rollback = Request::Rollback { version: v(3) };
-    let first = m.handle("admin", Some(1), rollback.clone());
-    let state = m.state().clone();
-    assert_eq!(m.handle("admin", Some(1), rollback.clone()), first);
-    assert_eq!(m.state(), &state, "a retry changed the state");
-    // Another sender's msg_id 1 is a different request.
-    assert!(m.handle("pipeline", Some(1), rollback.clone()).is_err());
-    // Refusals are remembered too: the retry is not re-evaluated.
-    let refusal = m.handle("admin", Some(2), Request::Rollback { version: v(3) });
-    m.handle("admin", Some(3), Request::Migrate { version: v(3) })
-        .unwrap();
-    assert_eq!(
-        m.handle("admin", Some(2), Request::Rollback { version: v(3) }),
-        refusal
-    );
-    // Reusing a msg_id for another request is refused and changes nothing.
-    let err = m.handle("admin", Some(1), Request::Status {});
-    assert!(err.is_ok(), "queries are not remembered");
-    let err = m
-        .handle("admin", Some(1), Request::Migrate { version: v(3) })
-        .unwrap_err();
-    assert_eq!(err.code(), 22);
-    // A change without msg_id is refused.
-    let err = m
-        .handle(
-            "admin",
-            None,
-            Request::DisableFeature {
-                feature: "new_checkout".into(),
-            },
-        )
-        .unwrap_err();
-    assert_eq!(err.code(), 12);
-    assert!(m.state().flags["new_checkout"]);
-}
-
-/// An executor whose effects fail from the `fail_at`-th call on.
-#[derive(Debug, Clone, PartialEq)]
-struct Flaky {
-    calls: u32,
-    fail_at: u32,
-}
-
-impl Flaky {
-    fn step(&mut self) -> Result<(), ExecError> {
-        self.calls += 1;
-        if self.calls >= self.fail_at {
-            Err(ExecError("connection reset".into()))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl Executor for Flaky {
-    fn run_down(&mut self, m: &Migration) -> Result<Seconds, ExecError> {
-        self.step().map(|()| m.down_seconds)
-    }
-    fn run_up(&mut self, m: &Migration) -> Result<Seconds, ExecError> {
-        self.step().map(|()| m.up_seconds)
-    }
-    fn set_flag(&mut self, _: &str, _: bool) -> Result<(), ExecError> {
-        self.step()
-    }
-    fn switch_traffic(&mut self, _: Environment, _: Environment) -> Result<Seconds, ExecError> {
-        self.step().map(|()| 0)
-    }
-    fn restore(&mut self, b: &Backup) -> Result<Restored, ExecError> {
-        self.step().map(|()| Restored {
-            rows: b.rows,
-            seconds: b.restore_seconds,
-        })
-    }
-}
-
-#[test]
-fn executor_failure_before_any_effect_is_temporarily_unavailable() {
-    let mut m = Machine::new(
-        State::example(),
-        Flaky {
-            calls: 0,
-            fail_at: 1,
-        },
-    );
+fn a_failure_before_any_change_is_an_abort_that_changes_nothing() {
+    let machine = Machine::example();
     for request in [
         Request::Rollback { version: v(3) },
         Request::DisableFeature {
@@ -336,43 +267,61 @@ fn executor_failure_before_any_effect_is_temporarily_unavailable() {
             backup: "users_backup_20240115".into(),
         },
     ] {
-        let before = m.state().clone();
-        let refusal = m.apply(&request).unwrap_err();
-        assert_eq!(refusal.code(), 11, "{refusal}");
+        let operation = accepted(&machine, &request);
+        let mut state = machine.state().clone();
+        let refusal = Machine::finish(&mut state, &operation, &failure(0, false)).unwrap_err();
+        assert_eq!(refusal.code(), 14, "{refusal}");
         assert!(
-            refusal
-                .text()
-                .ends_with("connection reset; nothing changed"),
+            refusal.text().contains(
+                "running 2_add_users_email_index.down.sql failed at line 4: connection reset; nothing changed"
+            ),
             "{refusal}"
         );
-        assert_eq!(m.state(), &before);
+        assert_eq!(&state, machine.state());
     }
 }
 
 #[test]
-fn executor_failure_mid_rollback_is_a_crash_that_says_where_the_schema_is() {
-    let mut m = Machine::new(
-        State::example(),
-        Flaky {
-            calls: 0,
-            fail_at: 2,
-        },
-    );
-    let refusal = m.apply(&Request::Rollback { version: v(1) }).unwrap_err();
+fn a_failure_part_way_is_a_crash_that_says_where_the_schema_is() {
+    let machine = Machine::example();
+    let operation = accepted(&machine, &Request::Rollback { version: v(1) });
+    let mut state = machine.state().clone();
+    let refusal = Machine::finish(&mut state, &operation, &failure(1, false)).unwrap_err();
     assert_eq!(refusal.code(), 13);
     assert_eq!(
         refusal.text(),
-        "down() of migration 2 failed: connection reset; the schema is now at version 2 (it was at 3)"
+        "down() of migration 2 failed: running 2_add_users_email_index.down.sql failed at line 4: connection reset; the schema is now at version 2 (it was at 3)"
+    );
+    assert_eq!(state.schema_version, 2, "the down() that ran is kept");
+}
+
+#[test]
+fn queries_and_init_decide_at_once() {
+    let machine = Machine::example();
+    let Ok(Decision::Reply(Reply::StatusOk(status))) = machine.decide(&Request::Status {}) else {
+        panic!("status_ok expected")
+    };
+    assert_eq!(
+        (status.schema_version, status.live_environment),
+        (3, Environment::Green)
+    );
+    assert!(status.in_flight.is_empty() && status.interrupted.is_empty());
+    refused(
+        &machine,
+        Request::Init {
+            node_id: "n3".into(),
+            node_ids: vec!["n1".into()],
+        },
+        12,
     );
     assert_eq!(
-        m.state().schema_version,
-        2,
-        "the down() that ran is recorded"
+        refused(&machine, Request::History { limit: Some(0) }, 12),
+        "history limit 0 is out of range; ask for 1 to 1000 entries"
     );
 }
 
 #[test]
-fn request_types_and_kinds() {
+fn request_types_lanes_and_fields() {
     assert_eq!(
         Request::TYPES,
         [
@@ -387,13 +336,245 @@ fn request_types_and_kinds() {
             "status"
         ]
     );
-    assert!(!Request::Status {}.changes_state());
-    assert!(!Request::Init {
-        node_id: "n".into(),
-        node_ids: vec![]
-    }
-    .changes_state());
+    assert_eq!(Request::Status {}.lane(), None);
+    assert_eq!(
+        Request::Restore { backup: "b".into() }.lane(),
+        Some(Lane::Schema)
+    );
+    assert_eq!(
+        Request::DisableFeature {
+            feature: "f".into()
+        }
+        .lane(),
+        Some(Lane::Flags)
+    );
     assert!(Request::Restore { backup: "b".into() }.changes_state());
-    let _: fn(&State) -> u32 = State::last_version;
+    assert!(!Request::History { limit: None }.changes_state());
+    assert_eq!(Request::fields("switch_traffic"), Some(&["from", "to"][..]));
+    assert_eq!(Request::fields("nope"), None);
     assert_eq!(Refusal::Abort(String::new()).code(), 14);
+}
+
+// --- Lanes, through `receive` and `complete` with a test sink ---
+
+/// Collects what the machine sends out.
+#[derive(Default)]
+struct Collect {
+    replies: Vec<Value>,
+    starts: Vec<(Lane, u64)>,
+    intents: Vec<u64>,
+    outcomes: Vec<u64>,
+}
+
+impl Sink for Collect {
+    fn reply(&mut self, _to: &str, _addressed: Option<&str>, body: &str) {
+        self.replies.push(serde_json::from_str(body).unwrap());
+    }
+    fn record(&mut self, record: Record<'_>) {
+        match record {
+            Record::Intent { seq, .. } => self.intents.push(seq),
+            Record::Outcome { seq, .. } => self.outcomes.push(seq),
+            _ => {}
+        }
+    }
+    fn start(&mut self, lane: Lane, seq: u64) {
+        self.starts.push((lane, seq));
+    }
+    fn history(&mut self, _limit: u32) -> Result<Vec<HistoryEntry>, String> {
+        Ok(Vec::new())
+    }
+}
+
+fn send(machine: &mut Machine, sink: &mut Collect, msg_id: u64, request: Request) {
+    send_as(machine, sink, "admin", msg_id, request, false);
+}
+
+fn send_as(
+    machine: &mut Machine,
+    sink: &mut Collect,
+    src: &str,
+    msg_id: u64,
+    request: Request,
+    dry_run: bool,
+) {
+    let inbound = Inbound {
+        src,
+        addressed: Some("n1"),
+        msg_id,
+        dry_run,
+    };
+    machine.receive(inbound, request, sink);
+}
+
+fn restore() -> Request {
+    Request::Restore {
+        backup: "users_backup_20240115".into(),
+    }
+}
+
+fn disable() -> Request {
+    Request::DisableFeature {
+        feature: "new_checkout".into(),
+    }
+}
+
+#[test]
+fn a_busy_lane_queues_and_other_lanes_do_not_wait() {
+    let mut machine = Machine::example();
+    let mut sink = Collect::default();
+    send(&mut machine, &mut sink, 1, restore());
+    send(
+        &mut machine,
+        &mut sink,
+        2,
+        Request::Rollback { version: v(2) },
+    );
+    send(&mut machine, &mut sink, 3, disable());
+    assert_eq!(sink.starts, [(Lane::Schema, 1), (Lane::Flags, 2)]);
+    assert_eq!(
+        sink.intents,
+        [1, 2],
+        "an intent is recorded before its start"
+    );
+    assert_eq!(machine.queued(Lane::Schema), 1);
+    assert!(sink.replies.is_empty(), "nothing completed yet");
+    // The flag completes first, though it was sent last.
+    machine.complete(Lane::Flags, 2, done(0), &mut sink);
+    assert_eq!(sink.replies[0]["type"], "feature_disabled");
+    assert_eq!(sink.replies[0]["in_reply_to"], 3);
+    // Progress shows in status.
+    machine.progress(
+        Lane::Schema,
+        1,
+        Progress {
+            done: 5,
+            total: 10,
+            unit: "rows".into(),
+        },
+    );
+    let in_flight = machine.in_flight();
+    assert_eq!(in_flight.len(), 2);
+    assert_eq!(
+        (in_flight[0].kind.as_str(), in_flight[0].state.as_str()),
+        ("restore", "running")
+    );
+    assert_eq!(in_flight[0].progress.as_ref().unwrap().done, 5);
+    assert_eq!(in_flight[1].state, "queued");
+    // A stale completion is ignored.
+    machine.complete(Lane::Schema, 99, done(1), &mut sink);
+    assert_eq!(sink.replies.len(), 1);
+    // The restore completes; the rollback is decided against the restored schema (2) and starts.
+    machine.complete(Lane::Schema, 1, done(60), &mut sink);
+    assert_eq!(sink.replies[1]["type"], "restore_complete");
+    assert_eq!(sink.starts.last(), Some(&(Lane::Schema, 3)));
+    let (_, operation) = machine.running(Lane::Schema).unwrap();
+    assert_eq!(operation.plan, Plan::Rollback { from: 2, to: 1 });
+    machine.complete(Lane::Schema, 3, done(5), &mut sink);
+    assert_eq!(sink.replies[2]["rolled_back_from"], 2);
+    assert!(machine.is_idle());
+    assert_eq!(sink.outcomes, [2, 1, 3]);
+}
+
+#[test]
+fn a_retry_of_a_running_request_joins_it_and_runs_once() {
+    let mut machine = Machine::example();
+    let mut sink = Collect::default();
+    send(&mut machine, &mut sink, 1, restore());
+    send(&mut machine, &mut sink, 1, restore());
+    send(&mut machine, &mut sink, 1, disable());
+    assert_eq!(
+        sink.starts.len(),
+        1,
+        "the retry did not start a second restore"
+    );
+    assert_eq!(sink.replies.len(), 1);
+    assert_eq!(
+        sink.replies[0]["code"], 22,
+        "msg_id reused for another request"
+    );
+    machine.complete(Lane::Schema, 1, done(60), &mut sink);
+    assert_eq!(sink.replies.len(), 3, "both copies are answered");
+    assert_eq!(sink.replies[1], sink.replies[2]);
+    // A later retry is answered from memory.
+    send(&mut machine, &mut sink, 1, restore());
+    assert_eq!(sink.replies[3], sink.replies[1]);
+    assert_eq!(sink.starts.len(), 1);
+}
+
+#[test]
+fn a_full_queue_refuses_with_11_and_remembers_nothing() {
+    let mut machine = Machine::example();
+    let mut sink = Collect::default();
+    send(&mut machine, &mut sink, 0, restore());
+    for id in 1..=QUEUE_LIMIT as u64 {
+        send(&mut machine, &mut sink, id, restore());
+    }
+    assert!(sink.replies.is_empty());
+    let over = QUEUE_LIMIT as u64 + 1;
+    send(&mut machine, &mut sink, over, restore());
+    assert_eq!(sink.replies[0]["code"], 11);
+    assert_eq!(machine.queued(Lane::Schema), QUEUE_LIMIT);
+    assert!(machine.answered().get("admin", over).is_none());
+}
+
+#[test]
+fn a_dry_run_shows_the_plan_and_changes_nothing() {
+    let mut machine = Machine::example();
+    let before = machine.clone();
+    let mut sink = Collect::default();
+    send_as(&mut machine, &mut sink, "admin", 1, restore(), true);
+    let plan = &sink.replies[0];
+    assert_eq!(plan["type"], "plan_ok");
+    assert_eq!(
+        plan["effects"],
+        serde_json::json!([{"effect": "restore", "backup": "users_backup_20240115"}])
+    );
+    assert_eq!(plan["state_after"]["schema_version"], 2);
+    assert_eq!(plan["state_after"]["restore"]["restored_rows"], 100_000);
+    assert!(sink.starts.is_empty() && sink.intents.is_empty());
+    assert_eq!(machine, before, "a dry run changes nothing");
+    send_as(
+        &mut machine,
+        &mut sink,
+        "admin",
+        2,
+        Request::Status {},
+        true,
+    );
+    assert_eq!(sink.replies[1]["code"], 12);
+    send_as(
+        &mut machine,
+        &mut sink,
+        "admin",
+        3,
+        Request::Rollback { version: v(9) },
+        true,
+    );
+    assert_eq!(sink.replies[2]["code"], 20);
+    assert_eq!(machine, before);
+}
+
+#[test]
+fn an_interrupted_operation_is_answered_not_run() {
+    let estate = Estate::example();
+    let mut machine = Machine::new(estate.state);
+    let found = rollback_node::core::Found {
+        schema_version: Some(3),
+        ..Default::default()
+    };
+    machine.interrupt(7, "admin", 4, restore(), found);
+    let mut sink = Collect::default();
+    send(&mut machine, &mut sink, 4, restore());
+    assert_eq!(sink.replies[0]["code"], 13);
+    assert!(
+        sink.replies[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("was interrupted by a restart"),
+        "{}",
+        sink.replies[0]
+    );
+    assert!(sink.starts.is_empty());
+    assert_eq!(machine.interrupted().len(), 1);
+    assert_eq!(machine.interrupted()[0].found["schema_version"], 3);
 }

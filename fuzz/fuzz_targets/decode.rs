@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(fast.src, full.src, "src differs");
         assert_eq!(fast.dest, full.dest, "dest differs");
         assert_eq!(fast.msg_id, full.msg_id, "msg_id differs");
+        assert_eq!(fast.dry_run, full.dry_run, "dry_run differs");
         assert_eq!(fast.request, full.request, "request differs");
     }
     let Ok(incoming) = decode(line) else {

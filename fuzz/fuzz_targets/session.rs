@@ -1,83 +1,32 @@
-//! Arbitrary input through the same path as the binary: `LineReader` (with a small cap, so the
-//! too-long path runs) into `Session::handle_line` / `Session::too_long`.
+//! Arbitrary input through the runtime's own path — `LineSplitter` (chunked as the reader thread
+//! chunks, with a small cap so the too-long path runs) into `Session::handle_line` — with the
+//! operations' completions interleaved between lines as the concurrent runtime interleaves them:
+//! the session performs nothing by itself; after each line, bytes of the input decide which
+//! running lane completes next, and whether it succeeds, fails before any change or fails
+//! part-way, and some progress is reported.
 //!
-//! Checks: no panic; the reader splits lines as a plain split on `\n` would; each input line
-//! yields at most one output line, which is a JSON object whose `body` is an object with a string
-//! `type`; a line gets a diagnostic exactly when it gets no reply (blank lines get neither);
-//! reply size is bounded by the input that produced it; the retry memory stays bounded.
+//! Checks: no panic; the splitter splits as a plain split on `\n` would; every output line is a
+//! JSON object whose `body` is an object with a string `type`; a line that gets no reply and is
+//! not blank gets a diagnostic, or was queued behind a running operation; replies are bounded by
+//! the input that produced them; the retry memory and the queues stay bounded; once everything
+//! completes, nothing is left running or queued.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rollback_node::answered::{PER_SENDER, SENDERS};
-use rollback_node::lines::{Line, LineReader};
-use rollback_node::Session;
+use rollback_node::core::effects::{Completion, Done, ExecError, Failure, Lane};
+use rollback_node::core::machine::QUEUE_LIMIT;
+use rollback_node::core::retries::{PER_SENDER, SENDERS};
+use rollback_node::protocol::values::{Progress, Seconds};
+use rollback_node::runtime::{Performing, Session};
+use rollback_node::wire::lines::{LineSplitter, Piece};
 
 /// The line cap for the fuzzer; the binary uses `MAX_LINE_BYTES` (1 MiB).
 const CAP: usize = 4096;
-/// A tiny read buffer, so lines straddle many refills.
-const BUFFER: usize = 7;
 
-fuzz_target!(|data: &[u8]| {
-    // Reference split: what the reader must produce.
-    let mut expected: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
-    if data.is_empty() || data.ends_with(b"\n") {
-        expected.pop();
-    }
-
-    let mut reader = LineReader::with_buffer(data, CAP, BUFFER);
-    let mut session = Session::example();
-    let mut line = Vec::new();
-    let mut out = Vec::new();
-    let mut index = 0;
-    while let Some(kind) = reader.next_line(&mut line).expect("reading a slice cannot fail") {
-        let want = expected
-            .get(index)
-            .unwrap_or_else(|| panic!("reader produced line {index}, past the input's lines"));
-        index += 1;
-        out.clear();
-        let id_before = session.node_id().map_or(0, str::len);
-        let diagnostic = match kind {
-            Line::Complete => {
-                assert_eq!(line.as_slice(), *want, "reader split line {index} wrongly");
-                session.handle_line(&line, &mut out)
-            }
-            Line::TooLong(bytes) => {
-                assert!(want.len() > CAP, "line {index} of {} bytes called too long", want.len());
-                assert_eq!(bytes, want.len(), "too-long line {index} misreported");
-                Some(session.too_long(bytes))
-            }
-        };
-        let id_after = session.node_id().map_or(0, str::len);
-
-        let blank = kind == Line::Complete && {
-            let text = line.strip_suffix(b"\r").unwrap_or(&line);
-            text.iter().all(u8::is_ascii_whitespace)
-        };
-        if blank {
-            assert!(out.is_empty() && diagnostic.is_none(), "blank line {index} answered");
-            continue;
-        }
-        assert_eq!(
-            out.is_empty(),
-            diagnostic.is_some(),
-            "line {index}: a line must get a reply or a diagnostic, not both or neither \
-             (diagnostic: {diagnostic:?}, output: {:?})",
-            String::from_utf8_lossy(&out)
-        );
-        if out.is_empty() {
-            continue;
-        }
-
-        // Exactly one line, newline-terminated.
-        let reply = out.strip_suffix(b"\n").expect("reply line ends with \\n");
-        assert!(!reply.contains(&b'\n'), "more than one output line for input line {index}");
-
-        // Bounded: the reply echoes at most a few copies of the line (src, dest, a bad value),
-        // each escaped at worst 6x, plus the node id and a fixed amount of prose and state.
-        let bound = 16 * (want.len() + id_before.max(id_after)) + 4096;
-        assert!(reply.len() <= bound, "reply of {} bytes to a {}-byte line", reply.len(), want.len());
-
-        // Valid JSON with an object body carrying a string type.
+fn check_output(out: &[u8], line_len: usize) {
+    for reply in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let bound = 16 * line_len + 64 * 1024;
+        assert!(reply.len() <= bound, "reply of {} bytes", reply.len());
         let value: serde_json::Value = serde_json::from_slice(reply).unwrap_or_else(|e| {
             panic!("reply is not JSON ({e}): {:?}", String::from_utf8_lossy(reply))
         });
@@ -92,6 +41,119 @@ fuzz_target!(|data: &[u8]| {
         assert!(value.get("src").is_some_and(serde_json::Value::is_string), "no src: {value}");
         assert!(value.get("dest").is_some_and(serde_json::Value::is_string), "no dest: {value}");
     }
-    assert_eq!(index, expected.len(), "reader dropped lines");
+    assert!(out.is_empty() || out.ends_with(b"\n"), "output ends mid-line");
+}
+
+/// Delivers what `choice` says to one running lane, if any runs.
+fn interleave(session: &mut Session, choice: u8, out: &mut Vec<u8>) {
+    let lanes: Vec<(Lane, u64)> = Lane::ALL
+        .into_iter()
+        .filter_map(|lane| session.machine().running(lane).map(|(seq, _)| (lane, seq)))
+        .collect();
+    if lanes.is_empty() {
+        return;
+    }
+    let (lane, seq) = lanes[usize::from(choice) % lanes.len()];
+    let completion = match choice / 16 {
+        0..=9 => Completion::Done(Done {
+            duration: Seconds::Measured(u64::from(choice)),
+            rows: Some(u64::from(choice)),
+        }),
+        10..=12 => Completion::Failed(Failure {
+            completed: 0,
+            part_way: false,
+            error: ExecError::failed("fuzzing", None, "refused"),
+        }),
+        13..=14 => Completion::Failed(Failure {
+            completed: usize::from(choice % 3),
+            part_way: true,
+            error: ExecError::failed("fuzzing", Some("line 1".into()), "crashed"),
+        }),
+        _ => {
+            session.progress(
+                lane,
+                seq,
+                Progress {
+                    done: u64::from(choice),
+                    total: 255,
+                    unit: "rows".into(),
+                },
+            );
+            return;
+        }
+    };
+    session.complete(lane, seq, completion, out);
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (control, input) = data.split_at(data.len().min(8));
+    let chunk = usize::from(control.first().copied().unwrap_or(7)).max(1);
+    let mut choices = control.iter().cycle().copied();
+
+    let mut expected: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+    if input.is_empty() || input.ends_with(b"\n") {
+        expected.pop();
+    }
+
+    let mut session = Session::example().performing(Performing::Manual);
+    let mut splitter = LineSplitter::new(CAP);
+    let mut index = 0usize;
+    let mut out = Vec::new();
+    let mut handle = |piece: Piece<'_>, session: &mut Session| {
+        let want = expected
+            .get(index)
+            .unwrap_or_else(|| panic!("splitter produced line {index}, past the input's lines"));
+        index += 1;
+        out.clear();
+        let queued_before: usize = Lane::ALL.iter().map(|l| session.machine().queued(*l)).sum();
+        let running_before = session.machine().running_seqs().len();
+        let diagnostic = match piece {
+            Piece::Line(line) => {
+                assert_eq!(line, *want, "splitter split line {index} wrongly");
+                session.handle_line(line, &mut out)
+            }
+            Piece::TooLong(bytes) => {
+                assert!(want.len() > CAP, "line {index} of {} bytes called too long", want.len());
+                assert_eq!(bytes, want.len(), "too-long line {index} misreported");
+                Some(session.too_long(bytes))
+            }
+        };
+        let queued_after: usize = Lane::ALL.iter().map(|l| session.machine().queued(*l)).sum();
+        let running_after = session.machine().running_seqs().len();
+        let waiting = queued_after > queued_before || running_after > running_before;
+        let text = want.strip_suffix(b"\r").unwrap_or(want);
+        let blank = text.iter().all(u8::is_ascii_whitespace);
+        if diagnostic.is_some() {
+            assert!(out.is_empty(), "line {index} got a diagnostic and a reply");
+        } else if !blank && out.is_empty() && !waiting {
+            // A retry that joined a running or queued request is answered when it completes.
+            assert!(
+                running_after > 0 || queued_after > 0,
+                "line {index} got neither a reply nor a diagnostic, and nothing waits"
+            );
+        }
+        check_output(&out, want.len());
+        let choice = choices.next().unwrap_or(0);
+        let mut completed = Vec::new();
+        interleave(session, choice, &mut completed);
+        check_output(&completed, 4096);
+    };
+    for part in input.chunks(chunk) {
+        splitter.push(part, |piece| handle(piece, &mut session));
+    }
+    splitter.finish(|piece| handle(piece, &mut session));
+    assert_eq!(index, expected.len(), "splitter dropped lines");
+    for lane in Lane::ALL {
+        assert!(session.machine().queued(lane) <= QUEUE_LIMIT);
+    }
+    // Drain: complete everything still running, successfully.
+    let mut rounds = 0;
+    while !session.machine().is_idle() {
+        rounds += 1;
+        assert!(rounds <= 4 * (QUEUE_LIMIT + 1), "the lanes do not drain");
+        let mut drained = Vec::new();
+        interleave(&mut session, 0, &mut drained);
+        check_output(&drained, 4096);
+    }
     assert!(session.machine().answered().len() <= PER_SENDER * SENDERS);
 });

@@ -29,6 +29,9 @@ pub struct Transition<'a> {
     pub args: Vec<Arg<'a>>,
     /// The `T` and `E` of a `Result<T, E>` return type, when it has that shape.
     pub result: Option<(&'a Type, &'a Type)>,
+    /// The `R` of an `Ok` type written `Decision<R>`; `None` when the `Ok` type is the reply
+    /// itself (answered at once).
+    pub decision: Option<&'a Type>,
 }
 
 /// One argument after the receiver.
@@ -87,13 +90,15 @@ impl<'a> Transition<'a> {
                 }),
             }
         }
+        let result = result_types(&func.sig.output);
         Transition {
             original: func,
             attr,
             extra_attr,
             receiver,
             args,
-            result: result_types(&func.sig.output),
+            result,
+            decision: result.and_then(|(ok, _)| decision_type(ok)),
         }
     }
 
@@ -113,15 +118,20 @@ impl<'a> Transition<'a> {
         }
     }
 
-    /// Whether the transition may change the state (`&mut self`).
+    /// Whether the message changes the state: it names the lane it is decided in.
     pub fn changes_state(&self) -> bool {
-        self.receiver.is_some_and(|r| r.mutability.is_some())
+        self.attr.lane.is_some()
     }
 
-    /// The reply type's name, when the `Ok` type is a plain path such as `RollbackComplete`.
-    pub fn reply_ident(&self) -> Option<&'a syn::Ident> {
+    /// The reply type: the `Ok` type, or the `R` of `Decision<R>`.
+    pub fn reply_type(&self) -> Option<&'a Type> {
         let (ok, _) = self.result?;
-        match ok {
+        Some(self.decision.unwrap_or(ok))
+    }
+
+    /// The reply type's name, when it is a plain path such as `RollbackComplete`.
+    pub fn reply_ident(&self) -> Option<&'a syn::Ident> {
+        match self.reply_type()? {
             Type::Path(p) if p.qself.is_none() => {
                 let last = p.path.segments.last()?;
                 matches!(last.arguments, PathArguments::None).then_some(&last.ident)
@@ -129,6 +139,26 @@ impl<'a> Transition<'a> {
             _ => None,
         }
     }
+}
+
+/// `R` of a type written `Decision<R>` (any path ending in `Decision`).
+fn decision_type(ty: &Type) -> Option<&Type> {
+    let Type::Path(path) = ty else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    if last.ident != "Decision" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|a| match a {
+        GenericArgument::Type(t) => Some(t),
+        _ => None,
+    });
+    let reply = types.next()?;
+    types.next().is_none().then_some(reply)
 }
 
 /// `T` and `E` of a return type written `Result<T, E>` (any path ending in `Result`).

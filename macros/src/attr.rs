@@ -1,7 +1,7 @@
 //! The keywords of `#[transition(...)]` and `#[protocol(...)]`.
 
 use syn::parse::ParseStream;
-use syn::{Attribute, LitStr, Token};
+use syn::{Attribute, LitStr, Path, Token};
 
 /// What one `#[transition]` marker says.
 pub struct TransitionAttr<'a> {
@@ -9,10 +9,13 @@ pub struct TransitionAttr<'a> {
     pub original: &'a Attribute,
     /// `rename = "..."`: the wire name of the message, when it is not the method's name.
     pub rename: Option<LitStr>,
+    /// `lane = Lane::Schema`: the message changes the state, decided and performed in this lane.
+    pub lane: Option<Path>,
 }
 
 mod kw {
     syn::custom_keyword!(rename);
+    syn::custom_keyword!(lane);
 }
 
 /// Whether an attribute is the `#[transition]` marker.
@@ -20,11 +23,13 @@ pub fn is_transition(attr: &Attribute) -> bool {
     attr.path().is_ident("transition")
 }
 
-/// Parses one `#[transition]` or `#[transition(rename = "name")]` marker.
+/// Parses one `#[transition]`, `#[transition(rename = "name")]` or
+/// `#[transition(lane = Lane::Name)]` marker (both keywords may be given).
 pub fn transition(attr: &Attribute) -> syn::Result<TransitionAttr<'_>> {
     let mut parsed = TransitionAttr {
         original: attr,
         rename: None,
+        lane: None,
     };
     if matches!(attr.meta, syn::Meta::Path(_)) {
         return Ok(parsed);
@@ -46,6 +51,20 @@ pub fn transition(attr: &Attribute) -> syn::Result<TransitionAttr<'_>> {
                     ));
                 }
                 parsed.rename = Some(name);
+            } else if lookahead.peek(kw::lane) {
+                let keyword: kw::lane = input.parse()?;
+                input.parse::<Token![=]>()?;
+                let lane: Path = input.parse()?;
+                if parsed.lane.is_some() {
+                    return Err(syn::Error::new(keyword.span, "duplicate `lane`"));
+                }
+                if lane.segments.len() < 2 {
+                    return Err(syn::Error::new_spanned(
+                        &lane,
+                        "a lane is written as a path to an enum variant, such as `Lane::Schema`",
+                    ));
+                }
+                parsed.lane = Some(lane);
             } else {
                 return Err(lookahead.error());
             }

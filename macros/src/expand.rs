@@ -54,7 +54,7 @@ impl<'a> Names<'a> {
             message,
             // valid.rs has checked that these exist.
             reply: transition.reply_ident().expect("validated reply type"),
-            reply_ty: transition.result.expect("validated").0,
+            reply_ty: transition.reply_type().expect("validated"),
             method: &transition.original.sig.ident,
             fields: transition
                 .args
@@ -100,6 +100,46 @@ fn generate(protocol: &Protocol) -> TokenStream {
     let variants: Vec<&Ident> = names.iter().map(|n| &n.variant).collect();
     let replies: Vec<&Ident> = names.iter().map(|n| n.reply).collect();
     let changes: Vec<bool> = names.iter().map(|n| n.transition.changes_state()).collect();
+    let field_names: Vec<Vec<String>> = names
+        .iter()
+        .map(|n| {
+            n.fields
+                .iter()
+                .map(|f| f.to_string().trim_start_matches("r#").to_owned())
+                .collect()
+        })
+        .collect();
+    // `lane = Lane::Schema` on some transitions: `Request::lane` returns `Option<Lane>`.
+    let lane_fn = protocol
+        .transitions
+        .iter()
+        .find_map(|t| t.attr.lane.as_ref())
+        .map(|first| {
+            let mut lane_ty = first.clone();
+            lane_ty.segments.pop();
+            let lane_ty = lane_ty
+                .segments
+                .pairs()
+                .map(|p| p.into_value().clone())
+                .collect::<Vec<_>>();
+            let leading = first.leading_colon;
+            let arms = names.iter().map(|n| {
+                let variant = &n.variant;
+                match &n.transition.attr.lane {
+                    Some(lane) => {
+                        quote! { Self::#variant { .. } => ::core::option::Option::Some(#lane), }
+                    }
+                    None => quote! { Self::#variant { .. } => ::core::option::Option::None, },
+                }
+            });
+            quote! {
+                /// The lane a state-changing request is decided and performed in; `None` for a
+                /// query.
+                pub fn lane(&self) -> ::core::option::Option<#leading #(#lane_ty)::*> {
+                    match self { #(#arms)* }
+                }
+            }
+        });
     // Spanned at each reply type, so that a type without #[derive(Reply)] is reported where the
     // transition names it.
     let type_name_calls = names.iter().map(|n| {
@@ -139,6 +179,7 @@ fn generate(protocol: &Protocol) -> TokenStream {
         }
     });
 
+    let decision = quote!(::rollback_node::core::Decision);
     let dispatch = names.iter().map(|n| {
         let Names {
             variant,
@@ -147,10 +188,15 @@ fn generate(protocol: &Protocol) -> TokenStream {
             fields,
             ..
         } = n;
+        let wrap = if n.transition.decision.is_some() {
+            quote!(|decision| decision.map(Reply::#reply))
+        } else {
+            quote!(|reply| #decision::Reply(Reply::#reply(reply)))
+        };
         quote! {
             Request::#variant { #(#fields,)* } => self
                 .#method( #( ::core::clone::Clone::clone(#fields), )* )
-                .map(Reply::#reply),
+                .map(#wrap),
         }
     });
 
@@ -177,10 +223,21 @@ fn generate(protocol: &Protocol) -> TokenStream {
                 match self { #( Self::#variants { .. } => #messages, )* }
             }
 
-            /// Whether this request may change the state (its transition takes `&mut self`).
+            /// Whether this request may change the state (its transition names a lane).
             /// Such requests are remembered for retries; queries are not.
             pub fn changes_state(&self) -> bool {
                 match self { #( Self::#variants { .. } => #changes, )* }
+            }
+
+            #lane_fn
+
+            /// The fields a request of type `type_name` carries besides `type` and `msg_id`, in
+            /// declaration order; `None` when `type_name` is not one of [`Request::TYPES`].
+            pub fn fields(type_name: &str) -> ::core::option::Option<&'static [&'static str]> {
+                match type_name {
+                    #( #messages => ::core::option::Option::Some(&[ #(#field_names),* ]), )*
+                    _ => ::core::option::Option::None,
+                }
             }
 
             /// Decodes the fields of a request whose `type` is `type_name` from a JSON object
@@ -224,11 +281,12 @@ fn generate(protocol: &Protocol) -> TokenStream {
         }
 
         impl #impl_generics #self_ty #where_clause {
-            /// Applies one request through its transition and wraps the answer in [`Reply`].
+            /// Decides one request through its transition: a reply at once, an accepted
+            /// operation, or a lookup, with the reply wrapped in [`Reply`]. Changes nothing.
             ///
             /// # Errors
-            /// The transition's refusal; a refused request leaves the state as it was.
-            pub fn apply(&mut self, request: &Request) -> ::core::result::Result<Reply, #refusal> {
+            /// The transition's refusal.
+            pub fn decide(&self, request: &Request) -> ::core::result::Result<#decision<Reply>, #refusal> {
                 match request {
                     #(#dispatch)*
                 }

@@ -26,6 +26,9 @@ pub fn protocol(item: &ItemImpl, error: syn::Error) -> TokenStream {
             pub const TYPES: &'static [&'static str] = &[];
             pub fn type_name(&self) -> &'static str { match *self {} }
             pub fn changes_state(&self) -> bool { match *self {} }
+            pub fn fields(_type_name: &str) -> ::core::option::Option<&'static [&'static str]> {
+                ::core::option::Option::None
+            }
             pub fn decode_fields<'de, D>(
                 _type_name: &str,
                 _deserializer: D,
@@ -43,7 +46,7 @@ pub fn protocol(item: &ItemImpl, error: syn::Error) -> TokenStream {
 
         #[allow(missing_docs)]
         impl #impl_generics #self_ty #where_clause {
-            pub fn apply(&mut self, request: &Request) -> ::core::result::Result<Reply, ::rollback_node::Refusal> {
+            pub fn decide(&self, request: &Request) -> ::core::result::Result<::rollback_node::core::Decision<Reply>, ::rollback_node::Refusal> {
                 match *request {}
             }
         }

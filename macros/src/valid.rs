@@ -97,13 +97,27 @@ impl Transition<'_> {
         match self.receiver {
             None => errors.push(Error::new(
                 sig.ident.span(),
-                "a transition is a method: take `&self` (a query) or `&mut self` (a change)",
+                "a transition is a method that decides: take `&self`",
             )),
             Some(r) if r.reference.is_none() || r.colon_token.is_some() => errors.push(Error::new(
                 r.span(),
-                "a transition takes `&self` (a query) or `&mut self` (a change), not `self` by value",
+                "a transition takes `&self`, not `self` by value",
+            )),
+            Some(r) if r.mutability.is_some() => errors.push(Error::new(
+                r.span(),
+                "a transition only decides, so it takes `&self`: a change returns `Decision<Reply>` and is applied when its effects complete",
             )),
             Some(_) => {}
+        }
+        if let (Some(lane), None) = (&self.attr.lane, self.decision) {
+            if let Some((ok, _)) = self.result {
+                let mut error = Error::new(
+                    ok.span(),
+                    "a transition with a lane changes the state: return `Result<Decision<ReplyType>, Refusal>`",
+                );
+                error.combine(Error::new(lane.span(), "the lane is given here"));
+                errors.push(error);
+            }
         }
         for arg in &self.args {
             match arg.ident {
@@ -137,10 +151,11 @@ impl Transition<'_> {
             };
             errors.push(Error::new(
                 span,
-                format!("a transition returns `Result<ReplyType, {REFUSAL}>`"),
+                format!("a transition returns `Result<ReplyType, {REFUSAL}>` or `Result<Decision<ReplyType>, {REFUSAL}>`"),
             ));
             return;
         };
+        let ok = self.reply_type().unwrap_or(ok);
         if matches!(ok, Type::Tuple(t) if t.elems.is_empty()) {
             errors.push(Error::new(
                 ok.span(),

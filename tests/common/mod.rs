@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use rollback_node::{Machine, Session, Simulated, State};
+use rollback_node::{Estate, Session};
 
 /// Insta settings: snapshots in `snapshots/`, named explicitly, no module prefix.
 pub fn snapshot_settings() -> insta::Settings {
@@ -15,18 +15,18 @@ pub fn snapshot_settings() -> insta::Settings {
 }
 
 /// The example estate with `replace` swapped for `by` (which must occur).
-pub fn estate_with(replace: &str, by: &str) -> State {
-    let text = rollback_node::state::EXAMPLE_ESTATE;
+pub fn estate_with(replace: &str, by: &str) -> Estate {
+    let text = rollback_node::EXAMPLE_ESTATE;
     assert!(
         text.contains(replace),
         "the example estate has no {replace:?}"
     );
-    State::from_toml(&text.replacen(replace, by, 1), "test estate").unwrap()
+    Estate::from_toml(&text.replacen(replace, by, 1), "test estate").unwrap()
 }
 
-/// A session over `state`.
-pub fn session(state: State) -> Session {
-    Session::new(Machine::new(state, Simulated))
+/// A simulated, in-memory session over `estate`.
+pub fn session(estate: Estate) -> Session {
+    Session::simulated(estate)
 }
 
 /// Feeds `line` and returns the reply line (without `\n`), or `None` if there was none.

@@ -12,8 +12,8 @@ pub struct Added {
 #[protocol]
 impl Counter {
     #[transition]
-    async fn add(&mut self, by: u64) -> Result<Added, Refusal> {
-        self.total += by;
+    async fn add(&self, by: u64) -> Result<Added, Refusal> {
+        let _ = by;
         Ok(Added { total: self.total })
     }
 }

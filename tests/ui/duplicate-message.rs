@@ -17,14 +17,14 @@ pub struct Incremented {
 #[protocol]
 impl Counter {
     #[transition]
-    fn add(&mut self, by: u64) -> Result<Added, Refusal> {
-        self.total += by;
+    fn add(&self, by: u64) -> Result<Added, Refusal> {
+        let _ = by;
         Ok(Added { total: self.total })
     }
 
     #[transition(rename = "add")]
-    fn increment(&mut self) -> Result<Incremented, Refusal> {
-        self.total += 1;
+    fn increment(&self) -> Result<Incremented, Refusal> {
+        let _ = 1;
         Ok(Incremented { total: self.total })
     }
 }

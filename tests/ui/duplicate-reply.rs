@@ -12,14 +12,14 @@ pub struct Added {
 #[protocol]
 impl Counter {
     #[transition]
-    fn add(&mut self, by: u64) -> Result<Added, Refusal> {
-        self.total += by;
+    fn add(&self, by: u64) -> Result<Added, Refusal> {
+        let _ = by;
         Ok(Added { total: self.total })
     }
 
     #[transition]
-    fn increment(&mut self) -> Result<Added, Refusal> {
-        self.total += 1;
+    fn increment(&self) -> Result<Added, Refusal> {
+        let _ = 1;
         Ok(Added { total: self.total })
     }
 }

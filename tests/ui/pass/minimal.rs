@@ -1,4 +1,10 @@
+use rollback_node::core::Decision;
 use rollback_node::{protocol, Refusal};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lane {
+    Counting,
+}
 
 pub struct Counter {
     total: u64,
@@ -16,11 +22,12 @@ pub struct Total {
 
 #[protocol]
 impl Counter {
-    /// Adds `by` to the total.
-    #[transition]
-    fn add(&mut self, by: u64) -> Result<Added, Refusal> {
-        self.total += by;
-        Ok(Added { total: self.total })
+    /// Adds `by` to the total (here only decided: the reply says what it would be).
+    #[transition(lane = Lane::Counting)]
+    fn add(&self, by: u64) -> Result<Decision<Added>, Refusal> {
+        Ok(Decision::Reply(Added {
+            total: self.total + by,
+        }))
     }
 
     /// Reads the total.
@@ -31,9 +38,15 @@ impl Counter {
 }
 
 fn main() {
-    let mut counter = Counter { total: 40 };
+    let counter = Counter { total: 40 };
     let request = Request::Add { by: 2 };
     assert!(request.changes_state());
+    assert_eq!(request.lane(), Some(Lane::Counting));
+    assert_eq!(Request::Read {}.lane(), None);
     assert_eq!(Request::TYPES, ["add", "read"]);
-    assert_eq!(counter.apply(&request), Ok(Reply::Added(Added { total: 42 })));
+    assert_eq!(Request::fields("add"), Some(&["by"][..]));
+    assert_eq!(
+        counter.decide(&request),
+        Ok(Decision::Reply(Reply::Added(Added { total: 42 })))
+    );
 }

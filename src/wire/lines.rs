@@ -1,6 +1,7 @@
 //! Splitting input into lines with a cap on their length, so that one huge or endless line
 //! cannot exhaust memory: past the cap the rest of the line is read and dropped, and the caller
-//! learns how long it was.
+//! learns how long it was. [`LineSplitter`] takes input in chunks as they arrive (the runtime's
+//! reader thread sends them); [`LineReader`] pulls from any [`Read`].
 
 use std::io::{self, BufRead, BufReader, Read};
 
@@ -83,6 +84,81 @@ impl<R: Read> LineReader<R> {
     }
 }
 
+/// Splits chunks of input into capped lines. A line wholly inside one chunk is handed out
+/// without copying; a line that spans chunks is gathered (up to the cap).
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+    /// Bytes of the current partial line seen, including those dropped past the cap.
+    seen: usize,
+    cap: usize,
+}
+
+/// One line from a [`LineSplitter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// A whole line, without its `\n`.
+    Line(&'a [u8]),
+    /// A line longer than the cap, of this many bytes, dropped.
+    TooLong(usize),
+}
+
+impl LineSplitter {
+    /// A splitter dropping lines longer than `cap` bytes.
+    pub fn new(cap: usize) -> Self {
+        LineSplitter {
+            partial: Vec::new(),
+            seen: 0,
+            cap,
+        }
+    }
+
+    /// Splits `chunk`, handing each complete line to `each`.
+    pub fn push(&mut self, mut chunk: &[u8], mut each: impl FnMut(Piece<'_>)) {
+        while let Some(at) = memchr::memchr(b'\n', chunk) {
+            let (line, rest) = (&chunk[..at], &chunk[at + 1..]);
+            if self.seen == 0 {
+                if line.len() > self.cap {
+                    each(Piece::TooLong(line.len()));
+                } else {
+                    each(Piece::Line(line));
+                }
+            } else {
+                self.gather(line);
+                self.emit(&mut each);
+            }
+            chunk = rest;
+        }
+        if !chunk.is_empty() {
+            self.gather(chunk);
+        }
+    }
+
+    /// The end of input: a last line without `\n` counts as a line.
+    pub fn finish(&mut self, mut each: impl FnMut(Piece<'_>)) {
+        if self.seen > 0 {
+            self.emit(&mut each);
+        }
+    }
+
+    fn gather(&mut self, bytes: &[u8]) {
+        let room = (self.cap + 1).saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.seen += bytes.len();
+    }
+
+    fn emit(&mut self, each: &mut impl FnMut(Piece<'_>)) {
+        if self.seen > self.cap {
+            each(Piece::TooLong(self.seen));
+        } else {
+            each(Piece::Line(&self.partial));
+        }
+        self.partial.clear();
+        self.seen = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +184,42 @@ mod tests {
                 (Line::Complete, b"xy".to_vec()),
             ]
         );
+    }
+
+    fn split_all(input: &[u8], cap: usize, chunk: usize) -> Vec<(Line, Vec<u8>)> {
+        let mut splitter = LineSplitter::new(cap);
+        let mut lines = Vec::new();
+        let mut take = |piece: Piece<'_>| {
+            lines.push(match piece {
+                Piece::Line(line) => (Line::Complete, line.to_vec()),
+                Piece::TooLong(n) => (Line::TooLong(n), Vec::new()),
+            })
+        };
+        for part in input.chunks(chunk.max(1)) {
+            splitter.push(part, &mut take);
+        }
+        splitter.finish(&mut take);
+        lines
+    }
+
+    proptest::proptest! {
+        /// The splitter agrees with the reader for any chunking.
+        #[test]
+        fn splitter_agrees_with_the_reader(
+            input in proptest::collection::vec(proptest::sample::select(vec![b'a', b'b', b'\n', b'\r']), 0..64),
+            cap in 0usize..8,
+            chunk in 1usize..9,
+        ) {
+            let read: Vec<(Line, Option<Vec<u8>>)> = read_all(&input, cap)
+                .into_iter()
+                .map(|(kind, line)| (kind, (kind == Line::Complete).then_some(line)))
+                .collect();
+            let split: Vec<(Line, Option<Vec<u8>>)> = split_all(&input, cap, chunk)
+                .into_iter()
+                .map(|(kind, line)| (kind, (kind == Line::Complete).then_some(line)))
+                .collect();
+            proptest::prop_assert_eq!(read, split);
+        }
     }
 
     #[test]

@@ -1,26 +1,28 @@
 //! Why a request was not carried out: one variant per Maelstrom error code this node uses.
 //! A refusal is sent as an `error` reply `{"type":"error","in_reply_to":N,"code":C,"text":"..."}`.
 
-use crate::wire::ReplyBody;
+use crate::protocol::encode::ReplyBody;
 use serde::ser::SerializeMap;
 
-/// A refused request. Every code used here is *definite*: the request did not happen (except
-/// [`Refusal::Crash`], which says it may have happened in part).
+/// A refused or failed request. Every code used here is *definite*: the request did not happen
+/// (except [`Refusal::Crash`], which says it may have happened in part).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// 10 not-supported: the message type is unknown.
     #[error("{0}")]
     NotSupported(String),
-    /// 11 temporarily-unavailable: nothing was done; the same request may succeed later.
+    /// 11 temporarily-unavailable: nothing was done (its lane's queue is full); the same request
+    /// may succeed later.
     #[error("{0}")]
     TemporarilyUnavailable(String),
     /// 12 malformed-request: a missing or ill-typed field, or a value no state could accept.
     #[error("{0}")]
     MalformedRequest(String),
-    /// 13 crash: an executor failed part-way; the text says what was done.
+    /// 13 crash: an executor failed part-way, or a restart interrupted the operation; the text
+    /// says where things stand.
     #[error("{0}")]
     Crash(String),
-    /// 14 abort: the request was given up without any effect.
+    /// 14 abort: an executor failed before changing anything; the text names what failed.
     #[error("{0}")]
     Abort(String),
     /// 20 key-does-not-exist: an unknown flag, backup or catalogue version.

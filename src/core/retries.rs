@@ -5,8 +5,7 @@
 //! [`SENDERS`] senders (when a new sender would exceed that, the sender seen first is
 //! forgotten). A retry that arrives after its answer left the window is treated as new.
 
-use crate::refusal::Refusal;
-use crate::transitions::{Reply, Request};
+use crate::core::transitions::Request;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -25,8 +24,10 @@ type Hasher = foldhash::fast::RandomState;
 pub struct Answer {
     /// The request as decoded.
     pub request: Request,
-    /// What it was answered.
-    pub reply: Result<Reply, Refusal>,
+    /// The reply body it got, as encoded (`in_reply_to` is the request's msg_id).
+    pub body: Box<str>,
+    /// Whether it was carried out (not refused, not failed).
+    pub accepted: bool,
 }
 
 /// The bounded memory of answers, keyed by (sender, msg_id).
@@ -149,9 +150,20 @@ impl Answered {
         self.insert_shared(src, msg_id, Arc::new(answer));
     }
 
+    /// Every remembered answer, senders in the order they were first seen and each sender's
+    /// answers in arrival order: inserting them in this order into an empty memory rebuilds it.
+    pub fn entries(&self) -> impl Iterator<Item = (&Arc<str>, u64, &Arc<Answer>)> {
+        self.arrival.iter().flat_map(move |src| {
+            self.senders
+                .get(&**src)
+                .into_iter()
+                .flat_map(|log| log.answers.iter().map(move |(id, a)| (&log.name, *id, a)))
+        })
+    }
+
     /// As [`Answered::insert`], sharing the answer; returns the sender's name (shared) and the
     /// answer as remembered.
-    pub(crate) fn insert_shared(
+    pub fn insert_shared(
         &mut self,
         src: &str,
         msg_id: u64,
@@ -202,12 +214,12 @@ impl PartialEq for Answered {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transitions::Request;
 
     fn answer() -> Answer {
         Answer {
             request: Request::Status {},
-            reply: Err(Refusal::Abort("x".into())),
+            body: "x".into(),
+            accepted: false,
         }
     }
 
@@ -237,7 +249,8 @@ mod tests {
     fn numbered(n: u64) -> Arc<Answer> {
         Arc::new(Answer {
             request: Request::Status {},
-            reply: Err(Refusal::Abort(n.to_string())),
+            body: n.to_string().into(),
+            accepted: false,
         })
     }
 

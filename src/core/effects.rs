@@ -1,0 +1,278 @@
+//! Decisions as data. A transition returns a [`Decision`]: a reply at once, a [`Lookup`] in the
+//! audit trail, or an accepted [`Operation`] — its [`Plan`] (what the state becomes and how the
+//! reply is built once it completes) and the [`Effect`]s an executor must perform, in order.
+//! What an executor reports back is a [`Completion`]: success with measurements, or a
+//! [`Failure`] saying how many effects completed and what went wrong ([`ExecError`]).
+//!
+//! Everything here is plain, serializable data: the journal records operations and completions
+//! as they are, and `dry_run` shows the effects without performing them.
+
+use crate::protocol::values::{Environment, Seconds};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Where an operation is decided and performed. One operation runs per lane at a time; lanes do
+/// not wait for one another.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum Lane {
+    /// rollback, migrate, restore: the database.
+    Schema,
+    /// switch_traffic: the load balancer.
+    Traffic,
+    /// disable_feature, enable_feature: the flag store.
+    Flags,
+}
+
+impl Lane {
+    /// Every lane.
+    pub const ALL: [Lane; 3] = [Lane::Schema, Lane::Traffic, Lane::Flags];
+
+    /// Its position in [`Lane::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What a transition decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision<R> {
+    /// Answered at once; nothing changes.
+    Reply(R),
+    /// Accepted: performed by effects, answered when they complete.
+    Accept(Operation),
+    /// Answered from the audit trail.
+    Lookup(Lookup),
+}
+
+impl<R> Decision<R> {
+    /// Maps the immediate reply.
+    pub fn map<S>(self, f: impl FnOnce(R) -> S) -> Decision<S> {
+        match self {
+            Decision::Reply(reply) => Decision::Reply(f(reply)),
+            Decision::Accept(operation) => Decision::Accept(operation),
+            Decision::Lookup(lookup) => Decision::Lookup(lookup),
+        }
+    }
+}
+
+/// A question for the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// The last `limit` changes of the audit trail, oldest first.
+    History {
+        /// How many.
+        limit: u32,
+    },
+}
+
+/// An accepted state-changing request: what it will make of the state and the effects that
+/// make it so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    /// What the state becomes and how the reply is built.
+    pub plan: Plan,
+    /// What an executor must do, in order.
+    pub effects: Vec<Effect>,
+}
+
+/// The state change of an operation, applied when it completes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "plan", rename_all = "snake_case")]
+pub enum Plan {
+    /// The schema goes down from `from` to `to`, one down() per effect.
+    Rollback {
+        /// The version before.
+        from: u32,
+        /// The version after.
+        to: u32,
+    },
+    /// The schema goes up from `from` to `to`, one up() per effect.
+    Migrate {
+        /// The version before.
+        from: u32,
+        /// The version after.
+        to: u32,
+    },
+    /// A flag is set.
+    SetFlag {
+        /// The flag.
+        feature: String,
+        /// Its new value.
+        enabled: bool,
+    },
+    /// Traffic moves from one environment to the other.
+    SwitchTraffic {
+        /// The live environment before.
+        from: Environment,
+        /// The live environment after.
+        to: Environment,
+    },
+    /// A backup is restored: the schema follows it.
+    Restore {
+        /// The backup.
+        backup: String,
+        /// Its schema version.
+        schema_version: u32,
+        /// The rows the catalogue says it holds.
+        rows: u64,
+    },
+}
+
+/// One thing an executor does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+pub enum Effect {
+    /// Run the down() of a migration.
+    RunDown {
+        /// Its version.
+        version: u32,
+        /// Its file (or catalogue name in the simulated world).
+        file: String,
+    },
+    /// Run the up() of a migration.
+    RunUp {
+        /// Its version.
+        version: u32,
+        /// Its file (or catalogue name in the simulated world).
+        file: String,
+    },
+    /// Write a flag's value to the flag store.
+    WriteFlags {
+        /// The flag.
+        flag: String,
+        /// Its new value.
+        enabled: bool,
+    },
+    /// Set a load-balancer server's state.
+    SetServerState {
+        /// The server (environment).
+        server: Environment,
+        /// Its new state.
+        state: ServerState,
+    },
+    /// Restore a backup into the live database.
+    Restore {
+        /// The backup.
+        backup: String,
+    },
+}
+
+/// A load-balancer server state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum ServerState {
+    /// Takes new connections.
+    Ready,
+    /// Finishes its open connections and takes no new ones.
+    Drain,
+}
+
+/// What an executor reports for an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Completion {
+    /// Every effect was performed.
+    Done(Done),
+    /// An effect failed.
+    Failed(Failure),
+}
+
+/// Measurements of a completed operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {
+    /// How long it took: modelled or measured.
+    pub duration: Seconds,
+    /// Rows restored, when the operation restored a backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+}
+
+/// A failed operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// How many effects completed before the failure.
+    pub completed: usize,
+    /// Whether the failed effect may have changed something part-way.
+    pub part_way: bool,
+    /// What went wrong.
+    pub error: ExecError,
+}
+
+/// What went wrong in an effect: which capability, what it was doing, where, and what the system
+/// said. Rendered once, into the reply's text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExecError {
+    /// The system could not be reached (a socket, a database, a file).
+    #[error("{system} could not be reached at {place}: {said}")]
+    Unreachable {
+        /// The system.
+        system: String,
+        /// Where it was looked for.
+        place: String,
+        /// What was said.
+        said: String,
+    },
+    /// The system refused or failed an action.
+    #[error("{action} failed{}: {said}", at(place))]
+    Failed {
+        /// What was being done.
+        action: String,
+        /// Where: a file and line, a statement, a server.
+        place: Option<String>,
+        /// What the system said.
+        said: String,
+    },
+}
+
+fn at(place: &Option<String>) -> String {
+    match place {
+        Some(place) => format!(" at {place}"),
+        None => String::new(),
+    }
+}
+
+impl ExecError {
+    /// A failed action.
+    pub fn failed(
+        action: impl Into<String>,
+        place: Option<String>,
+        said: impl fmt::Display,
+    ) -> Self {
+        ExecError::Failed {
+            action: action.into(),
+            place,
+            said: said.to_string(),
+        }
+    }
+}
+
+impl Operation {
+    /// The completion a dry run assumes: every effect succeeds, the catalogue's row counts hold.
+    pub fn expected_completion(&self) -> Completion {
+        Completion::Done(Done {
+            duration: Seconds::ZERO,
+            rows: match &self.plan {
+                Plan::Restore { rows, .. } => Some(*rows),
+                _ => None,
+            },
+        })
+    }
+}

@@ -1,0 +1,732 @@
+//! The node's formal state and how inputs move it: the estate's [`State`], the three lanes (each
+//! with at most one running operation and a bounded queue), the retry memory, the sequence of
+//! decided changes and the operations a crash interrupted.
+//!
+//! [`Machine`] is sans-I/O, like a protocol state machine that "performs no I/O whatsoever":
+//! its inputs are decoded requests ([`Machine::receive`]), completions ([`Machine::complete`])
+//! and progress reports ([`Machine::progress`]); its outputs go to a [`Sink`]: reply bodies,
+//! journal records (an operation's intent before it starts, its outcome before its reply) and
+//! the lanes whose operation may start. Whoever drives it — the inline session, the concurrent
+//! runtime, a test delivering completions in any order — decides when effects run.
+
+use crate::core::effects::{Completion, Decision, Lane, Lookup, Operation};
+use crate::core::retries::{Answer, Answered};
+use crate::core::state::{join, State};
+use crate::core::transitions::{status_of, Reply, Request};
+use crate::protocol::encode::{body_string, ReplyBody};
+use crate::protocol::replies::{HistoryEntry, HistoryOk, StatusOk};
+use crate::protocol::values::{Environment, InFlightView, InterruptedView, Progress};
+use crate::protocol::Refusal;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// How many changes the `history` message can return.
+pub const HISTORY_WINDOW: usize = 1_000;
+/// How many requests may wait in one lane's queue; beyond that a request is refused with 11.
+pub const QUEUE_LIMIT: usize = 1_024;
+/// How many interrupted operations `status` keeps listing.
+pub const INTERRUPTED_KEPT: usize = 100;
+
+/// Where the machine's outputs go.
+pub trait Sink {
+    /// A reply body for the sender `to`; `addressed` is whom its request was addressed to (the
+    /// reply's `src` before `init`).
+    fn reply(&mut self, to: &str, addressed: Option<&str>, body: &str);
+    /// A journal record: an intent must be durable before its effects start, an outcome before
+    /// its reply is sent.
+    fn record(&mut self, record: Record<'_>);
+    /// The operation now running in `lane` (see [`Machine::running`]) may start once its intent
+    /// is durable.
+    fn start(&mut self, lane: Lane, seq: u64);
+    /// Reads the audit trail.
+    ///
+    /// # Errors
+    /// The store could not be read; the text says why.
+    fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String>;
+}
+
+/// What the journal records.
+#[derive(Debug, Clone, Copy)]
+pub enum Record<'a> {
+    /// A change refused when it was decided: remembered for retries, nothing performed.
+    Refused {
+        /// Its sequence number.
+        seq: u64,
+        /// Its sender.
+        src: &'a str,
+        /// Its msg_id.
+        msg_id: u64,
+        /// The answer (request and refusal).
+        answer: &'a Arc<Answer>,
+    },
+    /// An accepted operation, before its effects start.
+    Intent {
+        /// Its sequence number.
+        seq: u64,
+        /// Its sender.
+        src: &'a str,
+        /// Its msg_id.
+        msg_id: u64,
+        /// The request.
+        request: &'a Request,
+        /// The operation.
+        operation: &'a Operation,
+    },
+    /// How an operation ended, before its reply is sent.
+    Outcome {
+        /// Its sequence number.
+        seq: u64,
+        /// Its sender (shared with the retry memory).
+        src: &'a Arc<str>,
+        /// Its msg_id.
+        msg_id: u64,
+        /// What the executor reported.
+        completion: &'a Completion,
+        /// The answer (request and reply).
+        answer: &'a Arc<Answer>,
+    },
+    /// An operation a crash cut short, reconciled at start.
+    Interrupted {
+        /// Its sequence number.
+        seq: u64,
+        /// Its sender.
+        src: &'a Arc<str>,
+        /// Its msg_id.
+        msg_id: u64,
+        /// What the executor said was true.
+        found: &'a Found,
+        /// The answer (request and the interruption).
+        answer: &'a Arc<Answer>,
+    },
+}
+
+/// What an executor says is true now, when the node reconciles an interrupted operation.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Found {
+    /// The schema version the database is at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u32>,
+    /// The flags as the flag store holds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<BTreeMap<String, bool>>,
+    /// The live environment as the load balancer says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_environment: Option<Environment>,
+    /// Why the executor could not say, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
+}
+
+impl Found {
+    /// Makes `state` agree with what was found.
+    pub fn apply(&self, state: &mut State) {
+        if let Some(version) = self.schema_version {
+            state.schema_version = version;
+        }
+        if let Some(flags) = &self.flags {
+            for (name, value) in flags {
+                if let Some(flag) = state.flags.get_mut(name) {
+                    *flag = *value;
+                }
+            }
+        }
+        if let Some(live) = self.live_environment {
+            state.traffic.live = live;
+        }
+    }
+}
+
+/// An operation a crash interrupted, as `status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interrupted {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its sender.
+    pub src: String,
+    /// Its msg_id.
+    pub msg_id: u64,
+    /// Its type.
+    pub kind: String,
+    /// What the executor said was true at start.
+    pub found: Found,
+}
+
+/// A decoded request as the machine receives it.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    /// The sender.
+    pub src: &'a str,
+    /// Whom it was addressed to.
+    pub addressed: Option<&'a str>,
+    /// Its msg_id.
+    pub msg_id: u64,
+    /// `"dry_run": true`: decide, show the plan, perform nothing.
+    pub dry_run: bool,
+}
+
+/// A request waiting for its lane, or running in it.
+#[derive(Debug, Clone, PartialEq)]
+struct Pending {
+    src: Arc<str>,
+    msg_id: u64,
+    request: Request,
+    /// Whom each copy of the request (the first and every retry that joined it) was addressed to.
+    repliers: Vec<Option<Box<str>>>,
+}
+
+/// The operation running in a lane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Running {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The request.
+    pending: Pending,
+    /// The decided operation.
+    pub operation: Operation,
+    /// Its progress, once reported.
+    pub progress: Option<Progress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+struct LaneState {
+    running: Option<Running>,
+    queue: VecDeque<Pending>,
+}
+
+/// The node's state machine. See the module documentation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine {
+    state: State,
+    answered: Answered,
+    /// The sequence number of the last decided change (accepted or refused): its journal entry's.
+    seq: u64,
+    lanes: [LaneState; 3],
+    interrupted: VecDeque<Interrupted>,
+}
+
+impl Machine {
+    /// A machine starting from `state`, with nothing answered.
+    pub fn new(state: State) -> Self {
+        Machine {
+            state,
+            answered: Answered::default(),
+            seq: 0,
+            lanes: Default::default(),
+            interrupted: VecDeque::new(),
+        }
+    }
+
+    /// A machine over the built-in example estate.
+    pub fn example() -> Self {
+        Machine::new(State::example())
+    }
+
+    /// The estate's current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The memory of answered state-changing requests.
+    pub fn answered(&self) -> &Answered {
+        &self.answered
+    }
+
+    /// The sequence number of the last decided change (0 before any).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The operation running in `lane`, with its sequence number.
+    pub fn running(&self, lane: Lane) -> Option<(u64, &Operation)> {
+        let running = self.lanes[lane.index()].running.as_ref()?;
+        Some((running.seq, &running.operation))
+    }
+
+    /// The sequence numbers of the operations running now, in lane order.
+    pub fn running_seqs(&self) -> Vec<u64> {
+        self.lanes
+            .iter()
+            .filter_map(|l| l.running.as_ref().map(|r| r.seq))
+            .collect()
+    }
+
+    /// How many requests wait in `lane`'s queue.
+    pub fn queued(&self, lane: Lane) -> usize {
+        self.lanes[lane.index()].queue.len()
+    }
+
+    /// Whether nothing runs and nothing waits.
+    pub fn is_idle(&self) -> bool {
+        self.lanes
+            .iter()
+            .all(|l| l.running.is_none() && l.queue.is_empty())
+    }
+
+    /// What runs and waits, as `status` lists it.
+    pub fn in_flight(&self) -> Vec<InFlightView> {
+        let mut views = Vec::new();
+        for lane in Lane::ALL {
+            let state = &self.lanes[lane.index()];
+            let view =
+                |pending: &Pending, running: bool, progress: Option<Progress>| InFlightView {
+                    kind: pending.request.type_name().to_owned(),
+                    msg_id: pending.msg_id,
+                    src: pending.src.to_string(),
+                    lane: lane.to_string(),
+                    state: if running { "running" } else { "queued" }.to_owned(),
+                    progress,
+                };
+            if let Some(running) = &state.running {
+                views.push(view(&running.pending, true, running.progress.clone()));
+            }
+            views.extend(state.queue.iter().map(|p| view(p, false, None)));
+        }
+        views
+    }
+
+    /// The operations a crash interrupted, as `status` lists them.
+    pub fn interrupted(&self) -> Vec<InterruptedView> {
+        self.interrupted
+            .iter()
+            .map(|i| InterruptedView {
+                kind: i.kind.clone(),
+                msg_id: i.msg_id,
+                src: i.src.clone(),
+                seq: i.seq,
+                found: serde_json::to_value(&i.found).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Decides `request` from `src` as it would be decided now, guard rails included; changes
+    /// nothing.
+    ///
+    /// # Errors
+    /// The refusal it would get.
+    pub fn check(&self, src: &str, request: &Request) -> Result<Decision<Reply>, Refusal> {
+        self.permit(src, request)?;
+        self.decide(request)
+    }
+
+    /// The estate's guard rail: whether `src` may send this type of request.
+    fn permit(&self, src: &str, request: &Request) -> Result<(), Refusal> {
+        let kind = request.type_name();
+        match self.state.permissions.get(kind) {
+            Some(allowed) if !allowed.iter().any(|s| s == src) => {
+                Err(Refusal::PreconditionFailed(format!(
+                    "sender {src} may not send {kind}: the estate allows it only from {} (rule permissions.{kind}); nothing changed",
+                    join(allowed)
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Handles one decoded request: a query is answered at once; a change is answered from the
+    /// retry memory, joins its running or queued copy, is decided now if its lane is free, or
+    /// waits in its lane's queue.
+    pub fn receive(&mut self, inbound: Inbound<'_>, request: Request, sink: &mut impl Sink) {
+        let Inbound {
+            src,
+            addressed,
+            msg_id,
+            dry_run,
+        } = inbound;
+        let Some(lane) = request.lane() else {
+            let answer = if dry_run {
+                Err(Refusal::MalformedRequest(format!(
+                    "dry_run applies to requests that change the estate; {} changes nothing, send it without dry_run",
+                    request.type_name()
+                )))
+            } else {
+                self.permit(src, &request)
+                    .and_then(|()| self.decide(&request))
+                    .and_then(|decision| self.answer_now(decision, sink))
+            };
+            reply(sink, src, addressed, msg_id, &answer);
+            return;
+        };
+        if dry_run {
+            let plan = self
+                .permit(src, &request)
+                .and_then(|()| self.decide(&request))
+                .map(|decision| self.plan(decision));
+            match plan {
+                Ok(plan) => sink.reply(src, addressed, &body_string(Some(msg_id), &plan)),
+                Err(refusal) => reply(sink, src, addressed, msg_id, &Err::<Reply, _>(refusal)),
+            }
+            return;
+        }
+        if let Some(answer) = self.answered.get(src, msg_id) {
+            if answer.request == request {
+                let body = answer.body.clone();
+                sink.reply(src, addressed, &body);
+            } else {
+                let refusal = reused(src, msg_id, answer.request.type_name(), &request);
+                reply(sink, src, addressed, msg_id, &Err::<Reply, _>(refusal));
+            }
+            return;
+        }
+        if let Some(pending) = self.pending_mut(src, msg_id) {
+            if pending.request == request {
+                pending.repliers.push(addressed.map(Box::from));
+            } else {
+                let refusal = reused(src, msg_id, pending.request.type_name(), &request);
+                reply(sink, src, addressed, msg_id, &Err::<Reply, _>(refusal));
+            }
+            return;
+        }
+        let pending = Pending {
+            src: Arc::from(src),
+            msg_id,
+            request,
+            repliers: vec![addressed.map(Box::from)],
+        };
+        let state = &mut self.lanes[lane.index()];
+        if state.running.is_none() && state.queue.is_empty() {
+            self.decide_pending(lane, pending, sink);
+        } else if state.queue.len() >= QUEUE_LIMIT {
+            let refusal = Refusal::TemporarilyUnavailable(format!(
+                "the {lane} lane has {QUEUE_LIMIT} requests waiting; nothing changed, retry later"
+            ));
+            reply(sink, src, addressed, msg_id, &Err::<Reply, _>(refusal));
+        } else {
+            state.queue.push_back(pending);
+        }
+    }
+
+    /// The running or queued copy of `(src, msg_id)`.
+    fn pending_mut(&mut self, src: &str, msg_id: u64) -> Option<&mut Pending> {
+        self.lanes.iter_mut().find_map(|lane| {
+            let running = lane.running.as_mut().map(|r| &mut r.pending);
+            running
+                .into_iter()
+                .chain(lane.queue.iter_mut())
+                .find(|p| p.msg_id == msg_id && &*p.src == src)
+        })
+    }
+
+    /// A query's decision, answered now.
+    fn answer_now(
+        &self,
+        decision: Decision<Reply>,
+        sink: &mut impl Sink,
+    ) -> Result<Reply, Refusal> {
+        match decision {
+            Decision::Reply(reply) => Ok(reply),
+            Decision::Lookup(Lookup::History { limit }) => sink
+                .history(limit)
+                .map(|entries| Reply::HistoryOk(HistoryOk { entries }))
+                .map_err(|e| {
+                    Refusal::TemporarilyUnavailable(format!("the audit trail cannot be read: {e}"))
+                }),
+            Decision::Accept(_) => Err(Refusal::Crash(
+                "a query was decided as an operation; nothing changed".to_owned(),
+            )),
+        }
+    }
+
+    /// What a dry run answers: the effects, and the state if they all succeed.
+    fn plan(&self, decision: Decision<Reply>) -> PlanOk {
+        match decision {
+            Decision::Accept(operation) => {
+                let mut after = self.state.clone();
+                let expected = operation.expected_completion();
+                let _ = Machine::finish(&mut after, &operation, &expected);
+                PlanOk {
+                    effects: operation.effects,
+                    state_after: status_of(&after),
+                }
+            }
+            Decision::Reply(_) | Decision::Lookup(_) => PlanOk {
+                effects: Vec::new(),
+                state_after: status_of(&self.state),
+            },
+        }
+    }
+
+    /// Decides a request at the head of its lane: a refusal is remembered and answered; an
+    /// accepted operation is recorded as an intent and starts. Returns whether it started.
+    fn decide_pending(&mut self, lane: Lane, pending: Pending, sink: &mut impl Sink) -> bool {
+        self.seq += 1;
+        let seq = self.seq;
+        let decision = self
+            .permit(&pending.src, &pending.request)
+            .and_then(|()| self.decide(&pending.request));
+        let answer = match decision {
+            Ok(Decision::Accept(operation)) => {
+                sink.record(Record::Intent {
+                    seq,
+                    src: &pending.src,
+                    msg_id: pending.msg_id,
+                    request: &pending.request,
+                    operation: &operation,
+                });
+                self.lanes[lane.index()].running = Some(Running {
+                    seq,
+                    pending,
+                    operation,
+                    progress: None,
+                });
+                sink.start(lane, seq);
+                return true;
+            }
+            Ok(decision) => self.answer_now(decision, sink),
+            Err(refusal) => Err(refusal),
+        };
+        let Pending {
+            src,
+            msg_id,
+            request,
+            repliers,
+        } = pending;
+        let answer = Arc::new(encode_answer(request, msg_id, &answer));
+        sink.record(Record::Refused {
+            seq,
+            src: &src,
+            msg_id,
+            answer: &answer,
+        });
+        for addressed in &repliers {
+            sink.reply(&src, addressed.as_deref(), &answer.body);
+        }
+        self.answered.insert_shared(&src, msg_id, answer);
+        false
+    }
+
+    /// Decides queued requests in `lane` until one starts or the queue is empty.
+    fn advance(&mut self, lane: Lane, sink: &mut impl Sink) {
+        while self.lanes[lane.index()].running.is_none() {
+            let Some(next) = self.lanes[lane.index()].queue.pop_front() else {
+                return;
+            };
+            if self.decide_pending(lane, next, sink) {
+                return;
+            }
+        }
+    }
+
+    /// An executor reports how the operation `seq` in `lane` ended: the state takes it, the
+    /// outcome is recorded, every copy of the request is answered, and the lane moves on. A
+    /// completion for an operation that is not running there is ignored.
+    pub fn complete(&mut self, lane: Lane, seq: u64, completion: Completion, sink: &mut impl Sink) {
+        let slot = &mut self.lanes[lane.index()].running;
+        if slot.as_ref().is_none_or(|r| r.seq != seq) {
+            return;
+        }
+        let Some(running) = slot.take() else {
+            return;
+        };
+        let Running {
+            pending, operation, ..
+        } = running;
+        let reply = Machine::finish(&mut self.state, &operation, &completion);
+        let answer = Arc::new(encode_answer(pending.request, pending.msg_id, &reply));
+        let (src, remembered) =
+            self.answered
+                .insert_shared(&pending.src, pending.msg_id, Arc::clone(&answer));
+        sink.record(Record::Outcome {
+            seq,
+            src,
+            msg_id: pending.msg_id,
+            completion: &completion,
+            answer: remembered,
+        });
+        for addressed in &pending.repliers {
+            sink.reply(&pending.src, addressed.as_deref(), &answer.body);
+        }
+        self.advance(lane, sink);
+    }
+
+    /// An executor reports how far the operation `seq` in `lane` has come.
+    pub fn progress(&mut self, lane: Lane, seq: u64, progress: Progress) {
+        if let Some(running) = &mut self.lanes[lane.index()].running {
+            if running.seq == seq {
+                running.progress = Some(progress);
+            }
+        }
+    }
+
+    // --- Rebuilding from the journal ---
+
+    /// Replays a change refused when it was decided.
+    pub fn replay_refused(&mut self, seq: u64, src: &str, msg_id: u64, answer: Answer) {
+        self.seq = self.seq.max(seq);
+        self.answered.insert(src, msg_id, answer);
+    }
+
+    /// Replays a completed operation: applies its recorded completion (no executor is called)
+    /// and remembers its answer. Returns the reply body it replays to, for the caller to compare
+    /// with the one recorded.
+    pub fn replay_outcome(
+        &mut self,
+        seq: u64,
+        src: &str,
+        msg_id: u64,
+        request: Request,
+        operation: &Operation,
+        completion: &Completion,
+    ) -> Arc<Answer> {
+        self.seq = self.seq.max(seq);
+        let reply = Machine::finish(&mut self.state, operation, completion);
+        let answer = Arc::new(encode_answer(request, msg_id, &reply));
+        self.answered
+            .insert_shared(src, msg_id, Arc::clone(&answer));
+        answer
+    }
+
+    /// Notes a decided operation whose outcome was never recorded (the journal's intent), so
+    /// that its sequence number is not given out again.
+    pub fn replay_intent(&mut self, seq: u64) {
+        self.seq = self.seq.max(seq);
+    }
+
+    /// Reconciles (or replays the reconciliation of) an operation a crash interrupted: the state
+    /// takes what the executor found, the interruption is remembered as its answer (code 13) so
+    /// a retry is told rather than run, and `status` lists it. Never re-runs it.
+    pub fn interrupt(
+        &mut self,
+        seq: u64,
+        src: &str,
+        msg_id: u64,
+        request: Request,
+        found: Found,
+    ) -> Arc<Answer> {
+        self.seq = self.seq.max(seq);
+        found.apply(&mut self.state);
+        let kind = request.type_name();
+        let refusal = Refusal::Crash(format!(
+            "{kind} (journal entry {seq}) was interrupted by a restart before it completed; at start the executor found {}; it was not run again: check the estate and send a new request with a new msg_id if it is still needed",
+            serde_json::to_string(&found).unwrap_or_default()
+        ));
+        let answer = Arc::new(encode_answer(request, msg_id, &Err(refusal)));
+        self.answered
+            .insert_shared(src, msg_id, Arc::clone(&answer));
+        if self.interrupted.len() >= INTERRUPTED_KEPT {
+            self.interrupted.pop_front();
+        }
+        self.interrupted.push_back(Interrupted {
+            seq,
+            src: src.to_owned(),
+            msg_id,
+            kind: kind.to_owned(),
+            found,
+        });
+        answer
+    }
+
+    /// The persistent part of the machine: what a snapshot holds.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            seq: self.seq,
+            state: self.state.clone(),
+            answers: self
+                .answered
+                .entries()
+                .map(|(src, msg_id, answer)| SnapshotAnswer {
+                    src: src.to_string(),
+                    msg_id,
+                    request: answer.request.clone(),
+                    body: answer.body.to_string(),
+                    accepted: answer.accepted,
+                })
+                .collect(),
+            interrupted: self.interrupted.iter().cloned().collect(),
+            running: self.running_seqs(),
+        }
+    }
+
+    /// A machine rebuilt from a snapshot (nothing running: the snapshot's running operations are
+    /// replayed from the journal).
+    pub fn from_snapshot(snapshot: Snapshot) -> Self {
+        let mut machine = Machine::new(snapshot.state);
+        machine.seq = snapshot.seq;
+        for answer in snapshot.answers {
+            machine.answered.insert(
+                &answer.src,
+                answer.msg_id,
+                Answer {
+                    request: answer.request,
+                    body: answer.body.into(),
+                    accepted: answer.accepted,
+                },
+            );
+        }
+        machine.interrupted = snapshot.interrupted.into();
+        machine
+    }
+}
+
+/// The persistent part of a [`Machine`]: state, retry memory, sequence, interruptions, and the
+/// operations running when it was taken (their outcomes come later in the journal).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The last decided sequence number.
+    pub seq: u64,
+    /// The estate's state.
+    pub state: State,
+    /// The retry memory, in the order that rebuilds it.
+    pub answers: Vec<SnapshotAnswer>,
+    /// The interruptions still listed.
+    pub interrupted: Vec<Interrupted>,
+    /// The sequence numbers of the operations running when it was taken.
+    pub running: Vec<u64>,
+}
+
+/// One remembered answer in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotAnswer {
+    /// The sender.
+    pub src: String,
+    /// The msg_id.
+    pub msg_id: u64,
+    /// The request.
+    pub request: Request,
+    /// The reply body.
+    pub body: String,
+    /// Whether it was carried out.
+    pub accepted: bool,
+}
+
+/// `plan_ok`: what a `dry_run` request would do, with nothing performed.
+#[derive(Debug, Clone, PartialEq, crate::Reply)]
+pub struct PlanOk {
+    /// The effects an executor would perform, in order.
+    pub effects: Vec<crate::core::effects::Effect>,
+    /// The state if they all succeed, shaped like `status_ok`.
+    pub state_after: StatusOk,
+}
+
+fn encode_answer(request: Request, msg_id: u64, answer: &Result<Reply, Refusal>) -> Answer {
+    let body = match answer {
+        Ok(reply) => body_string(Some(msg_id), reply),
+        Err(refusal) => body_string(Some(msg_id), refusal),
+    };
+    Answer {
+        request,
+        body: body.into(),
+        accepted: answer.is_ok(),
+    }
+}
+
+fn reply<B: ReplyBody>(
+    sink: &mut impl Sink,
+    src: &str,
+    addressed: Option<&str>,
+    msg_id: u64,
+    answer: &Result<B, Refusal>,
+) {
+    let body = match answer {
+        Ok(reply) => body_string(Some(msg_id), reply),
+        Err(refusal) => body_string(Some(msg_id), refusal),
+    };
+    sink.reply(src, addressed, &body);
+}
+
+fn reused(src: &str, msg_id: u64, earlier: &str, request: &Request) -> Refusal {
+    Refusal::PreconditionFailed(format!(
+        "msg_id {msg_id} from {src} already answered a different request ({earlier}); send this {} with a new msg_id",
+        request.type_name()
+    ))
+}

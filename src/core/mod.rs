@@ -1,0 +1,19 @@
+//! The pure core: the estate's [`state`] and how [`estate`] files describe it, the
+//! [`transitions`] that decide each message, the decisions and effects as data ([`effects`]),
+//! the retry memory ([`retries`]) and the sans-I/O [`machine`] that holds lanes and queues.
+//!
+//! Nothing in here performs I/O, reads a clock or calls an executor. It depends only on
+//! [`crate::protocol`].
+
+pub mod effects;
+pub mod estate;
+pub mod machine;
+pub mod retries;
+pub mod state;
+pub mod transitions;
+
+pub use effects::{
+    Completion, Decision, Done, Effect, ExecError, Failure, Lane, Lookup, Operation, Plan,
+};
+pub use machine::{Found, Inbound, Machine, Record, Sink, Snapshot};
+pub use transitions::{Reply, Request};

@@ -1,0 +1,436 @@
+//! The transitions: one `#[transition]` method per message type, each a pure decision over the
+//! [`Machine`]'s state. `#[protocol]` derives [`Request`], [`Reply`] and the dispatcher
+//! [`Machine::decide`] from them; [`Machine::finish`] is the second pure function, which applies
+//! a completed (or failed) operation to the state and builds its reply.
+//!
+//! A transition checks everything that could refuse the request and, if it accepts it, returns
+//! the operation as data: its [`Plan`] and its [`Effect`]s. It changes nothing, calls no
+//! executor, reads no clock and touches no file, so a refusal changes nothing by construction
+//! and `dry_run` is the same decision with nothing performed.
+
+use crate::core::effects::{
+    Completion, Decision, Done, Effect, Failure, Lane, Lookup, Operation, Plan, ServerState,
+};
+use crate::core::machine::{Machine, HISTORY_WINDOW};
+use crate::core::state::{join, Health, State};
+use crate::protocol;
+use crate::protocol::replies::*;
+use crate::protocol::values::{Environment, RestoreRecord, Version};
+use crate::protocol::Refusal;
+
+#[protocol]
+impl Machine {
+    /// Maelstrom's handshake: the node learns its id. Changes nothing in the estate.
+    #[transition]
+    pub fn init(&self, node_id: String, node_ids: Vec<String>) -> Result<InitOk, Refusal> {
+        if node_id.is_empty() {
+            return Err(Refusal::MalformedRequest(
+                "init needs a non-empty node_id".to_owned(),
+            ));
+        }
+        if !node_ids.is_empty() && !node_ids.contains(&node_id) {
+            return Err(Refusal::MalformedRequest(format!(
+                "node_id {node_id} is not among node_ids ({}); init needs node_ids to include the node itself",
+                join(&node_ids)
+            )));
+        }
+        Ok(InitOk)
+    }
+
+    /// Runs down() for the current version and each below it, down to `version`; the schema ends
+    /// at `version - 1`.
+    #[transition(lane = Lane::Schema)]
+    pub fn rollback(&self, version: Version) -> Result<Decision<RollbackComplete>, Refusal> {
+        let state = self.state();
+        let target = version.get();
+        let current = state.schema_version;
+        check_catalogued(state, target)?;
+        if target > current {
+            return Err(Refusal::PreconditionFailed(if current == 0 {
+                format!("migration {target} is not applied: no migration is applied, so there is nothing to roll back")
+            } else {
+                format!("migration {target} is not applied (the schema is at version {current}); rollback needs {}", versions(1, current))
+            }));
+        }
+        if let Some(stuck) = (target..=current)
+            .rev()
+            .filter_map(|v| state.migration(v))
+            .find(|m| !m.reversible)
+        {
+            let instead = match state.backup_at_or_below(target - 1) {
+                Some(b) => format!(
+                    "restore backup {} (schema version {}) instead",
+                    b.name, b.schema_version
+                ),
+                None => format!("no backup is at or below version {}", target - 1),
+            };
+            return Err(Refusal::PreconditionFailed(format!(
+                "migration {} ({}) has no down(), so the schema cannot be rolled back to version {}; nothing was rolled back; {instead}",
+                stuck.version,
+                stuck.name,
+                target - 1
+            )));
+        }
+        let effects = (target..=current)
+            .rev()
+            .filter_map(|v| state.migration(v))
+            .map(|m| Effect::RunDown {
+                version: m.version,
+                file: m.name.clone(),
+            })
+            .collect();
+        Ok(Decision::Accept(Operation {
+            plan: Plan::Rollback {
+                from: current,
+                to: target - 1,
+            },
+            effects,
+        }))
+    }
+
+    /// Runs up() for each version above the current one, up to `version`.
+    #[transition(lane = Lane::Schema)]
+    pub fn migrate(&self, version: Version) -> Result<Decision<MigrateComplete>, Refusal> {
+        let state = self.state();
+        let target = version.get();
+        let current = state.schema_version;
+        let last = state.last_version();
+        check_catalogued(state, target)?;
+        if target <= current {
+            return Err(Refusal::PreconditionFailed(if current == last {
+                format!("migration {target} is already applied and the schema is at the last version ({last}); there is nothing to migrate")
+            } else {
+                format!("migration {target} is already applied (the schema is at version {current}); migrate needs {}", versions(current + 1, last))
+            }));
+        }
+        let effects = (current + 1..=target)
+            .filter_map(|v| state.migration(v))
+            .map(|m| Effect::RunUp {
+                version: m.version,
+                file: m.name.clone(),
+            })
+            .collect();
+        Ok(Decision::Accept(Operation {
+            plan: Plan::Migrate {
+                from: current,
+                to: target,
+            },
+            effects,
+        }))
+    }
+
+    /// The kill switch: disables a flag. Disabling a disabled flag succeeds again (and writes
+    /// the flag store again: someone may have changed it by hand).
+    #[transition(lane = Lane::Flags)]
+    pub fn disable_feature(&self, feature: String) -> Result<Decision<FeatureDisabled>, Refusal> {
+        set_flag(self.state(), feature, false)
+    }
+
+    /// Enables a flag again.
+    #[transition(lane = Lane::Flags)]
+    pub fn enable_feature(&self, feature: String) -> Result<Decision<FeatureEnabled>, Refusal> {
+        set_flag(self.state(), feature, true)
+    }
+
+    /// Moves traffic from the live environment to the other, healthy one: the target is made
+    /// ready, then the old one drained.
+    #[transition(lane = Lane::Traffic)]
+    pub fn switch_traffic(
+        &self,
+        from: Environment,
+        to: Environment,
+    ) -> Result<Decision<TrafficSwitched>, Refusal> {
+        let traffic = &self.state().traffic;
+        let live = traffic.live;
+        if from == to {
+            return Err(Refusal::MalformedRequest(format!(
+                "from and to are both {from}; switch_traffic moves traffic from the live environment to the other one ({live} to {})",
+                live.other()
+            )));
+        }
+        if from != live {
+            return Err(Refusal::PreconditionFailed(format!(
+                "{from} is not live ({live} is); switch_traffic needs from = the live environment"
+            )));
+        }
+        if traffic.health(to) != Health::Healthy {
+            return Err(Refusal::PreconditionFailed(format!(
+                "{to} is unhealthy; switch_traffic needs a healthy target, so traffic stays on {from}"
+            )));
+        }
+        Ok(Decision::Accept(Operation {
+            plan: Plan::SwitchTraffic { from, to },
+            effects: vec![
+                Effect::SetServerState {
+                    server: to,
+                    state: ServerState::Ready,
+                },
+                Effect::SetServerState {
+                    server: from,
+                    state: ServerState::Drain,
+                },
+            ],
+        }))
+    }
+
+    /// The last resort: restores a backup, which sets the schema to the backup's version.
+    #[transition(lane = Lane::Schema)]
+    pub fn restore(&self, backup: String) -> Result<Decision<RestoreComplete>, Refusal> {
+        let state = self.state();
+        let Some(found) = state.backup(&backup) else {
+            return Err(Refusal::KeyDoesNotExist(format!(
+                "backup \"{backup}\" does not exist; known backups: {}",
+                state.backup_names()
+            )));
+        };
+        Ok(Decision::Accept(Operation {
+            plan: Plan::Restore {
+                backup: backup.clone(),
+                schema_version: found.schema_version,
+                rows: found.rows,
+            },
+            effects: vec![Effect::Restore { backup }],
+        }))
+    }
+
+    /// The audit trail: the last `limit` changes (default 20, at most 1000), oldest first, read
+    /// from the store. Changes nothing.
+    #[transition]
+    pub fn history(&self, limit: Option<u32>) -> Result<Decision<HistoryOk>, Refusal> {
+        let limit = limit.unwrap_or(20);
+        if limit == 0 || limit as usize > HISTORY_WINDOW {
+            return Err(Refusal::MalformedRequest(format!(
+                "history limit {limit} is out of range; ask for 1 to {HISTORY_WINDOW} entries"
+            )));
+        }
+        Ok(Decision::Lookup(Lookup::History { limit }))
+    }
+
+    /// Where the estate stands, with what is running or queued and what a crash interrupted.
+    /// Changes nothing.
+    #[transition]
+    pub fn status(&self) -> Result<StatusOk, Refusal> {
+        let mut status = status_of(self.state());
+        status.in_flight = self.in_flight();
+        status.interrupted = self.interrupted();
+        Ok(status)
+    }
+}
+
+/// The status fields of a state alone (nothing in flight): also `plan_ok`'s `state_after`.
+pub fn status_of(state: &State) -> StatusOk {
+    StatusOk::new(
+        state.schema_version,
+        state.traffic.live,
+        state.flags.clone(),
+        state.last_restore.clone(),
+    )
+}
+
+impl Machine {
+    /// Applies a completed or failed operation to `state` and builds its reply: the second pure
+    /// function. A failure keeps what the completed effects did and says where things stand:
+    /// [`Refusal::Abort`] (14) when nothing changed, [`Refusal::Crash`] (13) when the system
+    /// may be part-way.
+    ///
+    /// # Errors
+    /// The failure's refusal.
+    pub fn finish(
+        state: &mut State,
+        operation: &Operation,
+        completion: &Completion,
+    ) -> Result<Reply, Refusal> {
+        let (done, failure) = match completion {
+            Completion::Done(_) => (operation.effects.len(), None),
+            Completion::Failed(failure) => (
+                failure.completed.min(operation.effects.len()),
+                Some(failure),
+            ),
+        };
+        match &operation.plan {
+            Plan::Rollback { from, to } => {
+                for effect in &operation.effects[..done] {
+                    if let Effect::RunDown { version, .. } = effect {
+                        state.schema_version = version - 1;
+                    }
+                }
+                match (completion, failure) {
+                    (Completion::Done(Done { duration, .. }), _) => {
+                        Ok(Reply::RollbackComplete(RollbackComplete {
+                            rolled_back_from: *from,
+                            rolled_back_to: *to,
+                            duration_seconds: *duration,
+                        }))
+                    }
+                    (_, failure) => Err(schema_failure(state, operation, *from, failure)),
+                }
+            }
+            Plan::Migrate { from, to } => {
+                for effect in &operation.effects[..done] {
+                    if let Effect::RunUp { version, .. } = effect {
+                        state.schema_version = *version;
+                    }
+                }
+                match (completion, failure) {
+                    (Completion::Done(Done { duration, .. }), _) => {
+                        Ok(Reply::MigrateComplete(MigrateComplete {
+                            migrated_from: *from,
+                            migrated_to: *to,
+                            duration_seconds: *duration,
+                        }))
+                    }
+                    (_, failure) => Err(schema_failure(state, operation, *from, failure)),
+                }
+            }
+            Plan::SetFlag { feature, enabled } => match failure {
+                None => {
+                    if let Some(flag) = state.flags.get_mut(feature) {
+                        *flag = *enabled;
+                    }
+                    Ok(if *enabled {
+                        Reply::FeatureEnabled(FeatureEnabled {
+                            feature: feature.clone(),
+                        })
+                    } else {
+                        Reply::FeatureDisabled(FeatureDisabled {
+                            feature: feature.clone(),
+                            rolled_back_instant: true,
+                        })
+                    })
+                }
+                Some(failure) => Err(failed(
+                    &format!("setting flag {feature}"),
+                    failure,
+                    format!(
+                        "the flag keeps its value ({})",
+                        on_off(state.flags.get(feature).copied().unwrap_or(false))
+                    ),
+                )),
+            },
+            Plan::SwitchTraffic { from, to } => match failure {
+                None => {
+                    state.traffic.live = *to;
+                    Ok(Reply::TrafficSwitched(TrafficSwitched {
+                        current_environment: *to,
+                        downtime_seconds: 0,
+                    }))
+                }
+                Some(failure) => Err(failed(
+                    &format!("switching traffic from {from} to {to}"),
+                    failure,
+                    if failure.completed == 0 && !failure.part_way {
+                        format!("traffic stays on {from}")
+                    } else {
+                        format!("{to} was made ready but {from} may still take traffic; check the load balancer")
+                    },
+                )),
+            },
+            Plan::Restore {
+                backup,
+                schema_version,
+                rows,
+            } => match (completion, failure) {
+                (Completion::Done(done), _) => {
+                    let restored_rows = done.rows.unwrap_or(*rows);
+                    state.schema_version = *schema_version;
+                    state.last_restore = Some(RestoreRecord {
+                        backup: backup.clone(),
+                        restored_rows,
+                        schema_version: *schema_version,
+                    });
+                    Ok(Reply::RestoreComplete(RestoreComplete {
+                        restored_rows,
+                        duration_seconds: done.duration,
+                    }))
+                }
+                (_, failure) => Err(failed(
+                    &format!("restoring {backup}"),
+                    failure.expect("a failed completion"),
+                    format!(
+                        "the schema is at version {} as before",
+                        state.schema_version
+                    ),
+                )),
+            },
+        }
+    }
+}
+
+fn on_off(enabled: bool) -> &'static str {
+    if enabled {
+        "enabled"
+    } else {
+        "disabled"
+    }
+}
+
+fn set_flag<R>(state: &State, feature: String, enabled: bool) -> Result<Decision<R>, Refusal> {
+    if !state.flags.contains_key(&feature) {
+        return Err(Refusal::KeyDoesNotExist(format!(
+            "flag \"{feature}\" does not exist; known flags: {}",
+            state.flag_names()
+        )));
+    }
+    Ok(Decision::Accept(Operation {
+        effects: vec![Effect::WriteFlags {
+            flag: feature.clone(),
+            enabled,
+        }],
+        plan: Plan::SetFlag { feature, enabled },
+    }))
+}
+
+fn check_catalogued(state: &State, version: u32) -> Result<(), Refusal> {
+    let last = state.last_version();
+    if version <= last {
+        return Ok(());
+    }
+    Err(Refusal::KeyDoesNotExist(if last == 0 {
+        format!("migration {version} is not in the catalogue, which is empty")
+    } else {
+        format!("migration {version} is not in the catalogue; known versions: 1 to {last}")
+    }))
+}
+
+/// A failure of a rollback or migration that started at `from`: where the schema stands now.
+fn schema_failure(
+    state: &State,
+    operation: &Operation,
+    from: u32,
+    failure: Option<&Failure>,
+) -> Refusal {
+    let failure = failure.expect("a failed completion");
+    let (step, at) = match operation.effects.get(failure.completed) {
+        Some(Effect::RunDown { version, .. }) => ("down()", *version),
+        Some(Effect::RunUp { version, .. }) => ("up()", *version),
+        _ => ("a step", state.schema_version),
+    };
+    let now = state.schema_version;
+    let standing = if now == from {
+        format!("the schema is still at version {now}")
+    } else {
+        format!("the schema is now at version {now} (it was at {from})")
+    };
+    failed(&format!("{step} of migration {at}"), failure, standing)
+}
+
+/// The refusal for a failed effect: 14 when nothing changed, 13 when the system may be part-way.
+fn failed(what: &str, failure: &Failure, standing: String) -> Refusal {
+    if failure.completed == 0 && !failure.part_way {
+        Refusal::Abort(format!(
+            "{what} failed: {}; nothing changed, {standing}",
+            failure.error
+        ))
+    } else {
+        Refusal::Crash(format!("{what} failed: {}; {standing}", failure.error))
+    }
+}
+
+/// "version 3" or "a version from 1 to 3", for error texts.
+fn versions(low: u32, high: u32) -> String {
+    if low == high {
+        format!("version {low}")
+    } else {
+        format!("a version from {low} to {high}")
+    }
+}

@@ -1,0 +1,197 @@
+//! One reply body per message. Each body's fields are written in declaration order after `type`
+//! and `in_reply_to`; the field order here *is* the wire contract.
+
+use crate::protocol::encode::ReplyBody;
+pub use crate::protocol::values::Seconds;
+use crate::protocol::values::{Environment, InFlightView, InterruptedView, RestoreRecord};
+use crate::Reply;
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+
+/// `init_ok`: the node has taken its id.
+#[derive(Debug, Clone, PartialEq, Eq, Reply)]
+pub struct InitOk;
+
+/// `rollback_complete`: the down() migrations ran.
+#[derive(Debug, Clone, PartialEq, Eq, Reply)]
+pub struct RollbackComplete {
+    /// The schema version before.
+    pub rolled_back_from: u32,
+    /// The schema version now.
+    pub rolled_back_to: u32,
+    /// How long the down() migrations took.
+    pub duration_seconds: Seconds,
+}
+
+/// `migrate_complete`: the up() migrations ran.
+#[derive(Debug, Clone, PartialEq, Eq, Reply)]
+pub struct MigrateComplete {
+    /// The schema version before.
+    pub migrated_from: u32,
+    /// The schema version now.
+    pub migrated_to: u32,
+    /// How long the up() migrations took.
+    pub duration_seconds: Seconds,
+}
+
+/// `feature_disabled`: the kill switch is off, with no deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Reply)]
+pub struct FeatureDisabled {
+    /// The flag.
+    pub feature: String,
+    /// Always `true`: a flag flip takes effect at once.
+    pub rolled_back_instant: bool,
+}
+
+/// `feature_enabled`: the flag is on again.
+#[derive(Debug, Clone, PartialEq, Eq, Reply)]
+pub struct FeatureEnabled {
+    /// The flag.
+    pub feature: String,
+}
+
+/// `traffic_switched`: traffic now goes to `current_environment`.
+#[derive(Debug, Clone, PartialEq, Eq, Reply)]
+pub struct TrafficSwitched {
+    /// The live environment now.
+    pub current_environment: Environment,
+    /// How long no environment took traffic.
+    pub downtime_seconds: u64,
+}
+
+/// `restore_complete`: the backup is restored.
+#[derive(Debug, Clone, PartialEq, Eq, Reply)]
+pub struct RestoreComplete {
+    /// Rows restored.
+    pub restored_rows: u64,
+    /// How long it took.
+    pub duration_seconds: Seconds,
+}
+
+/// `status_ok`: where the estate stands. `in_flight` and `interrupted` are written only when
+/// they are not empty, so an idle node's reply is exactly the four fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusOk {
+    /// The current schema version.
+    pub schema_version: u32,
+    /// The live environment.
+    pub live_environment: Environment,
+    /// Every flag and whether it is enabled.
+    pub flags: BTreeMap<String, bool>,
+    /// The last restore, or `null`.
+    pub restore: Option<RestoreRecord>,
+    /// Operations running or queued in their lanes.
+    pub in_flight: Vec<InFlightView>,
+    /// Operations a crash cut short, reconciled at start.
+    pub interrupted: Vec<InterruptedView>,
+}
+
+impl StatusOk {
+    /// A status with nothing in flight and nothing interrupted.
+    pub fn new(
+        schema_version: u32,
+        live_environment: Environment,
+        flags: BTreeMap<String, bool>,
+        restore: Option<RestoreRecord>,
+    ) -> Self {
+        StatusOk {
+            schema_version,
+            live_environment,
+            flags,
+            restore,
+            in_flight: Vec::new(),
+            interrupted: Vec::new(),
+        }
+    }
+}
+
+impl ReplyBody for StatusOk {
+    fn type_name(&self) -> &'static str {
+        "status_ok"
+    }
+
+    fn serialize_fields<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+        map.serialize_entry("schema_version", &self.schema_version)?;
+        map.serialize_entry("live_environment", &self.live_environment)?;
+        map.serialize_entry("flags", &self.flags)?;
+        map.serialize_entry("restore", &self.restore)?;
+        if !self.in_flight.is_empty() {
+            map.serialize_entry("in_flight", &self.in_flight)?;
+        }
+        if !self.interrupted.is_empty() {
+            map.serialize_entry("interrupted", &self.interrupted)?;
+        }
+        Ok(())
+    }
+}
+
+/// The fields of `status_ok`, as a JSON object: the shape of `state_after` in `plan_ok`.
+impl Serialize for StatusOk {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        self.serialize_fields(&mut map)?;
+        map.end()
+    }
+}
+
+/// `history_ok`: the recent changes, oldest first.
+#[derive(Debug, Clone, PartialEq, Reply)]
+pub struct HistoryOk {
+    /// The entries.
+    pub entries: Vec<HistoryEntry>,
+}
+
+/// One change in the audit trail, as the store holds it: the request and the reply as the JSON
+/// they were recorded as.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    /// Its sequence number among the answered changes (the journal's too).
+    pub seq: u64,
+    /// Who sent it.
+    pub src: String,
+    /// Its msg_id.
+    pub msg_id: u64,
+    /// The request body, as JSON.
+    pub request: Box<RawValue>,
+    /// The reply body, as JSON.
+    pub reply: Box<RawValue>,
+}
+
+impl PartialEq for HistoryEntry {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.seq,
+            &self.src,
+            self.msg_id,
+            self.request.get(),
+            self.reply.get(),
+        ) == (
+            other.seq,
+            &other.src,
+            other.msg_id,
+            other.request.get(),
+            other.reply.get(),
+        )
+    }
+}
+
+impl HistoryEntry {
+    /// One JSON line: `{"seq":…,"src":…,"msg_id":…,"request":{…},"reply":{…}}`.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl Serialize for HistoryEntry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut entry = serializer.serialize_struct("HistoryEntry", 5)?;
+        entry.serialize_field("seq", &self.seq)?;
+        entry.serialize_field("src", &self.src)?;
+        entry.serialize_field("msg_id", &self.msg_id)?;
+        entry.serialize_field("request", &self.request)?;
+        entry.serialize_field("reply", &self.reply)?;
+        entry.end()
+    }
+}

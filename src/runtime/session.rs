@@ -1,0 +1,374 @@
+//! One node's conversation: input lines in, reply lines out. [`Session::handle_line`] is the
+//! single entry point the binary, the tests and the fuzzers share: it decodes the line, hands the
+//! request to the [`Machine`], performs at once the operations whose lane executor is instant
+//! (the simulated world at pace 0), and leaves the others for the runtime's lane workers
+//! ([`Session::take_starts`], [`Session::complete`]). It writes at most one reply line per input
+//! line (more only when an operation that other requests waited for completes) and returns a
+//! diagnostic (for stderr) whenever a line gets no reply.
+
+use crate::core::effects::{Completion, Lane, Operation};
+use crate::core::estate::Estate;
+use crate::core::machine::{Inbound, Machine, Record, Sink};
+use crate::core::transitions::Request;
+use crate::exec::simulated::Simulated;
+use crate::exec::{Executors, LaneExecutor};
+use crate::protocol::encode::{write_reply, write_reply_raw};
+use crate::protocol::replies::HistoryEntry;
+use crate::protocol::values::Progress;
+use crate::store::replay::Open;
+use crate::store::{MemoryStore, Store, StoreError};
+use crate::wire::{self, MAX_LINE_BYTES};
+use std::fmt;
+
+/// The node id used before `init` when a message does not say whom it was addressed to.
+pub const DEFAULT_NODE_ID: &str = "rollback-node";
+
+/// Why a line got no reply, with its line number; the binary prints it on stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// 1-based input line number.
+    pub line: u64,
+    /// What was wrong.
+    pub text: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.text)
+    }
+}
+
+/// How a session performs operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Performing {
+    /// Operations of instant lanes run at once; the others wait for the runtime.
+    Instant,
+    /// Nothing runs by itself: a test hands out completions ([`Session::complete`]).
+    Manual,
+}
+
+/// A node: the state machine, its executors, its store and its identity on the wire.
+pub struct Session<S: Store = MemoryStore> {
+    machine: Machine,
+    executors: Executors,
+    store: S,
+    node_id: Option<String>,
+    line: u64,
+    starts: Vec<(Lane, u64)>,
+    performing: Performing,
+}
+
+impl Session<MemoryStore> {
+    /// A session over the built-in example estate, simulated, in memory.
+    pub fn example() -> Self {
+        Session::simulated(Estate::example())
+    }
+
+    /// A session over `estate`, simulated at pace 0, in memory.
+    pub fn simulated(estate: Estate) -> Self {
+        let executors = Simulated::new(estate.costs, &estate.state, 0.0).executors();
+        Session::new(Machine::new(estate.state), executors, MemoryStore::new())
+    }
+}
+
+/// The sink the machine writes to while the session handles one input.
+struct Outputs<'a, S> {
+    out: &'a mut Vec<u8>,
+    store: &'a mut S,
+    node_id: Option<&'a str>,
+    starts: &'a mut Vec<(Lane, u64)>,
+}
+
+impl<S: Store> Sink for Outputs<'_, S> {
+    fn reply(&mut self, to: &str, addressed: Option<&str>, body: &str) {
+        let from = self.node_id.or(addressed).unwrap_or(DEFAULT_NODE_ID);
+        write_reply_raw(self.out, from, to, body.as_bytes());
+    }
+
+    fn record(&mut self, record: Record<'_>) {
+        self.store.record(record);
+    }
+
+    fn start(&mut self, lane: Lane, seq: u64) {
+        self.starts.push((lane, seq));
+    }
+
+    fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String> {
+        self.store.history(limit)
+    }
+}
+
+impl<S: Store> Session<S> {
+    /// A session driving `machine` with `executors`, recording in `store`.
+    pub fn new(machine: Machine, executors: Executors, store: S) -> Self {
+        Session {
+            machine,
+            executors,
+            store,
+            node_id: None,
+            line: 0,
+            starts: Vec::new(),
+            performing: Performing::Instant,
+        }
+    }
+
+    /// Sets how operations are performed.
+    pub fn performing(mut self, performing: Performing) -> Self {
+        self.performing = performing;
+        self
+    }
+
+    /// The state machine.
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The store, to inspect or crash it.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// The id given by `init`, if any.
+    pub fn node_id(&self) -> Option<&str> {
+        self.node_id.as_deref()
+    }
+
+    /// Takes the executors of the lanes that are not instant (for the runtime's lane workers);
+    /// their operations are then left in [`Session::take_starts`].
+    pub fn take_slow_executors(&mut self) -> Vec<(Lane, LaneExecutor)> {
+        let slow: Vec<Lane> = Lane::ALL
+            .into_iter()
+            .filter(|lane| !self.executors.is_instant(*lane))
+            .collect();
+        slow.into_iter()
+            .filter_map(|lane| Some((lane, self.executors.take(lane)?)))
+            .collect()
+    }
+
+    fn outputs<'a>(
+        out: &'a mut Vec<u8>,
+        store: &'a mut S,
+        node_id: Option<&'a str>,
+        starts: &'a mut Vec<(Lane, u64)>,
+    ) -> Outputs<'a, S> {
+        Outputs {
+            out,
+            store,
+            node_id,
+            starts,
+        }
+    }
+
+    /// Handles one input line (without `\n`; a trailing `\r` is ignored). Appends the reply
+    /// line to `out` (and those of operations that completed because of it). Blank lines are
+    /// skipped silently.
+    pub fn handle_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Option<Diagnostic> {
+        self.line += 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        if line.len() > MAX_LINE_BYTES {
+            return Some(self.too_long_now(line.len()));
+        }
+        let text = match std::str::from_utf8(line) {
+            Ok(text) => text,
+            Err(e) => {
+                return self.diagnostic(format!(
+                    "not UTF-8 (invalid byte at offset {}); skipped",
+                    e.valid_up_to()
+                ))
+            }
+        };
+        let incoming = match wire::decode(text) {
+            Ok(incoming) => incoming,
+            Err(problem) => return self.diagnostic(format!("{problem}; skipped")),
+        };
+        let (Some(src), Some(msg_id)) = (incoming.src.as_deref(), incoming.msg_id) else {
+            let why = match incoming.request {
+                Err(refusal) => refusal.text().to_owned(),
+                Ok(request) if request.changes_state() => format!(
+                    "{} has no msg_id, so a retry could not be told apart; refused, nothing changed",
+                    request.type_name()
+                ),
+                Ok(request) => format!(
+                    "{} has no msg_id, so there is nothing to reply to; add \"msg_id\": N",
+                    request.type_name()
+                ),
+            };
+            return self.diagnostic(why);
+        };
+        match incoming.request {
+            Err(refusal) => {
+                let from = self
+                    .node_id
+                    .as_deref()
+                    .or(incoming.dest.as_deref())
+                    .unwrap_or(DEFAULT_NODE_ID);
+                write_reply(out, from, src, Some(msg_id), &refusal);
+            }
+            Ok(request) => {
+                if let Request::Init { node_id, .. } = &request {
+                    if !incoming.dry_run && self.machine.check(src, &request).is_ok() {
+                        self.node_id = Some(node_id.clone());
+                    }
+                }
+                let inbound = Inbound {
+                    src,
+                    addressed: incoming.dest.as_deref(),
+                    msg_id,
+                    dry_run: incoming.dry_run,
+                };
+                let mut sink = Self::outputs(
+                    out,
+                    &mut self.store,
+                    self.node_id.as_deref(),
+                    &mut self.starts,
+                );
+                self.machine.receive(inbound, request, &mut sink);
+                self.perform_instant(out);
+            }
+        }
+        None
+    }
+
+    /// Performs, at once, the started operations whose lane is instant, until none is left.
+    fn perform_instant(&mut self, out: &mut Vec<u8>) {
+        if self.performing == Performing::Manual {
+            return;
+        }
+        while let Some(index) = self
+            .starts
+            .iter()
+            .position(|(lane, _)| self.executors.is_instant(*lane))
+        {
+            let (lane, seq) = self.starts.remove(index);
+            let Some((running, operation)) = self.machine.running(lane) else {
+                continue;
+            };
+            if running != seq {
+                continue;
+            }
+            let Some(executor) = self.executors.lane(lane) else {
+                continue;
+            };
+            let completion = executor.perform(operation, &mut |_| {});
+            let mut sink = Self::outputs(
+                out,
+                &mut self.store,
+                self.node_id.as_deref(),
+                &mut self.starts,
+            );
+            self.machine.complete(lane, seq, completion, &mut sink);
+        }
+    }
+
+    /// The operations that started and wait to be performed outside the session, with their
+    /// operations (for the lane workers). Their intents must be committed first.
+    pub fn take_starts(&mut self) -> Vec<(Lane, u64, Operation)> {
+        std::mem::take(&mut self.starts)
+            .into_iter()
+            .filter_map(|(lane, seq)| {
+                let (running, operation) = self.machine.running(lane)?;
+                (running == seq).then(|| (lane, seq, operation.clone()))
+            })
+            .collect()
+    }
+
+    /// The started operations not yet taken.
+    pub fn starts(&self) -> &[(Lane, u64)] {
+        &self.starts
+    }
+
+    /// Delivers an operation's completion: replies go to `out`.
+    pub fn complete(&mut self, lane: Lane, seq: u64, completion: Completion, out: &mut Vec<u8>) {
+        let mut sink = Self::outputs(
+            out,
+            &mut self.store,
+            self.node_id.as_deref(),
+            &mut self.starts,
+        );
+        self.machine.complete(lane, seq, completion, &mut sink);
+        self.perform_instant(out);
+    }
+
+    /// Delivers an operation's progress.
+    pub fn progress(&mut self, lane: Lane, seq: u64, progress: Progress) {
+        self.machine.progress(lane, seq, progress);
+    }
+
+    /// Commits what the store holds: call before writing replies out or starting effects.
+    ///
+    /// # Errors
+    /// The store's failure: the replies and effects since the last commit must not go out.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        self.store.commit(&self.machine)
+    }
+
+    /// Reconciles operations a crash interrupted: each lane's executor says what is true now,
+    /// the machine takes it and remembers the interruption, the store records it. Returns one
+    /// line per operation for stderr.
+    pub fn reconcile(&mut self, open: Vec<Open>) -> Vec<String> {
+        let mut notes = Vec::new();
+        for open in open {
+            let found = match self.executors.lane(open.lane) {
+                Some(executor) => executor.observe(&open.operation, self.machine.state()),
+                None => crate::core::machine::Found {
+                    unknown: Some("no executor for this lane".to_owned()),
+                    ..Default::default()
+                },
+            };
+            let kind = open.request.type_name();
+            let answer = self.machine.interrupt(
+                open.seq,
+                &open.src,
+                open.msg_id,
+                open.request.clone(),
+                found.clone(),
+            );
+            let src: std::sync::Arc<str> = std::sync::Arc::from(open.src.as_str());
+            self.store.record(Record::Interrupted {
+                seq: open.seq,
+                src: &src,
+                msg_id: open.msg_id,
+                found: &found,
+                answer: &answer,
+            });
+            notes.push(format!(
+                "{kind} from {} (msg_id {}, journal entry {}) was interrupted by a restart and is not run again; found {}",
+                open.src,
+                open.msg_id,
+                open.seq,
+                serde_json::to_string(&found).unwrap_or_default()
+            ));
+        }
+        notes
+    }
+
+    /// Records a line that the reader dropped for being longer than [`MAX_LINE_BYTES`].
+    pub fn too_long(&mut self, bytes: usize) -> Diagnostic {
+        self.line += 1;
+        self.too_long_now(bytes)
+    }
+
+    fn too_long_now(&self, bytes: usize) -> Diagnostic {
+        Diagnostic {
+            line: self.line,
+            text: format!(
+                "{bytes} bytes is over the {MAX_LINE_BYTES}-byte line limit; skipped without reading"
+            ),
+        }
+    }
+
+    fn diagnostic(&self, text: String) -> Option<Diagnostic> {
+        Some(Diagnostic {
+            line: self.line,
+            text,
+        })
+    }
+}
