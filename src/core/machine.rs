@@ -70,8 +70,8 @@ pub enum Record<'a> {
         msg_id: u64,
         /// The request.
         request: &'a Request,
-        /// The operation.
-        operation: &'a Operation,
+        /// The operation (shared: a store may keep it until its outcome).
+        operation: &'a Arc<Operation>,
     },
     /// How an operation ended, before its reply is sent.
     Outcome {
@@ -171,8 +171,10 @@ struct Pending {
     src: Arc<str>,
     msg_id: u64,
     request: Request,
-    /// Whom each copy of the request (the first and every retry that joined it) was addressed to.
-    repliers: Vec<Option<Box<str>>>,
+    /// Whom the request was addressed to.
+    addressed: Option<Arc<str>>,
+    /// Whom each retry that joined it was addressed to.
+    joined: Vec<Option<Arc<str>>>,
 }
 
 /// The operation running in a lane.
@@ -183,7 +185,7 @@ pub struct Running {
     /// The request.
     pending: Pending,
     /// The decided operation.
-    pub operation: Operation,
+    pub operation: Arc<Operation>,
     /// Its progress, once reported.
     pub progress: Option<Progress>,
 }
@@ -203,6 +205,8 @@ pub struct Machine {
     seq: u64,
     lanes: [LaneState; 3],
     interrupted: VecDeque<Interrupted>,
+    /// The last `addressed` seen, shared: requests are nearly always addressed to the same node.
+    last_addressed: Option<Arc<str>>,
 }
 
 impl Machine {
@@ -214,6 +218,7 @@ impl Machine {
             seq: 0,
             lanes: Default::default(),
             interrupted: VecDeque::new(),
+            last_addressed: None,
         }
     }
 
@@ -368,20 +373,31 @@ impl Machine {
             }
             return;
         }
+        let addressed = addressed.map(|a| self.intern(a));
         if let Some(pending) = self.pending_mut(src, msg_id) {
             if pending.request == request {
-                pending.repliers.push(addressed.map(Box::from));
+                pending.joined.push(addressed);
             } else {
                 let refusal = reused(src, msg_id, pending.request.type_name(), &request);
-                reply(sink, src, addressed, msg_id, &Err::<Reply, _>(refusal));
+                reply(
+                    sink,
+                    src,
+                    addressed.as_deref(),
+                    msg_id,
+                    &Err::<Reply, _>(refusal),
+                );
             }
             return;
         }
         let pending = Pending {
-            src: Arc::from(src),
+            src: match self.answered.sender(src) {
+                Some(name) => Arc::clone(name),
+                None => Arc::from(src),
+            },
             msg_id,
             request,
-            repliers: vec![addressed.map(Box::from)],
+            addressed,
+            joined: Vec::new(),
         };
         let state = &mut self.lanes[lane.index()];
         if state.running.is_none() && state.queue.is_empty() {
@@ -390,9 +406,28 @@ impl Machine {
             let refusal = Refusal::TemporarilyUnavailable(format!(
                 "the {lane} lane has {QUEUE_LIMIT} requests waiting; nothing changed, retry later"
             ));
-            reply(sink, src, addressed, msg_id, &Err::<Reply, _>(refusal));
+            let addressed = pending.addressed.clone();
+            reply(
+                sink,
+                src,
+                addressed.as_deref(),
+                msg_id,
+                &Err::<Reply, _>(refusal),
+            );
         } else {
             state.queue.push_back(pending);
+        }
+    }
+
+    /// `addressed`, shared with the previous request's when it is the same.
+    fn intern(&mut self, addressed: &str) -> Arc<str> {
+        match &self.last_addressed {
+            Some(last) if &**last == addressed => Arc::clone(last),
+            _ => {
+                let shared: Arc<str> = Arc::from(addressed);
+                self.last_addressed = Some(Arc::clone(&shared));
+                shared
+            }
         }
     }
 
@@ -456,6 +491,7 @@ impl Machine {
             .and_then(|()| self.decide(&pending.request));
         let answer = match decision {
             Ok(Decision::Accept(operation)) => {
+                let operation = Arc::new(operation);
                 sink.record(Record::Intent {
                     seq,
                     src: &pending.src,
@@ -479,7 +515,8 @@ impl Machine {
             src,
             msg_id,
             request,
-            repliers,
+            addressed,
+            joined,
         } = pending;
         let answer = Arc::new(encode_answer(request, msg_id, &answer));
         sink.record(Record::Refused {
@@ -488,7 +525,7 @@ impl Machine {
             msg_id,
             answer: &answer,
         });
-        for addressed in &repliers {
+        for addressed in std::iter::once(&addressed).chain(&joined) {
             sink.reply(&src, addressed.as_deref(), &answer.body);
         }
         self.answered.insert_shared(&src, msg_id, answer);
@@ -521,20 +558,27 @@ impl Machine {
         let Running {
             pending, operation, ..
         } = running;
+        let Pending {
+            src,
+            msg_id,
+            request,
+            addressed,
+            joined,
+        } = pending;
         let reply = Machine::finish(&mut self.state, &operation, &completion);
-        let answer = Arc::new(encode_answer(pending.request, pending.msg_id, &reply));
-        let (src, remembered) =
+        let answer = Arc::new(encode_answer(request, msg_id, &reply));
+        let (shared_src, remembered) =
             self.answered
-                .insert_shared(&pending.src, pending.msg_id, Arc::clone(&answer));
+                .insert_shared(&src, msg_id, Arc::clone(&answer));
         sink.record(Record::Outcome {
             seq,
-            src,
-            msg_id: pending.msg_id,
+            src: shared_src,
+            msg_id,
             completion: &completion,
             answer: remembered,
         });
-        for addressed in &pending.repliers {
-            sink.reply(&pending.src, addressed.as_deref(), &answer.body);
+        for addressed in std::iter::once(&addressed).chain(&joined) {
+            sink.reply(&src, addressed.as_deref(), &answer.body);
         }
         self.advance(lane, sink);
     }
@@ -616,21 +660,16 @@ impl Machine {
         answer
     }
 
-    /// The persistent part of the machine: what a snapshot holds.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
+    /// The persistent part of the machine, sharing the retry memory's answers (cheap to take;
+    /// serialized elsewhere).
+    pub fn snapshot(&self) -> SnapshotOut {
+        SnapshotOut {
             seq: self.seq,
             state: self.state.clone(),
             answers: self
                 .answered
                 .entries()
-                .map(|(src, msg_id, answer)| SnapshotAnswer {
-                    src: src.to_string(),
-                    msg_id,
-                    request: answer.request.clone(),
-                    body: answer.body.to_string(),
-                    accepted: answer.accepted,
-                })
+                .map(|(src, msg_id, answer)| (Arc::clone(src), msg_id, Arc::clone(answer)))
                 .collect(),
             interrupted: self.interrupted.iter().cloned().collect(),
             running: self.running_seqs(),
@@ -648,7 +687,7 @@ impl Machine {
                 answer.msg_id,
                 Answer {
                     request: answer.request,
-                    body: answer.body.into(),
+                    body: answer.body.get().to_owned(),
                     accepted: answer.accepted,
                 },
             );
@@ -658,9 +697,68 @@ impl Machine {
     }
 }
 
+/// A snapshot as taken: the answers are shared with the retry memory, and serialize to the
+/// shape [`Snapshot`] reads.
+#[derive(Debug, Clone)]
+pub struct SnapshotOut {
+    /// The last decided sequence number.
+    pub seq: u64,
+    /// The estate's state.
+    pub state: State,
+    /// The retry memory, in the order that rebuilds it.
+    pub answers: Vec<(Arc<str>, u64, Arc<Answer>)>,
+    /// The interruptions still listed.
+    pub interrupted: Vec<Interrupted>,
+    /// The sequence numbers of the operations running when it was taken.
+    pub running: Vec<u64>,
+}
+
+impl Serialize for SnapshotOut {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+
+        struct Answers<'a>(&'a [(Arc<str>, u64, Arc<Answer>)]);
+
+        impl Serialize for Answers<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+                for (src, msg_id, answer) in self.0 {
+                    let body: &serde_json::value::RawValue =
+                        serde_json::from_str(&answer.body).map_err(serde::ser::Error::custom)?;
+                    seq.serialize_element(&SnapshotAnswerRef {
+                        src,
+                        msg_id: *msg_id,
+                        request: &answer.request,
+                        body,
+                        accepted: answer.accepted,
+                    })?;
+                }
+                seq.end()
+            }
+        }
+
+        let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry("seq", &self.seq)?;
+        map.serialize_entry("state", &self.state)?;
+        map.serialize_entry("answers", &Answers(&self.answers))?;
+        map.serialize_entry("interrupted", &self.interrupted)?;
+        map.serialize_entry("running", &self.running)?;
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct SnapshotAnswerRef<'a> {
+    src: &'a str,
+    msg_id: u64,
+    request: &'a Request,
+    body: &'a serde_json::value::RawValue,
+    accepted: bool,
+}
+
 /// The persistent part of a [`Machine`]: state, retry memory, sequence, interruptions, and the
 /// operations running when it was taken (their outcomes come later in the journal).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
     /// The last decided sequence number.
     pub seq: u64,
@@ -675,7 +773,7 @@ pub struct Snapshot {
 }
 
 /// One remembered answer in a [`Snapshot`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotAnswer {
     /// The sender.
     pub src: String,
@@ -683,8 +781,8 @@ pub struct SnapshotAnswer {
     pub msg_id: u64,
     /// The request.
     pub request: Request,
-    /// The reply body.
-    pub body: String,
+    /// The reply body, as the JSON it is (written as is, not as an escaped string).
+    pub body: Box<serde_json::value::RawValue>,
     /// Whether it was carried out.
     pub accepted: bool,
 }
@@ -705,7 +803,7 @@ fn encode_answer(request: Request, msg_id: u64, answer: &Result<Reply, Refusal>)
     };
     Answer {
         request,
-        body: body.into(),
+        body,
         accepted: answer.is_ok(),
     }
 }

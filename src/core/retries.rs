@@ -25,7 +25,7 @@ pub struct Answer {
     /// The request as decoded.
     pub request: Request,
     /// The reply body it got, as encoded (`in_reply_to` is the request's msg_id).
-    pub body: Box<str>,
+    pub body: String,
     /// Whether it was carried out (not refused, not failed).
     pub accepted: bool,
 }
@@ -150,6 +150,11 @@ impl Answered {
         self.insert_shared(src, msg_id, Arc::new(answer));
     }
 
+    /// The shared name of a sender already remembered.
+    pub fn sender(&self, src: &str) -> Option<&Arc<str>> {
+        self.senders.get(src).map(|log| &log.name)
+    }
+
     /// Every remembered answer, senders in the order they were first seen and each sender's
     /// answers in arrival order: inserting them in this order into an empty memory rebuilds it.
     pub fn entries(&self) -> impl Iterator<Item = (&Arc<str>, u64, &Arc<Answer>)> {
@@ -249,7 +254,7 @@ mod tests {
     fn numbered(n: u64) -> Arc<Answer> {
         Arc::new(Answer {
             request: Request::Status {},
-            body: n.to_string().into(),
+            body: n.to_string(),
             accepted: false,
         })
     }

@@ -20,10 +20,10 @@ use std::io::{self, Read, Write};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::thread;
 
-/// How many bytes the reader reads at a time.
-const CHUNK: usize = 1 << 16;
+/// How many bytes the reader reads at a time (at most).
+const CHUNK: usize = 1 << 20;
 /// How many chunks may wait for the owner thread (bounds memory when input outruns it).
-const CHUNKS_WAITING: usize = 16;
+const CHUNKS_WAITING: usize = 4;
 /// Replies are written out once this many bytes are waiting, even while input keeps coming.
 const FLUSH_AT: usize = 1 << 16;
 
@@ -68,7 +68,8 @@ pub fn serve<S: Store>(
     mut diagnostics: impl Write,
 ) -> Result<(), ServeError> {
     let (events, inbox) = mpsc::sync_channel::<Event>(CHUNKS_WAITING);
-    spawn_reader(input, events.clone());
+    let (used, recycled) = mpsc::channel::<Vec<u8>>();
+    spawn_reader(input, events.clone(), recycled);
     let mut workers: [Option<Sender<Job>>; 3] = Default::default();
     for (lane, executor) in session.take_slow_executors() {
         workers[lane.index()] = Some(spawn_worker(lane, executor, events.clone()));
@@ -92,9 +93,12 @@ pub fn serve<S: Store>(
             }
         };
         match event {
-            Event::Input(chunk) => splitter.push(&chunk, |piece| {
-                handle(&mut session, piece, &mut out, &mut diagnostics)
-            }),
+            Event::Input(chunk) => {
+                splitter.push(&chunk, |piece| {
+                    handle(&mut session, piece, &mut out, &mut diagnostics)
+                });
+                let _ = used.send(chunk);
+            }
             Event::End => {
                 splitter.finish(|piece| handle(&mut session, piece, &mut out, &mut diagnostics));
                 ended = true;
@@ -150,9 +154,15 @@ fn handle<S: Store>(
     }
 }
 
-fn spawn_reader(mut input: impl Read + Send + 'static, events: SyncSender<Event>) {
+/// Reads `input` in chunks, reusing the buffers the owner thread sends back.
+fn spawn_reader(
+    mut input: impl Read + Send + 'static,
+    events: SyncSender<Event>,
+    recycled: Receiver<Vec<u8>>,
+) {
     thread::spawn(move || loop {
-        let mut chunk = vec![0; CHUNK];
+        let mut chunk = recycled.try_recv().unwrap_or_default();
+        chunk.resize(CHUNK, 0);
         match input.read(&mut chunk) {
             Ok(0) => {
                 let _ = events.send(Event::End);

@@ -1,9 +1,10 @@
 //! The durable journal of a state directory (`DIR/journal.sqlite3`, SQLite in WAL mode with
 //! `synchronous = FULL`): one row per decided change, holding its request and then either its
 //! refusal, or its operation (the intent, durable before any effect starts) and later its
-//! outcome and reply (durable before the reply is sent). Every so often a snapshot of the
-//! machine is written in the same transaction, so a restart reads the snapshot and the rows after
-//! it: start-up time and memory do not grow with the journal's length.
+//! outcome and reply (durable before the reply is sent). Every so often, right after a commit, a
+//! snapshot of the machine is written beside it ([`crate::store::snapshot`]), so a restart reads
+//! the snapshot and the rows after it: start-up time and memory do not grow with the journal's
+//! length.
 //!
 //! - Group commit: rows are written into an open transaction and committed when the runtime is
 //!   about to send replies or start effects, so a batch shares one fsync. An operation whose
@@ -14,15 +15,17 @@
 //!   replayed from the start instead.
 //! - The audit trail (`history`) is read from here, not held in memory.
 
+use crate::core::effects::Operation;
 use crate::core::machine::{Machine, Record, Snapshot};
-use crate::protocol::encode::Decimal;
 use crate::protocol::replies::HistoryEntry;
-use crate::store::{Entry, Outcome, Store, StoreError};
+use crate::store::snapshot::{self, SnapshotWriter};
+use crate::store::{Entry, Store, StoreError};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The database file inside a state directory.
 pub const FILE_NAME: &str = "journal.sqlite3";
@@ -31,7 +34,7 @@ pub const LOCK_NAME: &str = "lock";
 /// The journal format this build writes and reads.
 pub const FORMAT: &str = "2";
 /// A snapshot is written once this many entries were added since the last one.
-pub const SNAPSHOT_EVERY: u64 = 10_000;
+pub const SNAPSHOT_EVERY: u64 = 25_000;
 
 const RECOVERY: &str = "see README \"Recovering a damaged journal\"";
 
@@ -76,34 +79,135 @@ pub struct Journal {
     failure: Option<String>,
     _lock: Option<File>,
     /// An intent not yet written: written with its outcome if that comes before the commit.
-    held: Option<Entry>,
+    held: Held,
+    /// Reused for each outcome's JSON.
+    outcome: String,
     /// The intents written without an outcome, to complete their rows.
     open: HashMap<u64, Entry>,
     /// The sequence number of the last snapshot.
     snapshot_seq: u64,
     /// Entries written since the last snapshot.
     since_snapshot: u64,
+    /// The snapshot writer, started with the first snapshot.
+    snapshots: Option<SnapshotWriter>,
+}
+
+/// An intent held until its outcome or the commit, in buffers reused from one to the next.
+#[derive(Debug, Default)]
+struct Held {
+    active: bool,
+    seq: u64,
+    src: String,
+    msg_id: u64,
+    request: String,
+    /// The operation, turned into JSON only if the intent is written on its own.
+    pending_operation: Option<Arc<Operation>>,
+    operation: String,
+}
+
+impl Held {
+    fn row<'a>(
+        &'a self,
+        outcome: Option<&'a str>,
+        reply: Option<&'a str>,
+        accepted: bool,
+    ) -> RowRef<'a> {
+        RowRef {
+            seq: self.seq,
+            src: &self.src,
+            msg_id: self.msg_id,
+            accepted,
+            request: &self.request,
+            operation: Some(&self.operation),
+            outcome,
+            reply,
+        }
+    }
+
+    fn entry(&self) -> Entry {
+        Entry {
+            seq: self.seq,
+            src: self.src.clone(),
+            msg_id: self.msg_id,
+            accepted: false,
+            request: self.request.clone(),
+            operation: Some(self.operation.clone()),
+            outcome: None,
+            reply: None,
+        }
+    }
+}
+
+/// A row's fields, borrowed.
+#[derive(Debug, Clone, Copy)]
+struct RowRef<'a> {
+    seq: u64,
+    src: &'a str,
+    msg_id: u64,
+    accepted: bool,
+    request: &'a str,
+    operation: Option<&'a str>,
+    outcome: Option<&'a str>,
+    reply: Option<&'a str>,
+}
+
+impl Entry {
+    fn as_row(&self) -> RowRef<'_> {
+        RowRef {
+            seq: self.seq,
+            src: &self.src,
+            msg_id: self.msg_id,
+            accepted: self.accepted,
+            request: &self.request,
+            operation: self.operation.as_deref(),
+            outcome: self.outcome.as_deref(),
+            reply: self.reply.as_deref(),
+        }
+    }
+}
+
+/// [`Outcome`] by reference, for writing.
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum OutcomeRef<'a> {
+    Completion(&'a crate::core::effects::Completion),
+    Interrupted(&'a crate::core::machine::Found),
+}
+
+/// `value` as JSON in `buffer` (cleared first), whose capacity is reused.
+fn into_json<T: Serialize>(buffer: String, value: &T) -> String {
+    let mut bytes = buffer.into_bytes();
+    bytes.clear();
+    let _ = serde_json::to_writer(&mut bytes, value);
+    String::from_utf8(bytes).unwrap_or_default()
 }
 
 /// The checksum of an entry: CRC-32 over its fields (integers in decimal), each preceded by its
 /// length, an absent one by a marker.
-fn checksum(entry: &Entry) -> u32 {
+fn checksum(entry: RowRef<'_>) -> u32 {
+    // A header of the integers and every part's length (u64::MAX for an absent one), then the
+    // parts themselves: the same bytes as hashing each part after its length, in fewer calls.
+    let parts = [
+        Some(entry.src),
+        Some(entry.request),
+        entry.operation,
+        entry.outcome,
+        entry.reply,
+    ];
+    let mut header = [0u8; 8 * 8];
+    let integers = [entry.seq, entry.msg_id, u64::from(entry.accepted)];
+    let lengths = parts.iter().map(|p| p.map_or(u64::MAX, |p| p.len() as u64));
+    for (slot, value) in header
+        .chunks_exact_mut(8)
+        .zip(integers.into_iter().chain(lengths))
+    {
+        slot.copy_from_slice(&value.to_le_bytes());
+    }
     let mut hasher = crc32fast::Hasher::new();
-    let mut part = |bytes: Option<&[u8]>| match bytes {
-        Some(bytes) => {
-            hasher.update(&(bytes.len() as u64).to_le_bytes());
-            hasher.update(bytes);
-        }
-        None => hasher.update(&u64::MAX.to_le_bytes()),
-    };
-    part(Some(Decimal::new(entry.seq).as_bytes()));
-    part(Some(entry.src.as_bytes()));
-    part(Some(Decimal::new(entry.msg_id).as_bytes()));
-    part(Some(&[u8::from(entry.accepted)]));
-    part(Some(entry.request.as_bytes()));
-    part(entry.operation.as_deref().map(str::as_bytes));
-    part(entry.outcome.as_deref().map(str::as_bytes));
-    part(entry.reply.as_deref().map(str::as_bytes));
+    hasher.update(&header);
+    for part in parts.into_iter().flatten() {
+        hasher.update(part.as_bytes());
+    }
     hasher.finalize()
 }
 
@@ -224,10 +328,12 @@ impl Journal {
             in_transaction: false,
             failure: None,
             _lock: lock,
-            held: None,
+            held: Held::default(),
+            outcome: String::new(),
             open: HashMap::new(),
             snapshot_seq: 0,
             since_snapshot: 0,
+            snapshots: None,
         }
     }
 
@@ -239,8 +345,10 @@ impl Journal {
     fn prepare(&mut self) -> Result<(), JournalError> {
         self.conn
             .execute_batch(
-                "PRAGMA journal_mode = WAL;
+                "PRAGMA page_size = 16384;
+                 PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
+                 PRAGMA wal_autocheckpoint = 2048;
                  CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
                  CREATE TABLE IF NOT EXISTS journal (
                      seq INTEGER PRIMARY KEY,
@@ -251,12 +359,6 @@ impl Journal {
                      operation TEXT,
                      outcome TEXT,
                      reply TEXT,
-                     checksum INTEGER NOT NULL
-                 ) STRICT;
-                 CREATE TABLE IF NOT EXISTS snapshot (
-                     id INTEGER PRIMARY KEY CHECK (id = 1),
-                     seq INTEGER NOT NULL,
-                     data TEXT NOT NULL,
                      checksum INTEGER NOT NULL
                  ) STRICT;",
             )
@@ -344,26 +446,19 @@ impl Journal {
     }
 
     fn read_snapshot(&self) -> Result<Option<Snapshot>, String> {
-        let row: Option<(i64, String, i64)> = self
-            .conn
-            .query_row(
-                "SELECT seq, data, checksum FROM snapshot WHERE id = 1",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .optional()
-            .map_err(|e| e.to_string())?;
-        let Some((seq, data, sum)) = row else {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let Some(snapshot) = snapshot::read(dir)? else {
             return Ok(None);
         };
-        if i64::from(crc32fast::hash(data.as_bytes())) != sum {
-            return Err("it fails its checksum".to_owned());
-        }
-        let snapshot: Snapshot = serde_json::from_str(&data).map_err(|e| e.to_string())?;
-        if snapshot.seq != seq as u64 {
+        let last: Option<i64> = self
+            .conn
+            .query_row("SELECT max(seq) FROM journal", [], |row| row.get(0))
+            .map_err(|e| e.to_string())?;
+        if snapshot.seq > last.unwrap_or(0) as u64 {
             return Err(format!(
-                "it says entry {} but is filed as {seq}",
-                snapshot.seq
+                "it is of entry {}, beyond the journal's last entry {}",
+                snapshot.seq,
+                last.unwrap_or(0)
             ));
         }
         Ok(Some(snapshot))
@@ -371,7 +466,7 @@ impl Journal {
 
     /// Checks one stored row against its checksum.
     fn verified(&self, (entry, sum): (Entry, i64)) -> Result<Entry, JournalError> {
-        if i64::from(checksum(&entry)) != sum {
+        if i64::from(checksum(entry.as_row())) != sum {
             return Err(fail(
                 &self.path,
                 format!(
@@ -433,8 +528,7 @@ impl Journal {
         let mut statement = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM journal WHERE operation IS NOT NULL AND reply IS NOT NULL \
-                 ORDER BY seq DESC LIMIT ?1"
+                "SELECT {COLUMNS} FROM journal WHERE outcome IS NOT NULL ORDER BY seq DESC LIMIT ?1"
             ))
             .map_err(|e| damaged(&self.path, e))?;
         let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
@@ -458,7 +552,7 @@ impl Journal {
         Ok(())
     }
 
-    fn insert(&mut self, entry: &Entry) -> rusqlite::Result<()> {
+    fn insert(&mut self, row: RowRef<'_>) -> rusqlite::Result<()> {
         self.begin()?;
         self.since_snapshot += 1;
         self.conn
@@ -467,56 +561,86 @@ impl Journal {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
-                entry.seq as i64,
-                entry.src,
-                entry.msg_id as i64,
-                entry.accepted,
-                entry.request,
-                entry.operation,
-                entry.outcome,
-                entry.reply,
-                i64::from(checksum(entry))
+                row.seq as i64,
+                row.src,
+                row.msg_id as i64,
+                row.accepted,
+                row.request,
+                row.operation,
+                row.outcome,
+                row.reply,
+                i64::from(checksum(row))
             ])?;
         Ok(())
     }
 
-    fn update(&mut self, entry: &Entry) -> rusqlite::Result<()> {
+    fn update(&mut self, row: RowRef<'_>) -> rusqlite::Result<()> {
         self.begin()?;
         self.conn
             .prepare_cached(
                 "UPDATE journal SET accepted = ?2, outcome = ?3, reply = ?4, checksum = ?5 WHERE seq = ?1",
             )?
             .execute(params![
-                entry.seq as i64,
-                entry.accepted,
-                entry.outcome,
-                entry.reply,
-                i64::from(checksum(entry))
+                row.seq as i64,
+                row.accepted,
+                row.outcome,
+                row.reply,
+                i64::from(checksum(row))
             ])?;
         Ok(())
     }
 
+    /// Writes the held intent as a row of its own (its outcome comes after this commit).
     fn write_held(&mut self) -> rusqlite::Result<()> {
-        if let Some(held) = self.held.take() {
-            self.insert(&held)?;
-            self.open.insert(held.seq, held);
+        if !self.held.active {
+            return Ok(());
         }
-        Ok(())
+        self.held.active = false;
+        if let Some(operation) = self.held.pending_operation.take() {
+            self.held.operation = into_json(std::mem::take(&mut self.held.operation), &*operation);
+        }
+        let held = std::mem::take(&mut self.held);
+        let written = self.insert(held.row(None, None, false));
+        self.open.insert(held.seq, held.entry());
+        self.held = Held {
+            request: held.request,
+            operation: held.operation,
+            src: held.src,
+            ..Held::default()
+        };
+        self.held.request.clear();
+        self.held.operation.clear();
+        self.held.src.clear();
+        written
     }
 
-    /// Completes the row of intent `seq` with its outcome and reply.
-    fn finish(
+    /// Completes the row of intent `seq` with its outcome (in `self.outcome`) and reply.
+    fn finish(&mut self, seq: u64, accepted: bool, reply: &str) -> rusqlite::Result<()> {
+        let outcome = std::mem::take(&mut self.outcome);
+        let result = self.finish_with(seq, accepted, &outcome, reply);
+        self.outcome = outcome;
+        result
+    }
+
+    fn finish_with(
         &mut self,
         seq: u64,
         accepted: bool,
-        outcome: String,
+        outcome: &str,
         reply: &str,
     ) -> rusqlite::Result<()> {
-        if let Some(mut held) = self.held.take().filter(|h| h.seq == seq) {
-            held.accepted = accepted;
-            held.outcome = Some(outcome);
-            held.reply = Some(reply.to_owned());
-            return self.insert(&held);
+        if self.held.active && self.held.seq == seq {
+            // Intent and outcome in one commit: an instant operation, which changed nothing
+            // outside the node. Its effects are not stored: deciding is pure, so replay derives
+            // them again from the request (and checks the recorded reply).
+            self.held.active = false;
+            self.held.pending_operation = None;
+            let held = std::mem::take(&mut self.held);
+            let mut row = held.row(Some(outcome), Some(reply), accepted);
+            row.operation = None;
+            let written = self.insert(row);
+            self.held = held;
+            return written;
         }
         self.write_held()?;
         let mut entry = match self.open.remove(&seq) {
@@ -527,9 +651,9 @@ impl Journal {
             },
         };
         entry.accepted = accepted;
-        entry.outcome = Some(outcome);
+        entry.outcome = Some(outcome.to_owned());
         entry.reply = Some(reply.to_owned());
-        self.update(&entry)
+        self.update(entry.as_row())
     }
 
     fn write(&mut self, record: Record<'_>) -> rusqlite::Result<()> {
@@ -541,16 +665,21 @@ impl Journal {
                 answer,
             } => {
                 self.write_held()?;
-                self.insert(&Entry {
+                let request = std::mem::take(&mut self.held.request);
+                let mut request = into_json(request, &answer.request);
+                let written = self.insert(RowRef {
                     seq,
-                    src: src.to_owned(),
+                    src,
                     msg_id,
                     accepted: false,
-                    request: json(&answer.request),
+                    request: &request,
                     operation: None,
                     outcome: None,
-                    reply: Some(answer.body.to_string()),
-                })
+                    reply: Some(&answer.body),
+                });
+                request.clear();
+                self.held.request = request;
+                written
             }
             Record::Intent {
                 seq,
@@ -560,16 +689,15 @@ impl Journal {
                 operation,
             } => {
                 self.write_held()?;
-                self.held = Some(Entry {
-                    seq,
-                    src: src.to_owned(),
-                    msg_id,
-                    accepted: false,
-                    request: json(request),
-                    operation: Some(json(operation)),
-                    outcome: None,
-                    reply: None,
-                });
+                let held = &mut self.held;
+                held.active = true;
+                held.seq = seq;
+                held.msg_id = msg_id;
+                held.src.clear();
+                held.src.push_str(src);
+                held.request = into_json(std::mem::take(&mut held.request), request);
+                // The operation's JSON is written only if the intent is committed on its own.
+                held.pending_operation = Some(Arc::clone(operation));
                 Ok(())
             }
             Record::Outcome {
@@ -577,38 +705,35 @@ impl Journal {
                 completion,
                 answer,
                 ..
-            } => self.finish(
-                seq,
-                answer.accepted,
-                json(&Outcome::Completion(completion.clone())),
-                &answer.body,
-            ),
+            } => {
+                self.outcome = into_json(
+                    std::mem::take(&mut self.outcome),
+                    &OutcomeRef::Completion(completion),
+                );
+                self.finish(seq, answer.accepted, &answer.body)
+            }
             Record::Interrupted {
                 seq, found, answer, ..
-            } => self.finish(
-                seq,
-                answer.accepted,
-                json(&Outcome::Interrupted(found.clone())),
-                &answer.body,
-            ),
+            } => {
+                self.outcome = into_json(
+                    std::mem::take(&mut self.outcome),
+                    &OutcomeRef::Interrupted(found),
+                );
+                self.finish(seq, answer.accepted, &answer.body)
+            }
         }
     }
 
-    fn write_snapshot(&mut self, machine: &Machine) -> Result<(), String> {
-        let data = json(&machine.snapshot());
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO snapshot (id, seq, data, checksum) VALUES (1, ?1, ?2, ?3)",
-                params![
-                    machine.seq() as i64,
-                    data,
-                    i64::from(crc32fast::hash(data.as_bytes()))
-                ],
-            )
-            .map_err(|e| e.to_string())?;
+    fn write_snapshot(&mut self, machine: &Machine) {
+        let writer = self.snapshots.get_or_insert_with(|| {
+            SnapshotWriter::new(self.path.parent().unwrap_or(Path::new(".")))
+        });
+        if let Some(failure) = writer.failure() {
+            eprintln!("rollback-node: {failure}; start-up will replay more of the journal");
+        }
+        writer.submit(machine.snapshot());
         self.snapshot_seq = machine.seq();
         self.since_snapshot = 0;
-        Ok(())
     }
 }
 
@@ -628,11 +753,6 @@ impl Store for Journal {
                 self.failure = Some(format!("cannot write the journal: {e}"));
             }
         }
-        if self.failure.is_none() && self.in_transaction && self.since_snapshot >= SNAPSHOT_EVERY {
-            if let Err(e) = self.write_snapshot(machine) {
-                self.failure = Some(format!("cannot write a snapshot: {e}"));
-            }
-        }
         if let Some(failure) = self.failure.take() {
             if self.in_transaction {
                 let _ = self.conn.execute_batch("ROLLBACK");
@@ -647,6 +767,8 @@ impl Store for Journal {
                     "{}: commit failed: {e}",
                     self.path.display()
                 )));
+            } else if self.since_snapshot >= SNAPSHOT_EVERY {
+                self.write_snapshot(machine);
             }
         }
         result
@@ -655,8 +777,4 @@ impl Store for Journal {
     fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String> {
         Journal::history(self, Some(u64::from(limit))).map_err(|e| e.to_string())
     }
-}
-
-fn json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_default()
 }

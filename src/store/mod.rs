@@ -9,6 +9,7 @@
 
 pub mod journal;
 pub mod replay;
+pub mod snapshot;
 
 use crate::core::effects::Completion;
 use crate::core::machine::{Found, Machine, Record};
@@ -42,7 +43,8 @@ pub struct Entry {
     pub accepted: bool,
     /// The request body.
     pub request: String,
-    /// The accepted operation; `None` for a refusal.
+    /// The accepted operation; `None` for a refusal, and for an instant operation recorded in
+    /// one row with its outcome (replay decides it again: deciding is pure).
     pub operation: Option<String>,
     /// How the operation ended ([`Outcome`]); `None` for a refusal or an intent still open.
     pub outcome: Option<String>,
@@ -53,7 +55,7 @@ pub struct Entry {
 impl Entry {
     /// Whether `history` lists it: an operation that ended (accepted, failed or interrupted).
     pub fn is_history(&self) -> bool {
-        self.operation.is_some() && self.reply.is_some()
+        self.outcome.is_some()
     }
 
     /// As `history` lists it.
@@ -259,7 +261,7 @@ impl Journaled {
                 msg_id,
                 accepted: false,
                 request: json(request),
-                operation: Some(json(operation)),
+                operation: Some(json(&**operation)),
                 outcome: None,
                 reply: None,
             }),

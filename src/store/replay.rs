@@ -4,7 +4,7 @@
 //! intent without an outcome is handed back as [`Open`]: an operation a crash interrupted, for
 //! the runtime to reconcile with its executor. Each entry must replay to the reply it recorded.
 
-use crate::core::effects::{Lane, Operation};
+use crate::core::effects::{Decision, Lane, Operation};
 use crate::core::machine::Machine;
 use crate::core::retries::Answer;
 use crate::core::transitions::Request;
@@ -76,7 +76,7 @@ pub fn apply(
                 entry.msg_id,
                 Answer {
                     request,
-                    body: reply.as_str().into(),
+                    body: reply.clone(),
                     accepted: entry.accepted,
                 },
             );
@@ -97,22 +97,36 @@ pub fn apply(
             });
             return Ok(());
         }
-        (Some(operation), Some(Outcome::Completion(completion)), Some(_)) => machine
-            .replay_outcome(
+        (operation, Some(Outcome::Completion(completion)), Some(_)) => {
+            // An instant operation's row holds no operation: deciding is pure, so it is decided
+            // again, against the state its lane had then.
+            let operation = match operation {
+                Some(operation) => operation,
+                None => match machine.check(&entry.src, &request) {
+                    Ok(Decision::Accept(operation)) => operation,
+                    other => {
+                        return Err(error(format!(
+                            "it recorded an operation's outcome, but the request now decides to {other:?}"
+                        )))
+                    }
+                },
+            };
+            machine.replay_outcome(
                 entry.seq,
                 &entry.src,
                 entry.msg_id,
                 request,
                 &operation,
                 &completion,
-            ),
+            )
+        }
         (Some(_), Some(Outcome::Interrupted(found)), Some(_)) => {
             machine.interrupt(entry.seq, &entry.src, entry.msg_id, request, found)
         }
         _ => return Err(error("its fields do not fit together".to_owned())),
     };
     let recorded = entry.reply.as_deref().unwrap_or_default();
-    if &*answer.body != recorded || answer.accepted != entry.accepted {
+    if answer.body != recorded || answer.accepted != entry.accepted {
         return Err(error(format!(
             "it recorded the reply {recorded} but replays to {}",
             answer.body
