@@ -8,6 +8,9 @@
 //! [`LaneExecutor`] groups the capabilities one lane needs; the runtime gives each lane's to its
 //! worker, or runs it inline when it is instant.
 
+pub mod flagd;
+pub mod haproxy;
+pub mod migrations;
 pub mod simulated;
 
 use crate::core::effects::{Completion, Effect, ExecError, Failure, Lane, Operation, Plan};

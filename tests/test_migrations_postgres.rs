@@ -1,0 +1,422 @@
+//! The migration engine on a real PostgreSQL 15 server (one per test binary, one database per
+//! test): the same promises as on SQLite, with dollar quoting, CREATE INDEX CONCURRENTLY,
+//! golang-migrate's table layout and advisory lock.
+
+#[path = "support/pg.rs"]
+mod pg;
+
+use std::fs;
+use std::path::PathBuf;
+
+use rollback_node::exec::migrations::postgres::advisory_lock_id;
+use rollback_node::exec::migrations::{
+    open, plan, Catalogue, Direction, Dirty, PlanError, RunError, RunFailure, SchemaDb,
+    SchemaError, TxMode,
+};
+use tempfile::TempDir;
+
+const ACCOUNTS: u64 = 20250810144214;
+const STATUS: u64 = 20250811090000;
+const TOUCH: u64 = 20250901120000;
+const EMAIL_INDEX: u64 = 20250915080000;
+const BACKFILL: u64 = 20251002173000;
+
+struct Fixture {
+    dir: TempDir,
+    url: String,
+    name: String,
+}
+
+impl Fixture {
+    fn new(test: &str) -> Fixture {
+        let (url, name) = pg::server().create_database(test);
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            url,
+            name,
+        };
+        fs::create_dir(f.migrations()).unwrap();
+        f
+    }
+
+    fn standard(test: &str) -> Fixture {
+        let f = Fixture::new(test);
+        f.write(
+            &format!("{ACCOUNTS}_create_accounts.up.sql"),
+            "-- accounts\nCREATE TABLE accounts (\n  id bigserial PRIMARY KEY,\n  email text NOT NULL,\n  note text DEFAULT 'a;b'\n);\nINSERT INTO accounts (email) VALUES ('ada@example.com'), ('bob@example.com');\n",
+        );
+        f.write(
+            &format!("{ACCOUNTS}_create_accounts.down.sql"),
+            "DROP TABLE accounts;\n",
+        );
+        f.write(
+            &format!("{STATUS}_account..status-enum.up.sql"),
+            "BEGIN;\nCREATE TYPE account_status AS ENUM ('active', 'closed');\nALTER TABLE accounts ADD COLUMN status account_status NOT NULL DEFAULT 'active';\nCOMMIT;\n",
+        );
+        f.write(
+            &format!("{STATUS}_account..status-enum.down.sql"),
+            "BEGIN;\nALTER TABLE accounts DROP COLUMN status;\nDROP TYPE account_status;\nCOMMIT;\n",
+        );
+        f.write(
+            &format!("{TOUCH}_touch-trigger.up.sql"),
+            "ALTER TABLE accounts ADD COLUMN updated_at timestamptz;\n\nCREATE FUNCTION touch() RETURNS trigger AS $body$\nBEGIN\n  NEW.updated_at := now(); -- a semicolon inside\n  RETURN NEW;\nEND;\n$body$ LANGUAGE plpgsql;\n\nCREATE TRIGGER accounts_touch BEFORE UPDATE ON accounts\n  FOR EACH ROW EXECUTE FUNCTION touch();\n",
+        );
+        f.write(
+            &format!("{TOUCH}_touch-trigger.down.sql"),
+            "DROP TRIGGER accounts_touch ON accounts;\nDROP FUNCTION touch();\nALTER TABLE accounts DROP COLUMN updated_at;\n",
+        );
+        f.write(
+            &format!("{EMAIL_INDEX}_accounts_email_idx.up.sql"),
+            "CREATE UNIQUE INDEX CONCURRENTLY accounts_email_idx ON accounts (email);\n",
+        );
+        f.write(
+            &format!("{EMAIL_INDEX}_accounts_email_idx.down.sql"),
+            "DROP INDEX CONCURRENTLY accounts_email_idx;\n",
+        );
+        // Irreversible.
+        f.write(
+            &format!("{BACKFILL}_backfill.up.sql"),
+            "UPDATE accounts SET note = $$backfilled; done$$;\n",
+        );
+        f.write("README.md", "not a migration");
+        f
+    }
+
+    fn migrations(&self) -> PathBuf {
+        self.dir.path().join("migrations")
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        fs::write(self.migrations().join(name), text).unwrap();
+    }
+
+    fn catalogue(&self) -> Catalogue {
+        Catalogue::read(self.migrations()).unwrap()
+    }
+
+    fn open(&self) -> Box<dyn SchemaDb> {
+        open(&self.url).unwrap()
+    }
+
+    fn client(&self) -> postgres::Client {
+        pg::server().connect(&self.name)
+    }
+
+    /// Tables, columns, types, functions and indexes of `public`, outside our bookkeeping.
+    fn schema(&self) -> Vec<String> {
+        let mut c = self.client();
+        let rows = c
+            .query(
+                "SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type
+                   FROM information_schema.columns WHERE table_schema = 'public'
+                   AND table_name NOT IN ('schema_migrations') AND table_name NOT LIKE 'rollback_node_%'
+                 UNION ALL SELECT 'index ' || indexname FROM pg_indexes WHERE schemaname = 'public'
+                   AND tablename NOT IN ('schema_migrations') AND tablename NOT LIKE 'rollback_node_%'
+                 UNION ALL SELECT 'type ' || typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+                   WHERE n.nspname = 'public' AND t.typtype = 'e'
+                 UNION ALL SELECT 'function ' || proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                   WHERE n.nspname = 'public'
+                 ORDER BY 1",
+                &[],
+            )
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    fn version_row(&self) -> Option<(i64, bool)> {
+        self.client()
+            .query_opt("SELECT version, dirty FROM schema_migrations", &[])
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1)))
+    }
+
+    fn migrate(&self, db: &mut dyn SchemaDb, target: u64) {
+        let c = self.catalogue();
+        let current = db.observe(&c).unwrap().version;
+        let steps = plan(&c, current, Direction::Up, target).unwrap();
+        db.run(&steps, &mut |_, _| {}).unwrap();
+    }
+}
+
+#[test]
+fn up_and_down_everything_with_golang_migrate_layout() {
+    let f = Fixture::standard("up_and_down");
+    let c = f.catalogue();
+    let mut db = f.open();
+    assert_eq!(db.observe(&c).unwrap().version, 0);
+
+    // Exactly golang-migrate's table.
+    let cols: Vec<(String, String, String)> = f
+        .client()
+        .query(
+            "SELECT column_name::text, data_type::text, is_nullable::text FROM information_schema.columns
+             WHERE table_name = 'schema_migrations' ORDER BY ordinal_position",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        cols,
+        vec![
+            ("version".into(), "bigint".into(), "NO".into()),
+            ("dirty".into(), "boolean".into(), "NO".into())
+        ]
+    );
+    let pk: String = f
+        .client()
+        .query_one(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+             WHERE i.indrelid = 'schema_migrations'::regclass AND i.indisprimary",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(pk, "version");
+
+    let steps = plan(&c, 0, Direction::Up, BACKFILL).unwrap();
+    assert_eq!(steps[1].file.mode, TxMode::OwnTransaction);
+    assert_eq!(steps[2].file.statements.len(), 3);
+    assert!(!steps[3].file.mode.in_transaction());
+    let mut last = (0, 0);
+    let report = db.run(&steps, &mut |d, t| last = (d, t)).unwrap();
+    assert_eq!((report.from, report.to), (0, BACKFILL));
+    assert_eq!(last, (9, 9));
+    assert_eq!(f.version_row(), Some((BACKFILL as i64, false)));
+    let note: String = f
+        .client()
+        .query_one("SELECT note FROM accounts LIMIT 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(note, "backfilled; done");
+    let state = db.observe(&c).unwrap();
+    assert!(state.dirty.is_none() && state.drift.is_empty() && state.not_in_directory.is_none());
+
+    let err = plan(&c, BACKFILL, Direction::Down, ACCOUNTS).unwrap_err();
+    assert!(matches!(
+        err,
+        PlanError::Irreversible {
+            version: BACKFILL,
+            ..
+        }
+    ));
+
+    db.force(EMAIL_INDEX).unwrap();
+    let steps = plan(&c, EMAIL_INDEX, Direction::Down, ACCOUNTS).unwrap();
+    let report = db.run(&steps, &mut |_, _| {}).unwrap();
+    assert_eq!(report.to, 0);
+    assert_eq!(report.steps.len(), 4);
+    assert_eq!(f.version_row(), None);
+    assert_eq!(f.schema(), Vec::<String>::new());
+}
+
+#[test]
+fn a_down_that_fails_halfway_changes_nothing() {
+    let f = Fixture::standard("down_fails_halfway");
+    f.write(
+        &format!("{TOUCH}_touch-trigger.down.sql"),
+        "DROP TRIGGER accounts_touch ON accounts;\nDROP FUNCTION touch();\n\nALTER TABLE accounts\n  DROP COLUMN no_such_column;\n",
+    );
+    let c = f.catalogue();
+    let mut db = f.open();
+    f.migrate(db.as_mut(), TOUCH);
+    let before = f.schema();
+    let steps = plan(&c, TOUCH, Direction::Down, TOUCH).unwrap();
+    let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    assert_eq!(failure.code(), 14);
+    assert_eq!(failure.at(), TOUCH);
+    let msg = failure.to_string();
+    assert!(msg.contains("touch-trigger.down.sql line 4"), "{msg}");
+    assert!(
+        msg.contains("ALTER TABLE accounts DROP COLUMN no_such_column"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("column \"no_such_column\" of relation \"accounts\" does not exist"),
+        "{msg}"
+    );
+    assert_eq!(f.schema(), before);
+    assert_eq!(f.version_row(), Some((TOUCH as i64, false)));
+}
+
+#[test]
+fn a_multi_step_rollback_failing_in_its_last_step_is_all_or_nothing() {
+    let f = Fixture::standard("multi_step_rollback");
+    f.write(
+        &format!("{ACCOUNTS}_create_accounts.down.sql"),
+        "DROP TABLE accounts;\nSELECT 1 / 0;\n",
+    );
+    let c = f.catalogue();
+    let mut db = f.open();
+    f.migrate(db.as_mut(), TOUCH);
+    let before = f.schema();
+    let steps = plan(&c, TOUCH, Direction::Down, ACCOUNTS).unwrap();
+    assert_eq!(steps.len(), 3);
+    let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(failure, RunFailure::NothingChanged { at: TOUCH, .. }),
+        "{failure}"
+    );
+    let msg = failure.to_string();
+    assert!(msg.contains("create_accounts.down.sql line 2"), "{msg}");
+    assert!(msg.contains("division by zero"), "{msg}");
+    assert_eq!(f.schema(), before);
+    assert_eq!(f.version_row(), Some((TOUCH as i64, false)));
+}
+
+#[test]
+fn a_failing_concurrent_index_leaves_evidence_and_force_clears_it() {
+    let f = Fixture::standard("concurrent_index_fails");
+    let c = f.catalogue();
+    let mut db = f.open();
+    f.migrate(db.as_mut(), TOUCH);
+    // Duplicate emails: the unique index cannot be built.
+    f.client()
+        .batch_execute("INSERT INTO accounts (email) VALUES ('ada@example.com')")
+        .unwrap();
+    let steps = plan(&c, TOUCH, Direction::Up, EMAIL_INDEX).unwrap();
+    let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(
+            failure,
+            RunFailure::PartWay {
+                at: EMAIL_INDEX,
+                dirty: true,
+                ..
+            }
+        ),
+        "{failure}"
+    );
+    assert_eq!(failure.code(), 13);
+    assert_eq!(f.version_row(), Some((EMAIL_INDEX as i64, true)));
+    let state = db.observe(&c).unwrap();
+    let Some(Dirty::Recorded(evidence)) = state.dirty else {
+        panic!("{:?}", state.dirty)
+    };
+    assert_eq!((evidence.version, evidence.line), (EMAIL_INDEX, 1));
+    assert!(evidence
+        .statement
+        .starts_with("CREATE UNIQUE INDEX CONCURRENTLY"));
+    assert!(
+        evidence.database_said.contains("23505"),
+        "{}",
+        evidence.database_said
+    );
+    assert!(!evidence.recorded_at.is_empty());
+
+    let steps = plan(&c, EMAIL_INDEX, Direction::Up, BACKFILL).unwrap();
+    let refused = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    let msg = refused.to_string();
+    assert!(msg.contains("dirty") && msg.contains("force"), "{msg}");
+    assert!(msg.contains("accounts_email_idx.up.sql:1"), "{msg}");
+
+    // A person cleans up (the failed build left an invalid index) and forces.
+    f.client()
+        .batch_execute("DROP INDEX accounts_email_idx; DELETE FROM accounts WHERE id = 3;")
+        .unwrap();
+    let forced = db.force(TOUCH).unwrap();
+    assert_eq!(forced.was_dirty, Some(Dirty::Recorded(evidence)));
+    assert!(db.observe(&c).unwrap().dirty.is_none());
+    f.migrate(db.as_mut(), BACKFILL);
+    assert_eq!(f.version_row(), Some((BACKFILL as i64, false)));
+}
+
+#[test]
+fn an_edited_file_is_reported_as_drift() {
+    let f = Fixture::standard("drift");
+    let c = f.catalogue();
+    let mut db = f.open();
+    f.migrate(db.as_mut(), STATUS);
+    assert!(db.observe(&c).unwrap().drift.is_empty());
+    f.write(
+        &format!("{STATUS}_account..status-enum.up.sql"),
+        "CREATE TYPE account_status AS ENUM ('active', 'closed', 'banned');\n",
+    );
+    let state = db.observe(&c).unwrap();
+    assert_eq!(state.drift.len(), 1);
+    assert_eq!(state.drift[0].version, STATUS);
+    assert!(state.drift[0]
+        .path
+        .as_ref()
+        .unwrap()
+        .ends_with(format!("{STATUS}_account..status-enum.up.sql")));
+}
+
+#[test]
+fn a_database_golang_migrate_left_dirty() {
+    let f = Fixture::standard("left_dirty");
+    f.client()
+        .batch_execute(&format!(
+            "CREATE TABLE schema_migrations (version bigint not null primary key, dirty boolean not null);
+             CREATE TABLE accounts (id bigserial PRIMARY KEY, email text NOT NULL);
+             INSERT INTO schema_migrations VALUES ({STATUS}, true);"
+        ))
+        .unwrap();
+    let c = f.catalogue();
+    let mut db = f.open();
+    let state = db.observe(&c).unwrap();
+    assert_eq!(state.version, STATUS);
+    assert_eq!(state.dirty, Some(Dirty::LeftByAnotherTool));
+    let steps = plan(&c, STATUS, Direction::Down, STATUS).unwrap();
+    let refused = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    assert!(refused.to_string().contains("left dirty by another tool"));
+    assert_eq!(f.version_row(), Some((STATUS as i64, true)));
+    db.force(ACCOUNTS).unwrap();
+    assert_eq!(f.version_row(), Some((ACCOUNTS as i64, false)));
+}
+
+#[test]
+fn a_version_in_the_database_but_not_in_the_directory() {
+    let f = Fixture::standard("not_in_directory");
+    let c = f.catalogue();
+    let mut db = f.open();
+    f.migrate(db.as_mut(), ACCOUNTS);
+    db.force(20260101000000).unwrap();
+    let state = db.observe(&c).unwrap();
+    let missing = state.not_in_directory.expect("flagged");
+    assert_eq!(missing.version, 20260101000000);
+    assert!(missing.to_string().contains(&c.dir.display().to_string()));
+}
+
+#[test]
+fn the_migration_lock_is_golang_migrates() {
+    let f = Fixture::standard("lock");
+    let c = f.catalogue();
+    let mut db = f.open();
+    db.observe(&c).unwrap();
+    let mut holder = f.client();
+    let id = advisory_lock_id(&f.name, "public", "schema_migrations");
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&id])
+        .unwrap();
+    let steps = plan(&c, 0, Direction::Up, ACCOUNTS).unwrap();
+    let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    assert_eq!(failure.code(), 14);
+    match failure.cause() {
+        RunError::Database(SchemaError::Locked { url, .. }) => {
+            assert!(url.contains(&f.name), "{url}")
+        }
+        other => panic!("{other:?}"),
+    }
+    holder
+        .execute("SELECT pg_advisory_unlock($1)", &[&id])
+        .unwrap();
+    db.run(&steps, &mut |_, _| {}).unwrap();
+}
+
+#[test]
+fn unreachable_servers_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("postgres://nobody@/postgres?host={}", dir.path().display());
+    let err = open(&url).err().expect("no server there");
+    assert!(matches!(err, SchemaError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains(&url), "{err}");
+
+    let err = open("postgres://app:secret@127.0.0.1:1/app")
+        .err()
+        .expect("nothing listens on port 1");
+    let msg = err.to_string();
+    assert!(msg.contains("postgres://app:***@127.0.0.1:1/app"), "{msg}");
+    assert!(!msg.contains("secret"), "{msg}");
+}

@@ -1,0 +1,623 @@
+//! The migration engine on real SQLite files: golang-migrate directories that look like real
+//! ones, failures that must leave the database clean, and the dirty cases that cannot.
+
+use std::fs;
+use std::path::PathBuf;
+
+use rollback_node::exec::migrations::{
+    open, plan, Catalogue, CatalogueError, Direction, Dirty, PlanError, RunError, RunFailure,
+    SchemaDb, SchemaError, TxMode,
+};
+use rusqlite::Connection;
+use tempfile::TempDir;
+
+const USERS: u64 = 20250810144214;
+const EMAIL_INDEX: u64 = 20250811090000;
+const AUDIT: u64 = 20250901120000;
+const COMPACT: u64 = 20250915080000;
+const SEED: u64 = 20251002173000;
+
+/// A migrations directory and a database file in one temp dir.
+struct Fixture {
+    dir: TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        fs::create_dir(f.migrations()).unwrap();
+        f
+    }
+
+    /// The realistic set: timestamps, odd names, own BEGIN/COMMIT, a VACUUM, a missing down.
+    fn standard() -> Fixture {
+        let f = Fixture::new();
+        f.write(
+            &format!("{USERS}_create_users.up.sql"),
+            "-- users of the app\nCREATE TABLE users (\n  id INTEGER PRIMARY KEY,\n  email TEXT NOT NULL,\n  note TEXT DEFAULT 'a;b'\n);\nINSERT INTO users (email) VALUES ('ada@example.com');\n",
+        );
+        f.write(
+            &format!("{USERS}_create_users.down.sql"),
+            "DROP TABLE users;\n",
+        );
+        f.write(
+            &format!("{EMAIL_INDEX}_users..email-index.up.sql"),
+            "CREATE UNIQUE INDEX users_email ON users (email);\n",
+        );
+        f.write(
+            &format!("{EMAIL_INDEX}_users..email-index.down.sql"),
+            "DROP INDEX users_email;\n",
+        );
+        f.write(
+            &format!("{AUDIT}_audit-log.up.sql"),
+            "BEGIN;\nCREATE TABLE audit (id INTEGER PRIMARY KEY, what TEXT);\nCREATE TRIGGER users_audit AFTER INSERT ON users BEGIN\n  INSERT INTO audit (what) VALUES ('user ' || NEW.email);\nEND;\nCOMMIT;\n",
+        );
+        f.write(
+            &format!("{AUDIT}_audit-log.down.sql"),
+            "BEGIN TRANSACTION;\nDROP TRIGGER users_audit;\nDROP TABLE audit;\nCOMMIT;\n",
+        );
+        f.write(
+            &format!("{COMPACT}_compact.up.sql"),
+            "CREATE TABLE settings (k TEXT PRIMARY KEY, v TEXT);\nVACUUM;\n",
+        );
+        f.write(
+            &format!("{COMPACT}_compact.down.sql"),
+            "DROP TABLE settings;\nVACUUM;\n",
+        );
+        // Irreversible: no down file.
+        f.write(
+            &format!("{SEED}_seed_settings.up.sql"),
+            "INSERT INTO settings (k, v) VALUES ('theme', 'dark');\n",
+        );
+        // Not migrations.
+        f.write("README.md", "not a migration");
+        f.write(&format!("{USERS}_create_users.up.sql.orig"), "garbage");
+        f.write("notes_1.up.sql", "garbage");
+        f
+    }
+
+    fn migrations(&self) -> PathBuf {
+        self.dir.path().join("migrations")
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        fs::write(self.migrations().join(name), text).unwrap();
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.dir.path().join("app.db")
+    }
+
+    fn url(&self) -> String {
+        format!("sqlite:{}", self.db_path().display())
+    }
+
+    fn open(&self) -> Box<dyn SchemaDb> {
+        open(&self.url()).unwrap()
+    }
+
+    fn catalogue(&self) -> Catalogue {
+        Catalogue::read(self.migrations()).unwrap()
+    }
+
+    fn conn(&self) -> Connection {
+        Connection::open(self.db_path()).unwrap()
+    }
+
+    /// The user tables, triggers and indexes, as SQLite describes them.
+    fn schema(&self) -> Vec<(String, String)> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' \
+                 AND name NOT LIKE 'rollback_node_%' AND name NOT IN ('schema_migrations', 'version_unique') ORDER BY type, name",
+            )
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows
+    }
+
+    fn version_row(&self) -> Option<(i64, bool)> {
+        self.conn()
+            .query_row("SELECT version, dirty FROM schema_migrations", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .ok()
+    }
+
+    /// Migrates to `target` through the engine.
+    fn migrate(&self, db: &mut dyn SchemaDb, target: u64) {
+        let catalogue = self.catalogue();
+        let current = db.observe(&catalogue).unwrap().version;
+        let steps = plan(&catalogue, current, Direction::Up, target).unwrap();
+        db.run(&steps, &mut |_, _| {}).unwrap();
+    }
+}
+
+fn names(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn catalogue_reads_a_real_directory() {
+    let f = Fixture::standard();
+    let c = f.catalogue();
+    assert_eq!(
+        c.versions().collect::<Vec<_>>(),
+        vec![USERS, EMAIL_INDEX, AUDIT, COMPACT, SEED]
+    );
+    let index = c.get(EMAIL_INDEX).unwrap();
+    assert_eq!(index.title, "users..email-index");
+    assert!(index.down.is_some());
+    assert!(c.get(SEED).unwrap().down.is_none());
+    assert_eq!(c.previous(AUDIT), EMAIL_INDEX);
+    assert_eq!(c.previous(USERS), 0);
+    assert_eq!(c.latest(), Some(SEED));
+}
+
+#[test]
+fn catalogue_errors_name_the_paths() {
+    let f = Fixture::standard();
+    f.write(&format!("{USERS}_users_again.up.sql"), "SELECT 1;");
+    let err = Catalogue::read(f.migrations()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(
+        err,
+        CatalogueError::Duplicate { version: USERS, .. }
+    ));
+    assert!(
+        msg.contains(&format!("{USERS}_create_users.up.sql")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("{USERS}_users_again.up.sql")),
+        "{msg}"
+    );
+    assert_eq!(msg.lines().count(), 1);
+
+    let missing = f.dir.path().join("no-such-dir");
+    let err = Catalogue::read(&missing).unwrap_err();
+    assert!(matches!(err, CatalogueError::MissingDirectory { .. }));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no-such-dir") && msg.contains("does not exist"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn modes_of_the_standard_files() {
+    let f = Fixture::standard();
+    let c = f.catalogue();
+    let steps = plan(&c, 0, Direction::Up, SEED).unwrap();
+    let modes: Vec<_> = steps.iter().map(|s| s.file.mode.clone()).collect();
+    assert_eq!(modes[0], TxMode::Transactional);
+    assert_eq!(modes[2], TxMode::OwnTransaction);
+    assert!(!modes[3].in_transaction(), "{:?}", modes[3]);
+    // The trigger body's semicolons do not split it.
+    assert_eq!(steps[2].file.body().len(), 2);
+    assert_eq!(steps[0].file.statements[0].line, 2);
+}
+
+#[test]
+fn up_and_down_everything_with_golang_migrate_layout() {
+    let f = Fixture::standard();
+    let c = f.catalogue();
+    let mut db = f.open();
+    assert_eq!(db.observe(&c).unwrap().version, 0);
+    let steps = plan(&c, 0, Direction::Up, SEED).unwrap();
+    assert_eq!(steps.len(), 5);
+    let mut seen = Vec::new();
+    let report = db.run(&steps, &mut |d, t| seen.push((d, t))).unwrap();
+    assert_eq!((report.from, report.to), (0, SEED));
+    assert_eq!(report.steps.len(), 5);
+    assert_eq!(seen.first(), Some(&(0, 8)));
+    assert_eq!(seen.last(), Some(&(8, 8)));
+    assert_eq!(report.steps[0].checksum, steps[0].file.checksum);
+    assert_eq!(f.version_row(), Some((SEED as i64, false)));
+
+    // Exactly golang-migrate's sqlite3 table and index.
+    let conn = f.conn();
+    let table: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'schema_migrations'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        table,
+        "CREATE TABLE schema_migrations (version uint64,dirty bool)"
+    );
+    let index: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'version_unique'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        index,
+        "CREATE UNIQUE INDEX version_unique ON schema_migrations (version)"
+    );
+    // The trigger from the own-transaction file works.
+    conn.execute("INSERT INTO users (email) VALUES ('bob@example.com')", [])
+        .unwrap();
+    let audited: i64 = conn
+        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(audited, 1);
+    drop(conn);
+
+    let state = db.observe(&c).unwrap();
+    assert_eq!(state.version, SEED);
+    assert!(state.dirty.is_none() && state.drift.is_empty());
+
+    // The seed has no down: a rollback through it is refused, naming it.
+    let err = plan(&c, SEED, Direction::Down, USERS).unwrap_err();
+    assert!(matches!(err, PlanError::Irreversible { version: SEED, .. }));
+    assert!(err.to_string().contains(&SEED.to_string()));
+
+    // Forget the seed by hand (golang-migrate's force), then roll everything back.
+    db.force(COMPACT).unwrap();
+    let steps = plan(&c, COMPACT, Direction::Down, USERS).unwrap();
+    assert_eq!(
+        steps
+            .iter()
+            .map(|s| (s.version, s.version_after))
+            .collect::<Vec<_>>(),
+        vec![
+            (COMPACT, AUDIT),
+            (AUDIT, EMAIL_INDEX),
+            (EMAIL_INDEX, USERS),
+            (USERS, 0)
+        ]
+    );
+    let report = db.run(&steps, &mut |_, _| {}).unwrap();
+    assert_eq!(report.to, 0);
+    assert_eq!(f.version_row(), None);
+    assert_eq!(f.schema(), Vec::<(String, String)>::new());
+    assert!(report.duration >= report.steps.iter().map(|s| s.duration).sum());
+}
+
+#[test]
+fn rollback_to_a_middle_version_leaves_the_one_before() {
+    let f = Fixture::standard();
+    let c = f.catalogue();
+    let mut db = f.open();
+    f.migrate(db.as_mut(), AUDIT);
+    let steps = plan(&c, AUDIT, Direction::Down, EMAIL_INDEX).unwrap();
+    let report = db.run(&steps, &mut |_, _| {}).unwrap();
+    assert_eq!(report.to, USERS);
+    assert_eq!(f.schema(), names(&[("table", "users")]));
+}
+
+#[test]
+fn a_down_that_fails_halfway_changes_nothing() {
+    let f = Fixture::standard();
+    f.write(
+        &format!("{EMAIL_INDEX}_users..email-index.down.sql"),
+        "DROP INDEX users_email;\n\n-- the next one is wrong\nDELETE FROM no_such_table;\n",
+    );
+    let c = f.catalogue();
+    let mut db = f.open();
+    f.migrate(db.as_mut(), EMAIL_INDEX);
+    let before = f.schema();
+    let steps = plan(&c, EMAIL_INDEX, Direction::Down, EMAIL_INDEX).unwrap();
+    let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    assert_eq!(failure.code(), 14);
+    assert_eq!(failure.at(), EMAIL_INDEX);
+    let msg = failure.to_string();
+    assert!(msg.contains("users..email-index.down.sql line 4"), "{msg}");
+    assert!(msg.contains("DELETE FROM no_such_table"), "{msg}");
+    assert!(msg.contains("no such table: no_such_table"), "{msg}");
+    match failure.cause() {
+        RunError::Statement { line, .. } => assert_eq!(*line, 4),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.schema(), before);
+    assert_eq!(f.version_row(), Some((EMAIL_INDEX as i64, false)));
+    assert!(db.observe(&c).unwrap().dirty.is_none());
+}
+
+#[test]
+fn a_multi_step_rollback_failing_in_its_last_step_is_all_or_nothing() {
+    let f = Fixture::standard();
+    f.write(
+        &format!("{USERS}_create_users.down.sql"),
+        "DROP TABLE users;\nSELECT no_such_function();\n",
+    );
+    let c = f.catalogue();
+    let mut db = f.open();
+    f.migrate(db.as_mut(), AUDIT);
+    let before = f.schema();
+    let steps = plan(&c, AUDIT, Direction::Down, USERS).unwrap();
+    assert_eq!(steps.len(), 3);
+    let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(failure, RunFailure::NothingChanged { at: AUDIT, .. }),
+        "{failure}"
+    );
+    assert!(failure.to_string().contains("create_users.down.sql line 2"));
+    assert_eq!(f.schema(), before);
+    assert_eq!(f.version_row(), Some((AUDIT as i64, false)));
+}
+
+#[test]
+fn an_own_transaction_file_failing_changes_nothing() {
+    let f = Fixture::standard();
+    f.write(
+        &format!("{AUDIT}_audit-log.up.sql"),
+        "BEGIN;\nCREATE TABLE audit (id INTEGER PRIMARY KEY);\nINSERT INTO audit (nope) VALUES (1);\nCOMMIT;\n",
+    );
+    let c = f.catalogue();
+    let mut db = f.open();
+    f.migrate(db.as_mut(), EMAIL_INDEX);
+    let steps = plan(&c, EMAIL_INDEX, Direction::Up, AUDIT).unwrap();
+    let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    assert_eq!(failure.code(), 14, "{failure}");
+    assert!(failure.to_string().contains("line 3"));
+    assert!(!f.schema().iter().any(|(_, n)| n == "audit"));
+    assert_eq!(f.version_row(), Some((EMAIL_INDEX as i64, false)));
+}
+
+#[test]
+fn a_failing_no_transaction_file_leaves_evidence_and_force_clears_it() {
+    let f = Fixture::standard();
+    f.write(
+        &format!("{COMPACT}_compact.up.sql"),
+        "CREATE TABLE settings (k TEXT PRIMARY KEY, v TEXT);\nVACUUM;\nINSERT INTO settings (nope) VALUES (1);\n",
+    );
+    let c = f.catalogue();
+    let mut db = f.open();
+    f.migrate(db.as_mut(), AUDIT);
+    // One transactional step, then the no-transaction one that fails.
+    db.force(EMAIL_INDEX).unwrap();
+    f.conn()
+        .execute_batch("DROP TRIGGER users_audit; DROP TABLE audit;")
+        .unwrap();
+    let steps = plan(&c, EMAIL_INDEX, Direction::Up, COMPACT).unwrap();
+    let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    match &failure {
+        RunFailure::PartWay {
+            at,
+            dirty,
+            completed,
+            ..
+        } => {
+            assert_eq!((*at, *dirty), (COMPACT, true));
+            assert_eq!(completed.len(), 1);
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(failure.code(), 13);
+    assert_eq!(f.version_row(), Some((COMPACT as i64, true)));
+
+    let state = db.observe(&c).unwrap();
+    let Some(Dirty::Recorded(evidence)) = &state.dirty else {
+        panic!("{:?}", state.dirty)
+    };
+    assert_eq!(evidence.version, COMPACT);
+    assert_eq!(evidence.line, 3);
+    assert!(evidence.file.ends_with(format!("{COMPACT}_compact.up.sql")));
+    assert!(evidence.statement.starts_with("INSERT INTO settings"));
+    assert!(evidence.database_said.contains("nope"), "{evidence:?}");
+
+    // Further runs are refused, naming the evidence and `force`.
+    let steps = plan(&c, COMPACT, Direction::Up, SEED).unwrap();
+    let refused = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    assert_eq!(refused.code(), 14);
+    let msg = refused.to_string();
+    assert!(msg.contains("dirty") && msg.contains("force"), "{msg}");
+    assert!(msg.contains("compact.up.sql:3"), "{msg}");
+
+    // A person fixes it by hand and forces the version.
+    f.conn()
+        .execute_batch("INSERT INTO settings (k, v) VALUES ('x', 'y');")
+        .unwrap();
+    let forced = db.force(COMPACT).unwrap();
+    assert_eq!(forced.was_dirty, Some(Dirty::Recorded(evidence.clone())));
+    assert_eq!(forced.previous_version, COMPACT);
+    let state = db.observe(&c).unwrap();
+    assert!(state.dirty.is_none());
+    assert_eq!(f.version_row(), Some((COMPACT as i64, false)));
+}
+
+#[test]
+fn a_no_transaction_file_that_succeeds_is_clean() {
+    let f = Fixture::standard();
+    let c = f.catalogue();
+    let mut db = f.open();
+    f.migrate(db.as_mut(), COMPACT);
+    assert_eq!(f.version_row(), Some((COMPACT as i64, false)));
+    let steps = plan(&c, COMPACT, Direction::Down, COMPACT).unwrap();
+    let report = db.run(&steps, &mut |_, _| {}).unwrap();
+    assert_eq!(report.to, AUDIT);
+    assert!(!report.steps[0].mode.in_transaction());
+    assert!(db.observe(&c).unwrap().dirty.is_none());
+}
+
+#[test]
+fn a_mixed_run_failing_after_a_committed_segment_is_part_way_but_clean() {
+    let f = Fixture::standard();
+    f.write(
+        &format!("{SEED}_seed_settings.up.sql"),
+        "INSERT INTO settings (k, v) VALUES ('theme', 'dark');\nINSERT INTO nowhere VALUES (1);\n",
+    );
+    let c = f.catalogue();
+    let mut db = f.open();
+    let steps = plan(&c, 0, Direction::Up, SEED).unwrap();
+    let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    match &failure {
+        RunFailure::PartWay { at, dirty, .. } => assert_eq!((*at, *dirty), (COMPACT, false)),
+        other => panic!("{other}"),
+    }
+    assert_eq!(failure.code(), 13);
+    assert_eq!(f.version_row(), Some((COMPACT as i64, false)));
+    let n: i64 = f
+        .conn()
+        .query_row("SELECT count(*) FROM settings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn an_edited_file_is_reported_as_drift() {
+    let f = Fixture::standard();
+    let c = f.catalogue();
+    let mut db = f.open();
+    f.migrate(db.as_mut(), EMAIL_INDEX);
+    assert!(db.observe(&c).unwrap().drift.is_empty());
+    f.write(
+        &format!("{USERS}_create_users.up.sql"),
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL, name TEXT);\n",
+    );
+    let state = db.observe(&c).unwrap();
+    assert_eq!(state.drift.len(), 1);
+    assert_eq!(state.drift[0].version, USERS);
+    assert_ne!(
+        Some(state.drift[0].recorded.clone()),
+        state.drift[0].current
+    );
+    // A version not applied yet is not drift when edited.
+    f.write(&format!("{AUDIT}_audit-log.up.sql"), "SELECT 2;");
+    assert_eq!(db.observe(&c).unwrap().drift.len(), 1);
+}
+
+#[test]
+fn a_database_golang_migrate_left_dirty() {
+    let f = Fixture::standard();
+    let conn = f.conn();
+    conn.execute_batch(
+        "CREATE TABLE schema_migrations (version uint64,dirty bool);
+         CREATE UNIQUE INDEX version_unique ON schema_migrations (version);
+         CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL);
+         INSERT INTO schema_migrations (version, dirty) VALUES (20250811090000, 1);",
+    )
+    .unwrap();
+    let c = f.catalogue();
+    let mut db = f.open();
+    let state = db.observe(&c).unwrap();
+    assert_eq!(state.version, EMAIL_INDEX);
+    assert_eq!(state.dirty, Some(Dirty::LeftByAnotherTool));
+    assert!(state
+        .dirty
+        .unwrap()
+        .to_string()
+        .contains("left dirty by another tool"));
+    let steps = plan(&c, EMAIL_INDEX, Direction::Down, EMAIL_INDEX).unwrap();
+    let refused = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(
+        refused.cause(),
+        RunError::Dirty {
+            why: Dirty::LeftByAnotherTool,
+            ..
+        }
+    ));
+    let forced = db.force(USERS).unwrap();
+    assert_eq!(forced.was_dirty, Some(Dirty::LeftByAnotherTool));
+    assert_eq!(db.observe(&c).unwrap().version, USERS);
+}
+
+#[test]
+fn a_version_in_the_database_but_not_in_the_directory() {
+    let f = Fixture::standard();
+    let c = f.catalogue();
+    let mut db = f.open();
+    f.migrate(db.as_mut(), USERS);
+    db.force(20260101000000).unwrap();
+    let state = db.observe(&c).unwrap();
+    let missing = state.not_in_directory.expect("flagged");
+    assert_eq!(missing.version, 20260101000000);
+    let msg = missing.to_string();
+    assert!(
+        msg.contains("20260101000000") && msg.contains("migrations"),
+        "{msg}"
+    );
+    let err = plan(&c, 20260101000000, Direction::Down, USERS).unwrap_err();
+    assert!(matches!(err, PlanError::CurrentNotInDirectory(_)));
+}
+
+#[test]
+fn a_locked_database_is_an_error_naming_the_file() {
+    let f = Fixture::standard();
+    let c = f.catalogue();
+    let mut db = f.open();
+    db.observe(&c).unwrap();
+    let holder = f.conn();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let steps = plan(&c, 0, Direction::Up, USERS).unwrap();
+    let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    assert_eq!(failure.code(), 14);
+    match failure.cause() {
+        RunError::Database(SchemaError::Locked { url, .. }) => {
+            assert!(url.contains("app.db"), "{url}")
+        }
+        other => panic!("{other:?}"),
+    }
+    holder.execute_batch("ROLLBACK").unwrap();
+    db.run(&steps, &mut |_, _| {}).unwrap();
+}
+
+#[test]
+fn steps_from_a_stale_plan_are_refused() {
+    let f = Fixture::standard();
+    let c = f.catalogue();
+    let mut db = f.open();
+    let steps = plan(&c, 0, Direction::Up, USERS).unwrap();
+    db.run(&steps, &mut |_, _| {}).unwrap();
+    let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(failure.cause(), RunError::NotAtStart { .. }),
+        "{failure}"
+    );
+    assert_eq!(failure.at(), USERS);
+}
+
+#[test]
+fn bad_urls_and_paths() {
+    assert!(matches!(
+        open("mysql://x").err().unwrap(),
+        SchemaError::BadUrl { .. }
+    ));
+    let err = open("sqlite:/no/such/dir/app.db").err().unwrap();
+    assert!(matches!(err, SchemaError::Unreachable { .. }));
+    assert!(err.to_string().contains("/no/such/dir/app.db"));
+}
+
+#[test]
+fn the_example_estate_migrates_and_rolls_back() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/sqlite");
+    let estate: toml::Value =
+        toml::from_str(&fs::read_to_string(root.join("estate.toml")).unwrap()).unwrap();
+    assert_eq!(estate["schema"]["database"].as_str(), Some("sqlite:app.db"));
+    let c = Catalogue::read(root.join(estate["schema"]["migrations"].as_str().unwrap())).unwrap();
+    assert_eq!(c.migrations.len(), 4);
+    assert!(c.migrations[3].down.is_none());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut db = open(&format!("sqlite:{}", tmp.path().join("app.db").display())).unwrap();
+    let latest = c.latest().unwrap();
+    let report = db
+        .run(&plan(&c, 0, Direction::Up, latest).unwrap(), &mut |_, _| {})
+        .unwrap();
+    assert_eq!(report.to, latest);
+    let previous = c.previous(latest);
+    db.force(previous).unwrap();
+    let report = db
+        .run(
+            &plan(&c, previous, Direction::Down, c.migrations[0].version).unwrap(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert_eq!(report.to, 0);
+}
