@@ -4,14 +4,18 @@
 //! reply; diagnostics go to stderr. This file is the command line only.
 
 use clap::{Args, Parser, Subcommand};
+use rollback_node::core::effects::Found;
 use rollback_node::core::machine::Machine;
+use rollback_node::exec::connect::connect;
 use rollback_node::protocol::encode::BodyOut;
 use rollback_node::protocol::values::InFlightView;
+use rollback_node::runtime::ofrep::{FlagsView, OfrepServer};
 use rollback_node::store::journal::{Journal, LOCK_NAME};
 use rollback_node::store::replay::{self, Open};
 use rollback_node::store::{MemoryStore, Store};
-use rollback_node::{Estate, Session, Simulated, EXAMPLE_ESTATE};
+use rollback_node::{Estate, Session, EXAMPLE_ESTATE};
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -51,6 +55,10 @@ struct ServeArgs {
     /// Replies report the modelled seconds at any pace.
     #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = pace)]
     pace: f64,
+    /// Also serve OpenFeature Remote Evaluation (OFREP) of the node's flags over HTTP at ADDR,
+    /// such as 127.0.0.1:8016: a client's next evaluation after a reply sees the change.
+    #[arg(long, value_name = "ADDR")]
+    ofrep: Option<SocketAddr>,
 }
 
 fn pace(text: &str) -> Result<f64, String> {
@@ -119,19 +127,26 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         Some(path) => Some((read_estate(path)?, path.display().to_string())),
         None => None,
     };
+    let given_dir = match &args.estate {
+        Some(path) => estate_dir(path),
+        None => std::env::current_dir().unwrap_or_default(),
+    };
     let Some(dir) = &args.state_dir else {
         let estate = match &given {
             Some((text, origin)) => Estate::from_toml(text, origin).map_err(config)?,
             None => Estate::example(),
         };
-        let executors = Simulated::new(estate.costs, &estate.state, args.pace).executors();
-        let session = Session::new(Machine::new(estate.state), executors, MemoryStore::new());
-        return run(session);
+        let (executors, found) = connect(&estate, &given_dir, args.pace).map_err(config)?;
+        let mut machine = Machine::new(estate.state);
+        machine.observe(&found);
+        let session = Session::new(machine, executors, MemoryStore::new());
+        return run(session, args.ofrep);
     };
     let (journal, loaded) = Journal::open(
         dir,
         given.as_ref().map(|(t, o)| (t.as_str(), o.as_str())),
         EXAMPLE_ESTATE,
+        &given_dir,
     )
     .map_err(config)?;
     if loaded.created && given.is_none() {
@@ -148,37 +163,68 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         None => format!("{} (stored estate)", journal.path().display()),
     };
     let estate = Estate::from_toml(&loaded.estate, &origin).map_err(config)?;
-    let executors = Simulated::new(estate.costs, &estate.state, args.pace).executors();
-    let (machine, open) = rebuild(estate.state, loaded.snapshot, loaded.entries, &journal)?;
+    let base = loaded.estate_dir.clone().unwrap_or(given_dir);
+    let (executors, found) = connect(&estate, &base, args.pace).map_err(config)?;
+    let (mut machine, open) = rebuild(
+        estate.state,
+        loaded.snapshot,
+        loaded.entries,
+        &journal,
+        &found,
+    )?;
     let replayed = machine.seq();
+    let believed = machine.state().clone();
+    machine.observe(&found);
     let mut session = Session::new(machine, executors, journal);
     for note in session.reconcile(open) {
         eprintln!("rollback-node: {note}");
     }
     session.commit().map_err(|e| Failure(1, e.to_string()))?;
+    let state = session.machine().state();
     if replayed > 0 {
-        let state = session.machine().state();
         eprintln!(
             "rollback-node: resumed {} after {replayed} journal entries: schema at version {}, {} live",
             dir.display(),
             state.schema_version,
             state.traffic.live
         );
+        if believed != *state {
+            eprintln!(
+                "rollback-node: the real systems differ from what the journal says (they were changed while the node was stopped); the systems are the truth"
+            );
+        }
     }
-    run(session)
+    run(session, args.ofrep)
 }
 
-/// A machine rebuilt from a snapshot (or the estate) and the journal entries after it.
+/// The directory an estate file is in (its relative paths are relative to it), absolute.
+fn estate_dir(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned())
+}
+
+/// A machine rebuilt from a snapshot (or the estate) and the journal entries after it; the
+/// real systems' catalogue is taken first, so replay decides against it.
 fn rebuild(
     state: rollback_node::State,
     snapshot: Option<rollback_node::core::Snapshot>,
     entries: Vec<rollback_node::store::Entry>,
     journal: &Journal,
+    found: &Found,
 ) -> Result<(Machine, Vec<Open>), Failure> {
     let mut machine = match snapshot {
         Some(snapshot) => Machine::from_snapshot(snapshot),
         None => Machine::new(state),
     };
+    machine.observe(&Found {
+        catalogue: found.catalogue.clone(),
+        ..Found::default()
+    });
     let open = replay::rebuild(&mut machine, entries).map_err(|e| {
         config(format!(
             "{}: {e}; see README \"Recovering a damaged journal\"",
@@ -188,8 +234,25 @@ fn rebuild(
     Ok((machine, open))
 }
 
-/// Serves stdin to stdout.
-fn run<S: Store>(session: Session<S>) -> Result<(), Failure> {
+/// Serves stdin to stdout, and OFREP at `ofrep` if given.
+fn run<S: Store>(mut session: Session<S>, ofrep: Option<SocketAddr>) -> Result<(), Failure> {
+    let _server = match ofrep {
+        Some(addr) => {
+            let view = FlagsView::new(session.machine().state().flags.clone());
+            let server = OfrepServer::start(addr, view.clone()).map_err(|e| {
+                config(format!(
+                    "cannot serve OFREP at {addr}: {e}; give --ofrep a free address such as 127.0.0.1:8016"
+                ))
+            })?;
+            eprintln!(
+                "rollback-node: serving OFREP flag evaluation at http://{}/ofrep/v1/evaluate/flags",
+                server.local_addr()
+            );
+            session.publish_flags(view);
+            Some(server)
+        }
+        None => None,
+    };
     rollback_node::runtime::serve(session, io::stdin(), io::stdout().lock(), io::stderr())
         .map_err(|e| Failure(1, e.to_string()))
 }
@@ -199,7 +262,13 @@ fn status(dir: &Path) -> Result<(), Failure> {
     let loaded = journal.load().map_err(config)?;
     let origin = format!("{} (stored estate)", journal.path().display());
     let estate = Estate::from_toml(&loaded.estate, &origin).map_err(config)?;
-    let (machine, open) = rebuild(estate.state, loaded.snapshot, loaded.entries, &journal)?;
+    let (machine, open) = rebuild(
+        estate.state,
+        loaded.snapshot,
+        loaded.entries,
+        &journal,
+        &Found::default(),
+    )?;
     let serving = is_served(dir);
     let mut status = rollback_node::core::transitions::status_of(machine.state());
     status.interrupted = machine.interrupted();

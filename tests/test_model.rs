@@ -246,7 +246,7 @@ struct Migration {
 struct Backup {
     name: &'static str,
     rows: u64,
-    schema: u32,
+    schema: u64,
     seconds: u64,
 }
 
@@ -254,8 +254,8 @@ struct Backup {
 /// these are equal.
 #[derive(Clone, Debug, PartialEq)]
 enum Req {
-    Rollback(u32),
-    Migrate(u32),
+    Rollback(u64),
+    Migrate(u64),
     Disable(String),
     Enable(String),
     Switch(Env, Env),
@@ -384,7 +384,7 @@ struct Step {
     /// A change answered for the first time: the real reply is remembered by the test.
     first_answer: Option<(String, u64)>,
     /// The `version` of a rollback that completed.
-    rollback_version: Option<u32>,
+    rollback_version: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -394,10 +394,10 @@ struct Model {
     backups: Vec<Backup>,
     blue_healthy: bool,
     green_healthy: bool,
-    schema: u32,
+    schema: u64,
     flags: BTreeMap<String, bool>,
     live: Env,
-    last_restore: Option<(String, u64, u32)>,
+    last_restore: Option<(String, u64, u64)>,
     node_id: Option<String>,
     answered: BTreeMap<(String, u64), (Req, Outcome)>,
     /// Guard rails: a type listed here is accepted only from these senders.
@@ -485,9 +485,9 @@ fn variant_model() -> Model {
     }
 }
 
-fn decode_version(v: &Option<Value>) -> Result<u32, u64> {
+fn decode_version(v: &Option<Value>) -> Result<u64, u64> {
     match v.as_ref().and_then(Value::as_u64) {
-        Some(n) if (1..=u64::from(u32::MAX)).contains(&n) => Ok(n as u32),
+        Some(n) if n >= 1 => Ok(n),
         _ => Err(12),
     }
 }
@@ -545,11 +545,11 @@ fn decode(kind: &Kind) -> Result<Req, u64> {
 }
 
 impl Model {
-    fn last(&self) -> u32 {
-        self.migrations.len() as u32
+    fn last(&self) -> u64 {
+        self.migrations.len() as u64
     }
 
-    fn migration(&self, version: u32) -> &Migration {
+    fn migration(&self, version: u64) -> &Migration {
         &self.migrations[version as usize - 1]
     }
 
@@ -1235,7 +1235,7 @@ impl StateMachineTest for NodeTest {
 
     fn check_invariants(sut: &Sut, model: &Model) {
         let state = sut.session.machine().state();
-        let last = state.migrations.len() as u32;
+        let last = state.migrations.len() as u64;
         assert!(
             state.schema_version <= last && last == model.last(),
             "schema_version_in_catalogue: {} not in 0..={last}",
@@ -1309,8 +1309,8 @@ impl StateMachineTest for NodeTest {
         }
 
         if let Some(done) = body.filter(|b| b["type"] == "rollback_complete") {
-            let from = done["rolled_back_from"].as_u64().unwrap() as u32;
-            let to = done["rolled_back_to"].as_u64().unwrap() as u32;
+            let from = done["rolled_back_from"].as_u64().unwrap();
+            let to = done["rolled_back_to"].as_u64().unwrap();
             let seconds = done["duration_seconds"].as_u64().unwrap();
             let costs: u64 = (to + 1..=from).map(|v| model.migration(v).down).sum();
             assert_eq!(

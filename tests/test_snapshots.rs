@@ -129,7 +129,7 @@ fn errors() {
         (
             "error_12_version_too_large",
             &[],
-            r#"{"type":"migrate","msg_id":1,"version":4294967296}"#,
+            r#"{"type":"migrate","msg_id":1,"version":18446744073709551616}"#,
         ),
         (
             "error_12_version_string",

@@ -16,7 +16,7 @@ use rollback_node::protocol::values::Progress;
 use rollback_node::{Environment, Estate, Machine, Refusal, Request, State};
 use serde_json::Value;
 
-fn v(version: u32) -> rollback_node::Version {
+fn v(version: u64) -> rollback_node::Version {
     rollback_node::Version::new(version).unwrap()
 }
 
@@ -243,11 +243,13 @@ fn failure(completed: usize, part_way: bool) -> Completion {
     Completion::Failed(Failure {
         completed,
         part_way,
+        refused: false,
         error: ExecError::failed(
             "running 2_add_users_email_index.down.sql",
             Some("line 4".into()),
             "connection reset",
         ),
+        now: None,
     })
 }
 
@@ -303,7 +305,7 @@ fn queries_and_init_decide_at_once() {
     };
     assert_eq!(
         (status.schema_version, status.live_environment),
-        (3, Environment::Green)
+        (3, Some(Environment::Green))
     );
     assert!(status.in_flight.is_empty() && status.interrupted.is_empty());
     refused(

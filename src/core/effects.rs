@@ -7,8 +7,10 @@
 //! Everything here is plain, serializable data: the journal records operations and completions
 //! as they are, and `dry_run` shows the effects without performing them.
 
+use crate::core::state::{Health, Migration, SchemaHealth, State};
 use crate::protocol::values::{Environment, Seconds};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Where an operation is decided and performed. One operation runs per lane at a time; lanes do
@@ -98,16 +100,16 @@ pub enum Plan {
     /// The schema goes down from `from` to `to`, one down() per effect.
     Rollback {
         /// The version before.
-        from: u32,
+        from: u64,
         /// The version after.
-        to: u32,
+        to: u64,
     },
     /// The schema goes up from `from` to `to`, one up() per effect.
     Migrate {
         /// The version before.
-        from: u32,
+        from: u64,
         /// The version after.
-        to: u32,
+        to: u64,
     },
     /// A flag is set.
     SetFlag {
@@ -128,7 +130,7 @@ pub enum Plan {
         /// The backup.
         backup: String,
         /// Its schema version.
-        schema_version: u32,
+        schema_version: u64,
         /// The rows the catalogue says it holds.
         rows: u64,
     },
@@ -141,14 +143,14 @@ pub enum Effect {
     /// Run the down() of a migration.
     RunDown {
         /// Its version.
-        version: u32,
+        version: u64,
         /// Its file (or catalogue name in the simulated world).
         file: String,
     },
     /// Run the up() of a migration.
     RunUp {
         /// Its version.
-        version: u32,
+        version: u64,
         /// Its file (or catalogue name in the simulated world).
         file: String,
     },
@@ -211,8 +213,79 @@ pub struct Failure {
     pub completed: usize,
     /// Whether the failed effect may have changed something part-way.
     pub part_way: bool,
+    /// Whether the system refused it on a precondition it checks itself (an unhealthy target,
+    /// say): nothing changed, and the reply is 22 rather than 14.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
     /// What went wrong.
     pub error: ExecError,
+    /// What the executor found true after the failure, when it could tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub now: Option<Box<Found>>,
+}
+
+impl Failure {
+    /// A failure before anything changed.
+    pub fn nothing_changed(error: ExecError) -> Self {
+        Failure {
+            completed: 0,
+            part_way: false,
+            refused: false,
+            error,
+            now: None,
+        }
+    }
+}
+
+/// What an executor says is true now, when the node reconciles an interrupted operation.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Found {
+    /// The schema version the database is at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u64>,
+    /// The database's dirty flag and drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_health: Option<SchemaHealth>,
+    /// The catalogue read from the migrations directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalogue: Option<Vec<Migration>>,
+    /// The flags as the flag store holds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<BTreeMap<String, bool>>,
+    /// The live environment as the load balancer says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_environment: Option<Environment>,
+    /// The health of blue and green as the load balancer's checks say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<(Health, Health)>,
+    /// Why the executor could not say, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
+}
+
+impl Found {
+    /// Makes `state` agree with what was found.
+    pub fn apply(&self, state: &mut State) {
+        if let Some(catalogue) = &self.catalogue {
+            state.migrations.clone_from(catalogue);
+        }
+        if let Some(version) = self.schema_version {
+            state.schema_version = version;
+        }
+        if let Some(health) = &self.schema_health {
+            state.schema_health = health.clone();
+        }
+        if let Some((blue, green)) = self.health {
+            state.traffic.blue = blue;
+            state.traffic.green = green;
+        }
+        if let Some(flags) = &self.flags {
+            state.flags.clone_from(flags);
+        }
+        if let Some(live) = self.live_environment {
+            state.traffic.live = live;
+        }
+    }
 }
 
 /// What went wrong in an effect: which capability, what it was doing, where, and what the system

@@ -2,7 +2,7 @@
 //! changes cost in the simulated world. [`Estate::from_toml`] reads and validates one and splits
 //! it into the formal [`State`] and the [`CostModel`] that only the simulated executor reads.
 
-use crate::core::state::{Backup, Migration, State, Traffic};
+use crate::core::state::{Backup, Health, Layers, Migration, SchemaHealth, State, Traffic};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -12,46 +12,76 @@ pub const EXAMPLE_ESTATE: &str = include_str!("../../estates/example.toml");
 /// What the simulated executor charges for each change, in whole seconds.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CostModel {
-    /// up() seconds by version (index 0 is version 1).
-    pub up: Vec<u64>,
-    /// down() seconds by version (index 0 is version 1).
-    pub down: Vec<u64>,
+    /// up() seconds by version.
+    pub up: BTreeMap<u64, u64>,
+    /// down() seconds by version.
+    pub down: BTreeMap<u64, u64>,
     /// Restore seconds by backup name.
     pub restore: BTreeMap<String, u64>,
 }
 
 impl CostModel {
     /// What up() of `version` costs.
-    pub fn up_seconds(&self, version: u32) -> u64 {
-        self.cost(&self.up, version)
+    pub fn up_seconds(&self, version: u64) -> u64 {
+        self.up.get(&version).copied().unwrap_or(0)
     }
 
     /// What down() of `version` costs.
-    pub fn down_seconds(&self, version: u32) -> u64 {
-        self.cost(&self.down, version)
+    pub fn down_seconds(&self, version: u64) -> u64 {
+        self.down.get(&version).copied().unwrap_or(0)
     }
 
     /// What restoring `backup` costs.
     pub fn restore_seconds(&self, backup: &str) -> u64 {
         self.restore.get(backup).copied().unwrap_or(0)
     }
-
-    fn cost(&self, costs: &[u64], version: u32) -> u64 {
-        (version as usize)
-            .checked_sub(1)
-            .and_then(|i| costs.get(i))
-            .copied()
-            .unwrap_or(0)
-    }
 }
 
-/// A whole estate: its state and its cost model.
+/// The real systems an estate names (paths as written: relative to the estate file).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+pub struct Systems {
+    /// `[schema]`: a real database and its golang-migrate directory.
+    pub schema: Option<SchemaSystem>,
+    /// `[backups] dir`: a directory of real backups.
+    pub backups: Option<String>,
+    /// `[flagd] file`: a flagd flag-definition file.
+    pub flagd: Option<String>,
+    /// `[haproxy]`: a load balancer's runtime API.
+    pub haproxy: Option<HaproxySystem>,
+}
+
+/// `[schema]`: `database = "sqlite:PATH"` or `"postgres://USER@/DB?host=SOCKETDIR"`, and
+/// `migrations = DIR`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaSystem {
+    /// The database URL.
+    pub database: String,
+    /// The golang-migrate directory.
+    pub migrations: String,
+}
+
+/// `[haproxy]`: `socket = PATH` (the admin socket), `backend = NAME` (with servers `blue` and
+/// `green`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxySystem {
+    /// The admin socket.
+    pub socket: String,
+    /// The backend holding the `blue` and `green` servers.
+    pub backend: String,
+}
+
+/// A whole estate: its state, its cost model and the real systems it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Estate {
-    /// The formal state it starts from.
+    /// The formal state it starts from (for a real layer, what the system says replaces it at
+    /// start).
     pub state: State,
     /// What changes cost in the simulated world.
     pub costs: CostModel,
+    /// The real systems.
+    pub systems: Systems,
 }
 
 /// Why an estate description was rejected.
@@ -67,22 +97,43 @@ pub struct EstateError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    schema_version: u32,
+    schema_version: Option<u64>,
     #[serde(default)]
     migrations: Vec<FileMigration>,
-    #[serde(default)]
-    flags: BTreeMap<String, bool>,
-    traffic: Traffic,
-    #[serde(default)]
-    backups: Vec<FileBackup>,
+    flags: Option<BTreeMap<String, bool>>,
+    traffic: Option<Traffic>,
+    backups: Option<FileBackups>,
     #[serde(default)]
     permissions: BTreeMap<String, Vec<String>>,
+    schema: Option<SchemaSystem>,
+    flagd: Option<FlagdSystem>,
+    haproxy: Option<HaproxySystem>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlagdSystem {
+    file: String,
+}
+
+/// `[[backups]]` (simulated backups) or `[backups] dir = DIR` (real ones).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FileBackups {
+    Simulated(Vec<FileBackup>),
+    Real(RealBackups),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RealBackups {
+    dir: String,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileMigration {
-    version: u32,
+    version: u64,
     name: String,
     up_seconds: u64,
     down_seconds: u64,
@@ -99,7 +150,7 @@ fn yes() -> bool {
 struct FileBackup {
     name: String,
     rows: u64,
-    schema_version: u32,
+    schema_version: u64,
     restore_seconds: u64,
 }
 
@@ -112,60 +163,144 @@ impl Estate {
 
     /// Reads and validates an estate description; `origin` names it in errors.
     ///
+    /// Each layer is simulated (`schema_version` and `[[migrations]]`; `[[backups]]`; `[flags]`;
+    /// `[traffic]`), real (`[schema]`; `[backups] dir`; `[flagd]`; `[haproxy]`) or absent.
+    ///
     /// # Errors
     /// An [`EstateError`] naming the origin, the field and what is wrong: a TOML or type error, a
     /// catalogue not numbered 1, 2, 3, ..., a schema version or backup beyond the catalogue, a
-    /// duplicate or empty name, a permission for an unknown message type.
+    /// duplicate or empty name, a permission for an unknown message type, a layer described
+    /// both ways.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, EstateError> {
         let error = |problem: String| EstateError {
             origin: origin.to_owned(),
             problem,
         };
-        let file: File = toml::from_str(text).map_err(|e| error(e.to_string()))?;
+        let file: File = toml::from_str(text).map_err(|e| error(one_line(&e)))?;
         file.validate().map_err(error)?;
+        let simulated_backups = match &file.backups {
+            Some(FileBackups::Simulated(backups)) => backups.as_slice(),
+            _ => &[],
+        };
         let costs = CostModel {
-            up: file.migrations.iter().map(|m| m.up_seconds).collect(),
-            down: file.migrations.iter().map(|m| m.down_seconds).collect(),
-            restore: file
-                .backups
+            up: file
+                .migrations
+                .iter()
+                .map(|m| (m.version, m.up_seconds))
+                .collect(),
+            down: file
+                .migrations
+                .iter()
+                .map(|m| (m.version, m.down_seconds))
+                .collect(),
+            restore: simulated_backups
                 .iter()
                 .map(|b| (b.name.clone(), b.restore_seconds))
                 .collect(),
         };
+        let simulated = |present: bool| present.then(|| "simulated".to_owned());
+        let layers = Layers {
+            schema: match &file.schema {
+                Some(system) => Some(system.database.clone()),
+                None => simulated(file.schema_version.is_some() || !file.migrations.is_empty()),
+            },
+            backups: match &file.backups {
+                Some(FileBackups::Real(real)) => Some(real.dir.clone()),
+                Some(FileBackups::Simulated(_)) => simulated(true),
+                None => None,
+            },
+            flags: match &file.flagd {
+                Some(flagd) => Some(flagd.file.clone()),
+                None => simulated(file.flags.is_some()),
+            },
+            traffic: match &file.haproxy {
+                Some(haproxy) => Some(format!(
+                    "haproxy {} backend {}",
+                    haproxy.socket, haproxy.backend
+                )),
+                None => simulated(file.traffic.is_some()),
+            },
+        };
+        let systems = Systems {
+            schema: file.schema.clone(),
+            backups: match &file.backups {
+                Some(FileBackups::Real(real)) => Some(real.dir.clone()),
+                _ => None,
+            },
+            flagd: file.flagd.as_ref().map(|f| f.file.clone()),
+            haproxy: file.haproxy.clone(),
+        };
         let state = State {
-            schema_version: file.schema_version,
+            schema_version: file.schema_version.unwrap_or(0),
             migrations: file
                 .migrations
-                .into_iter()
+                .iter()
                 .map(|m| Migration {
                     version: m.version,
-                    name: m.name,
+                    name: m.name.clone(),
                     reversible: m.reversible,
+                    up_file: None,
+                    down_file: None,
                 })
                 .collect(),
-            flags: file.flags,
-            traffic: file.traffic,
-            backups: file
-                .backups
-                .into_iter()
+            flags: file.flags.clone().unwrap_or_default(),
+            traffic: file.traffic.clone().unwrap_or(Traffic {
+                live: crate::protocol::Environment::Green,
+                blue: Health::Healthy,
+                green: Health::Healthy,
+            }),
+            backups: simulated_backups
+                .iter()
                 .map(|b| Backup {
-                    name: b.name,
+                    name: b.name.clone(),
                     rows: b.rows,
                     schema_version: b.schema_version,
                 })
                 .collect(),
             permissions: file.permissions,
             last_restore: None,
+            layers,
+            schema_health: SchemaHealth::default(),
         };
-        Ok(Estate { state, costs })
+        Ok(Estate {
+            state,
+            costs,
+            systems,
+        })
+    }
+}
+
+/// A TOML error on one line: `line L, column C: what`.
+fn one_line(error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', " ");
+    match error.span() {
+        Some(span) => format!("at byte {}: {message}", span.start),
+        None => message,
     }
 }
 
 impl File {
     fn validate(&self) -> Result<(), String> {
+        if self.schema.is_some() && (self.schema_version.is_some() || !self.migrations.is_empty()) {
+            return Err("[schema] names a real database, so schema_version and [[migrations]] must not be given too: the database and its migrations directory are the truth".to_owned());
+        }
+        if self.flagd.is_some() && self.flags.is_some() {
+            // [flags] then gives the flags a new flag file starts with.
+        }
+        if self.haproxy.is_some() && self.traffic.is_some() {
+            return Err("[haproxy] names a real load balancer, so [traffic] must not be given too: HAProxy's server states are the truth".to_owned());
+        }
+        if let Some(FileBackups::Real(_)) = &self.backups {
+            if self.schema.is_none() {
+                return Err(
+                    "[backups] dir needs a real database ([schema] database = ...) to restore into"
+                        .to_owned(),
+                );
+            }
+        }
         for (index, migration) in self.migrations.iter().enumerate() {
-            let expected = index + 1;
-            if migration.version as usize != expected {
+            let expected = index as u64 + 1;
+            if migration.version != expected {
                 return Err(format!(
                     "migrations[{index}] has version {}, expected {expected}: versions run 1, 2, 3, ... in order",
                     migration.version
@@ -175,14 +310,18 @@ impl File {
                 return Err(format!("migrations[{index}] has an empty name"));
             }
         }
-        let last = self.migrations.len() as u32;
-        if self.schema_version > last {
+        let last = self.migrations.len() as u64;
+        let schema_version = self.schema_version.unwrap_or(0);
+        if schema_version > last {
             return Err(format!(
-                "schema_version {} is beyond the last migration ({last})",
-                self.schema_version
+                "schema_version {schema_version} is beyond the last migration ({last})"
             ));
         }
-        if self.flags.keys().any(String::is_empty) {
+        if self
+            .flags
+            .as_ref()
+            .is_some_and(|f| f.keys().any(String::is_empty))
+        {
             return Err("flags: a flag name is empty".to_owned());
         }
         for (kind, senders) in &self.permissions {
@@ -196,17 +335,21 @@ impl File {
                 return Err(format!("permissions.{kind}: a sender name is empty"));
             }
         }
-        for (index, backup) in self.backups.iter().enumerate() {
+        let backups = match &self.backups {
+            Some(FileBackups::Simulated(backups)) => backups.as_slice(),
+            _ => &[],
+        };
+        for (index, backup) in backups.iter().enumerate() {
             if backup.name.is_empty() {
                 return Err(format!("backups[{index}] has an empty name"));
             }
-            if self.backups[..index].iter().any(|b| b.name == backup.name) {
+            if backups[..index].iter().any(|b| b.name == backup.name) {
                 return Err(format!(
                     "backups[{index}]: the name \"{}\" is used twice",
                     backup.name
                 ));
             }
-            if backup.schema_version > last {
+            if self.schema.is_none() && backup.schema_version > last {
                 return Err(format!(
                     "backups[{index}] (\"{}\") is at schema_version {}, beyond the last migration ({last})",
                     backup.name, backup.schema_version
@@ -220,12 +363,11 @@ impl File {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::state::Health;
     use crate::protocol::Environment;
 
     #[test]
     fn example_estate_is_the_task_world() {
-        let Estate { state, costs } = Estate::example();
+        let Estate { state, costs, .. } = Estate::example();
         assert_eq!(state.schema_version, 3);
         assert_eq!(state.last_version(), 3);
         assert!(state.migrations.iter().all(|m| m.reversible));

@@ -9,16 +9,16 @@
 //! the lanes whose operation may start. Whoever drives it — the inline session, the concurrent
 //! runtime, a test delivering completions in any order — decides when effects run.
 
-use crate::core::effects::{Completion, Decision, Lane, Lookup, Operation};
+use crate::core::effects::{Completion, Decision, Found, Lane, Lookup, Operation};
 use crate::core::retries::{Answer, Answered};
 use crate::core::state::{join, State};
 use crate::core::transitions::{status_of, Reply, Request};
 use crate::protocol::encode::{body_string, ReplyBody};
 use crate::protocol::replies::{HistoryEntry, HistoryOk, StatusOk};
-use crate::protocol::values::{Environment, InFlightView, InterruptedView, Progress};
+use crate::protocol::values::{InFlightView, InterruptedView, Progress};
 use crate::protocol::Refusal;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// How many changes the `history` message can return.
@@ -99,42 +99,6 @@ pub enum Record<'a> {
         /// The answer (request and the interruption).
         answer: &'a Arc<Answer>,
     },
-}
-
-/// What an executor says is true now, when the node reconciles an interrupted operation.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Found {
-    /// The schema version the database is at.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schema_version: Option<u32>,
-    /// The flags as the flag store holds them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flags: Option<BTreeMap<String, bool>>,
-    /// The live environment as the load balancer says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub live_environment: Option<Environment>,
-    /// Why the executor could not say, when it could not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unknown: Option<String>,
-}
-
-impl Found {
-    /// Makes `state` agree with what was found.
-    pub fn apply(&self, state: &mut State) {
-        if let Some(version) = self.schema_version {
-            state.schema_version = version;
-        }
-        if let Some(flags) = &self.flags {
-            for (name, value) in flags {
-                if let Some(flag) = state.flags.get_mut(name) {
-                    *flag = *value;
-                }
-            }
-        }
-        if let Some(live) = self.live_environment {
-            state.traffic.live = live;
-        }
-    }
 }
 
 /// An operation a crash interrupted, as `status` lists it.
@@ -312,6 +276,14 @@ impl Machine {
     pub fn check(&self, src: &str, request: &Request) -> Result<Decision<Reply>, Refusal> {
         self.permit(src, request)?;
         self.decide(request)
+    }
+
+    /// Takes what the executors say is true now (at start: the real systems are the truth).
+    /// Returns whether anything changed.
+    pub fn observe(&mut self, found: &Found) -> bool {
+        let before = self.state.clone();
+        found.apply(&mut self.state);
+        before != self.state
     }
 
     /// The estate's guard rail: whether `src` may send this type of request.

@@ -13,7 +13,7 @@ pub mod state;
 pub mod transitions;
 
 pub use effects::{
-    Completion, Decision, Done, Effect, ExecError, Failure, Lane, Lookup, Operation, Plan,
+    Completion, Decision, Done, Effect, ExecError, Failure, Found, Lane, Lookup, Operation, Plan,
 };
-pub use machine::{Found, Inbound, Machine, Record, Sink, Snapshot};
+pub use machine::{Inbound, Machine, Record, Sink, Snapshot};
 pub use transitions::{Reply, Request};

@@ -24,12 +24,18 @@ pub enum Health {
 /// One migration of the catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Migration {
-    /// Its version: migrations are numbered 1, 2, 3, ... in order.
-    pub version: u32,
+    /// Its version. Versions ascend but need not be consecutive (timestamps, say).
+    pub version: u64,
     /// A human name, used in messages and effects.
     pub name: String,
     /// Whether it has a down() at all.
     pub reversible: bool,
+    /// Its up() file's name, for a real database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_file: Option<String>,
+    /// Its down() file's name, for a real database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_file: Option<String>,
 }
 
 /// The blue-green position: which environment is live and the health of each.
@@ -62,7 +68,45 @@ pub struct Backup {
     /// How many rows it holds.
     pub rows: u64,
     /// The schema version it was taken at; restoring it sets the schema to this version.
-    pub schema_version: u32,
+    pub schema_version: u64,
+}
+
+/// Which layers of the estate the node manages: a request for a layer the estate does not
+/// describe is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layers {
+    /// Migrations (rollback, migrate): what manages them, such as `simulated` or a database URL.
+    pub schema: Option<String>,
+    /// Restores: `simulated`, or a backups directory.
+    pub backups: Option<String>,
+    /// Feature flags: `simulated`, or a flag file.
+    pub flags: Option<String>,
+    /// Blue-green traffic: `simulated`, or a load balancer.
+    pub traffic: Option<String>,
+}
+
+impl Default for Layers {
+    fn default() -> Self {
+        let simulated = || Some("simulated".to_owned());
+        Layers {
+            schema: simulated(),
+            backups: simulated(),
+            flags: simulated(),
+            traffic: simulated(),
+        }
+    }
+}
+
+/// What a real database says about its schema beyond its version.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SchemaHealth {
+    /// Dirty: a change outside a transaction failed part-way, with the evidence (file,
+    /// statement, what the database said), or "left dirty by another tool".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty: Option<String>,
+    /// Applied files whose content changed since they were applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
 }
 
 /// An estate's whole state. Loaded from an estate file, then changed only by completed
@@ -70,8 +114,8 @@ pub struct Backup {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// The version of the last applied migration; 0 when none is applied.
-    pub schema_version: u32,
-    /// The catalogue, versions 1, 2, 3, ... in order.
+    pub schema_version: u64,
+    /// The catalogue, in ascending version order.
     pub migrations: Vec<Migration>,
     /// Feature flags: name to enabled.
     pub flags: BTreeMap<String, bool>,
@@ -84,6 +128,12 @@ pub struct State {
     pub permissions: BTreeMap<String, Vec<String>>,
     /// The last restore, if any.
     pub last_restore: Option<RestoreRecord>,
+    /// The layers the estate describes, and what manages each.
+    #[serde(default)]
+    pub layers: Layers,
+    /// A real database's dirty flag and drift.
+    #[serde(default)]
+    pub schema_health: SchemaHealth,
 }
 
 impl State {
@@ -93,14 +143,32 @@ impl State {
     }
 
     /// The last catalogued version (0 for an empty catalogue).
-    pub fn last_version(&self) -> u32 {
-        self.migrations.len() as u32
+    pub fn last_version(&self) -> u64 {
+        self.migrations.last().map_or(0, |m| m.version)
     }
 
     /// The migration with this version, if catalogued.
-    pub fn migration(&self, version: u32) -> Option<&Migration> {
-        let index = usize::try_from(version).ok()?.checked_sub(1)?;
-        self.migrations.get(index)
+    pub fn migration(&self, version: u64) -> Option<&Migration> {
+        let at = self
+            .migrations
+            .binary_search_by_key(&version, |m| m.version)
+            .ok()?;
+        self.migrations.get(at)
+    }
+
+    /// The catalogued version before `version` (0 when there is none).
+    pub fn previous_version(&self, version: u64) -> u64 {
+        let at = self.migrations.partition_point(|m| m.version < version);
+        at.checked_sub(1)
+            .and_then(|i| self.migrations.get(i))
+            .map_or(0, |m| m.version)
+    }
+
+    /// The catalogued migrations with versions in `low..=high`, ascending.
+    pub fn migrations_between(&self, low: u64, high: u64) -> &[Migration] {
+        let from = self.migrations.partition_point(|m| m.version < low);
+        let to = self.migrations.partition_point(|m| m.version <= high);
+        &self.migrations[from..to.max(from)]
     }
 
     /// The backup with this name, if any.
@@ -109,7 +177,7 @@ impl State {
     }
 
     /// The backup to restore instead of rolling back to `target`: the newest one at or below it.
-    pub fn backup_at_or_below(&self, target: u32) -> Option<&Backup> {
+    pub fn backup_at_or_below(&self, target: u64) -> Option<&Backup> {
         self.backups
             .iter()
             .filter(|b| b.schema_version <= target)

@@ -15,7 +15,7 @@ use crate::core::machine::{Machine, HISTORY_WINDOW};
 use crate::core::state::{join, Health, State};
 use crate::protocol;
 use crate::protocol::replies::*;
-use crate::protocol::values::{Environment, RestoreRecord, Version};
+use crate::protocol::values::{DatabaseView, Environment, RestoreRecord, Version};
 use crate::protocol::Refusal;
 
 #[protocol]
@@ -44,45 +44,43 @@ impl Machine {
         let state = self.state();
         let target = version.get();
         let current = state.schema_version;
+        check_schema(state, "rollback")?;
         check_catalogued(state, target)?;
         if target > current {
             return Err(Refusal::PreconditionFailed(if current == 0 {
                 format!("migration {target} is not applied: no migration is applied, so there is nothing to roll back")
             } else {
-                format!("migration {target} is not applied (the schema is at version {current}); rollback needs {}", versions(1, current))
+                format!("migration {target} is not applied (the schema is at version {current}); rollback needs {}", versions(state, 0, current))
             }));
         }
-        if let Some(stuck) = (target..=current)
-            .rev()
-            .filter_map(|v| state.migration(v))
-            .find(|m| !m.reversible)
-        {
-            let instead = match state.backup_at_or_below(target - 1) {
+        let below = state.previous_version(target);
+        let steps = state.migrations_between(target, current);
+        if let Some(stuck) = steps.iter().rev().find(|m| !m.reversible) {
+            let instead = match state.backup_at_or_below(below) {
                 Some(b) => format!(
                     "restore backup {} (schema version {}) instead",
                     b.name, b.schema_version
                 ),
-                None => format!("no backup is at or below version {}", target - 1),
+                None => format!("no backup is at or below version {below}"),
             };
             return Err(Refusal::PreconditionFailed(format!(
-                "migration {} ({}) has no down(), so the schema cannot be rolled back to version {}; nothing was rolled back; {instead}",
+                "migration {} ({}) has no down(), so the schema cannot be rolled back to version {below}; nothing was rolled back; {instead}",
                 stuck.version,
                 stuck.name,
-                target - 1
             )));
         }
-        let effects = (target..=current)
+        let effects = steps
+            .iter()
             .rev()
-            .filter_map(|v| state.migration(v))
             .map(|m| Effect::RunDown {
                 version: m.version,
-                file: m.name.clone(),
+                file: m.down_file.clone().unwrap_or_else(|| m.name.clone()),
             })
             .collect();
         Ok(Decision::Accept(Operation {
             plan: Plan::Rollback {
                 from: current,
-                to: target - 1,
+                to: below,
             },
             effects,
         }))
@@ -95,19 +93,21 @@ impl Machine {
         let target = version.get();
         let current = state.schema_version;
         let last = state.last_version();
+        check_schema(state, "migrate")?;
         check_catalogued(state, target)?;
         if target <= current {
             return Err(Refusal::PreconditionFailed(if current == last {
                 format!("migration {target} is already applied and the schema is at the last version ({last}); there is nothing to migrate")
             } else {
-                format!("migration {target} is already applied (the schema is at version {current}); migrate needs {}", versions(current + 1, last))
+                format!("migration {target} is already applied (the schema is at version {current}); migrate needs {}", versions(state, current, last))
             }));
         }
-        let effects = (current + 1..=target)
-            .filter_map(|v| state.migration(v))
+        let effects = state
+            .migrations_between(current.saturating_add(1), target)
+            .iter()
             .map(|m| Effect::RunUp {
                 version: m.version,
-                file: m.name.clone(),
+                file: m.up_file.clone().unwrap_or_else(|| m.name.clone()),
             })
             .collect();
         Ok(Decision::Accept(Operation {
@@ -123,12 +123,24 @@ impl Machine {
     /// the flag store again: someone may have changed it by hand).
     #[transition(lane = Lane::Flags)]
     pub fn disable_feature(&self, feature: String) -> Result<Decision<FeatureDisabled>, Refusal> {
+        layer(
+            &self.state().layers.flags,
+            "disable_feature",
+            "feature flags",
+            "[flags] or [flagd] file = PATH",
+        )?;
         set_flag(self.state(), feature, false)
     }
 
     /// Enables a flag again.
     #[transition(lane = Lane::Flags)]
     pub fn enable_feature(&self, feature: String) -> Result<Decision<FeatureEnabled>, Refusal> {
+        layer(
+            &self.state().layers.flags,
+            "enable_feature",
+            "feature flags",
+            "[flags] or [flagd] file = PATH",
+        )?;
         set_flag(self.state(), feature, true)
     }
 
@@ -140,6 +152,12 @@ impl Machine {
         from: Environment,
         to: Environment,
     ) -> Result<Decision<TrafficSwitched>, Refusal> {
+        layer(
+            &self.state().layers.traffic,
+            "switch_traffic",
+            "blue-green traffic",
+            "[traffic] or [haproxy] socket = PATH, backend = NAME",
+        )?;
         let traffic = &self.state().traffic;
         let live = traffic.live;
         if from == to {
@@ -177,6 +195,18 @@ impl Machine {
     #[transition(lane = Lane::Schema)]
     pub fn restore(&self, backup: String) -> Result<Decision<RestoreComplete>, Refusal> {
         let state = self.state();
+        layer(
+            &state.layers.backups,
+            "restore",
+            "backups",
+            "[[backups]] (simulated)",
+        )?;
+        if state.layers.backups.as_deref() != Some("simulated") {
+            return Err(Refusal::NotSupported(format!(
+                "restore from the backups directory {} is not available in this version; the estate's real database can be rolled back with rollback, or restored by hand",
+                state.layers.backups.as_deref().unwrap_or_default()
+            )));
+        }
         let Some(found) = state.backup(&backup) else {
             return Err(Refusal::KeyDoesNotExist(format!(
                 "backup \"{backup}\" does not exist; known backups: {}",
@@ -219,12 +249,24 @@ impl Machine {
 
 /// The status fields of a state alone (nothing in flight): also `plan_ok`'s `state_after`.
 pub fn status_of(state: &State) -> StatusOk {
-    StatusOk::new(
+    let mut status = StatusOk::new(
         state.schema_version,
         state.traffic.live,
         state.flags.clone(),
         state.last_restore.clone(),
-    )
+    );
+    if state.layers.traffic.is_none() {
+        status.live_environment = None;
+    }
+    if let Some(managed) = state.layers.schema.as_deref().filter(|l| *l != "simulated") {
+        status.database = Some(DatabaseView {
+            url: managed.to_owned(),
+            dirty: state.schema_health.dirty.is_some(),
+            evidence: state.schema_health.dirty.clone(),
+            drift: state.schema_health.drift.clone(),
+        });
+    }
+    status
 }
 
 impl Machine {
@@ -251,8 +293,11 @@ impl Machine {
             Plan::Rollback { from, to } => {
                 for effect in &operation.effects[..done] {
                     if let Effect::RunDown { version, .. } = effect {
-                        state.schema_version = version - 1;
+                        state.schema_version = state.previous_version(*version);
                     }
+                }
+                if let Some(now) = failure.and_then(|f| f.now.as_ref()) {
+                    now.apply(state);
                 }
                 match (completion, failure) {
                     (Completion::Done(Done { duration, .. }), _) => {
@@ -270,6 +315,9 @@ impl Machine {
                     if let Effect::RunUp { version, .. } = effect {
                         state.schema_version = *version;
                     }
+                }
+                if let Some(now) = failure.and_then(|f| f.now.as_ref()) {
+                    now.apply(state);
                 }
                 match (completion, failure) {
                     (Completion::Done(Done { duration, .. }), _) => {
@@ -308,6 +356,19 @@ impl Machine {
                 )),
             },
             Plan::SwitchTraffic { from, to } => match failure {
+                Some(failure) if failure.now.is_some() => {
+                    if let Some(now) = &failure.now {
+                        now.apply(state);
+                    }
+                    Err(failed(
+                        &format!("switching traffic from {from} to {to}"),
+                        failure,
+                        format!(
+                            "{} is live, as read back from the load balancer",
+                            state.traffic.live
+                        ),
+                    ))
+                }
                 None => {
                     state.traffic.live = *to;
                     Ok(Reply::TrafficSwitched(TrafficSwitched {
@@ -380,23 +441,68 @@ fn set_flag<R>(state: &State, feature: String, enabled: bool) -> Result<Decision
     }))
 }
 
-fn check_catalogued(state: &State, version: u32) -> Result<(), Refusal> {
-    let last = state.last_version();
-    if version <= last {
+fn check_catalogued(state: &State, version: u64) -> Result<(), Refusal> {
+    if state.migration(version).is_some() {
         return Ok(());
     }
-    Err(Refusal::KeyDoesNotExist(if last == 0 {
-        format!("migration {version} is not in the catalogue, which is empty")
-    } else {
-        format!("migration {version} is not in the catalogue; known versions: 1 to {last}")
-    }))
+    Err(Refusal::KeyDoesNotExist(
+        match state.migrations.as_slice() {
+            [] => format!("migration {version} is not in the catalogue, which is empty"),
+            [first, .., last] if state.migrations.len() > 8 => format!(
+                "migration {version} is not in the catalogue; known versions: {} from {} to {}",
+                state.migrations.len(),
+                first.version,
+                last.version
+            ),
+            all if all.len() as u64 == all.last().map_or(0, |m| m.version) => format!(
+                "migration {version} is not in the catalogue; known versions: 1 to {}",
+                all.len()
+            ),
+            all => format!(
+                "migration {version} is not in the catalogue; known versions: {}",
+                join(all.iter().map(|m| m.version))
+            ),
+        },
+    ))
+}
+
+/// Refuses a request for a layer the estate does not describe.
+fn layer(managed: &Option<String>, kind: &str, what: &str, keys: &str) -> Result<(), Refusal> {
+    match managed {
+        Some(_) => Ok(()),
+        None => Err(Refusal::NotSupported(format!(
+            "this estate does not describe {what}, so {kind} has nothing to act on; describe them in the estate file ({keys})"
+        ))),
+    }
+}
+
+/// The schema layer must exist and be clean, and its version must be in the catalogue.
+fn check_schema(state: &State, kind: &str) -> Result<(), Refusal> {
+    layer(
+        &state.layers.schema,
+        kind,
+        "a schema",
+        "schema_version and [[migrations]], or [schema] database = URL, migrations = DIR",
+    )?;
+    if let Some(evidence) = &state.schema_health.dirty {
+        return Err(Refusal::PreconditionFailed(format!(
+            "the database is dirty ({evidence}); {kind} is refused until a person checks the database and sends force_version with the version it is really at"
+        )));
+    }
+    let current = state.schema_version;
+    if current != 0 && state.migration(current).is_none() {
+        return Err(Refusal::PreconditionFailed(format!(
+            "the database is at version {current}, which the migrations directory does not have; put its files back, or force_version to a version it has"
+        )));
+    }
+    Ok(())
 }
 
 /// A failure of a rollback or migration that started at `from`: where the schema stands now.
 fn schema_failure(
     state: &State,
     operation: &Operation,
-    from: u32,
+    from: u64,
     failure: Option<&Failure>,
 ) -> Refusal {
     let failure = failure.expect("a failed completion");
@@ -414,9 +520,15 @@ fn schema_failure(
     failed(&format!("{step} of migration {at}"), failure, standing)
 }
 
-/// The refusal for a failed effect: 14 when nothing changed, 13 when the system may be part-way.
+/// The refusal for a failed effect: 22 when the system refused it on a precondition of its own,
+/// 14 when nothing changed, 13 when the system may be part-way.
 fn failed(what: &str, failure: &Failure, standing: String) -> Refusal {
-    if failure.completed == 0 && !failure.part_way {
+    if failure.refused {
+        Refusal::PreconditionFailed(format!(
+            "{what} was refused: {}; nothing changed, {standing}",
+            failure.error
+        ))
+    } else if failure.completed == 0 && !failure.part_way {
         Refusal::Abort(format!(
             "{what} failed: {}; nothing changed, {standing}",
             failure.error
@@ -426,11 +538,13 @@ fn failed(what: &str, failure: &Failure, standing: String) -> Refusal {
     }
 }
 
-/// "version 3" or "a version from 1 to 3", for error texts.
-fn versions(low: u32, high: u32) -> String {
-    if low == high {
-        format!("version {low}")
-    } else {
-        format!("a version from {low} to {high}")
+/// The catalogued versions above `above` up to `high`: "version 3" or "a version from 1 to 3",
+/// for error texts.
+fn versions(state: &State, above: u64, high: u64) -> String {
+    let range = state.migrations_between(above.saturating_add(1), high);
+    match range {
+        [only] => format!("version {}", only.version),
+        [first, .., last] => format!("a version from {} to {}", first.version, last.version),
+        [] => format!("version {high}"),
     }
 }

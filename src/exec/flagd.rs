@@ -999,3 +999,36 @@ fn append_flag(text: &str, key: &str, value: &Value, raws: &[&str]) -> String {
         }
     }
 }
+
+/// The flag file as the node's [`Flags`](crate::exec::Flags) executor: each change is a durable
+/// read-modify-write of the file as it is on disk; the file is the truth at start.
+impl crate::exec::Flags for FlagFile {
+    fn set(&mut self, flag: &str, enabled: bool) -> crate::core::effects::Completion {
+        use crate::core::effects::{Completion, Done, ExecError, Failure};
+        match FlagFile::set(self, flag, enabled) {
+            Ok(report) => Completion::Done(Done {
+                duration: crate::protocol::values::Seconds::measured(report.duration),
+                rows: None,
+            }),
+            Err(e) => Completion::Failed(Failure::nothing_changed(ExecError::failed(
+                format!("writing flag {flag}"),
+                Some(self.path().display().to_string()),
+                e,
+            ))),
+        }
+    }
+
+    fn observe(&mut self, _believed: &crate::core::state::State) -> crate::core::effects::Found {
+        use crate::core::effects::Found;
+        match self.read() {
+            Ok(flags) => Found {
+                flags: Some(flags),
+                ..Found::default()
+            },
+            Err(e) => Found {
+                unknown: Some(e.to_string()),
+                ..Found::default()
+            },
+        }
+    }
+}

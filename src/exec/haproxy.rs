@@ -680,3 +680,88 @@ fn check_name(name: &str) -> Result<(), HaproxyError> {
     }
     Ok(())
 }
+
+/// An environment as the server of the same name.
+fn colour(environment: crate::protocol::Environment) -> Colour {
+    match environment {
+        crate::protocol::Environment::Blue => Colour::Blue,
+        crate::protocol::Environment::Green => Colour::Green,
+    }
+}
+
+/// A server as the environment of the same name.
+fn environment(colour: Colour) -> crate::protocol::Environment {
+    match colour {
+        Colour::Blue => crate::protocol::Environment::Blue,
+        Colour::Green => crate::protocol::Environment::Green,
+    }
+}
+
+impl Haproxy {
+    /// What HAProxy says: the live environment and the health of both.
+    ///
+    /// # Errors
+    /// HAProxy could not be asked, or neither or both servers are live.
+    pub fn found(&self) -> Result<crate::core::effects::Found, HaproxyError> {
+        use crate::core::state::Health as NodeHealth;
+        let health = |server| -> Result<NodeHealth, HaproxyError> {
+            Ok(if self.health(server)?.is_healthy() {
+                NodeHealth::Healthy
+            } else {
+                NodeHealth::Unhealthy
+            })
+        };
+        Ok(crate::core::effects::Found {
+            live_environment: Some(environment(self.live()?)),
+            health: Some((health(Colour::Blue)?, health(Colour::Green)?)),
+            ..crate::core::effects::Found::default()
+        })
+    }
+}
+
+/// HAProxy as the node's [`Traffic`](crate::exec::Traffic) executor: the target must be healthy
+/// by HAProxy's own checks (else the switch is refused, 22), it is made ready, the old one
+/// drained, and the result read back before the reply.
+impl crate::exec::Traffic for Haproxy {
+    fn switch(
+        &mut self,
+        from: crate::protocol::Environment,
+        to: crate::protocol::Environment,
+    ) -> crate::core::effects::Completion {
+        use crate::core::effects::{Completion, Done, ExecError, Failure};
+        match Haproxy::switch(self, colour(from), colour(to)) {
+            Ok(report) => Completion::Done(Done {
+                duration: crate::protocol::values::Seconds::measured(report.duration),
+                rows: None,
+            }),
+            Err(e) => {
+                let place = Some(format!(
+                    "{} backend {}",
+                    self.socket().display(),
+                    self.backend()
+                ));
+                let refused = e.is_precondition();
+                let part_way = matches!(e, HaproxyError::Incomplete { .. });
+                Completion::Failed(Failure {
+                    completed: 0,
+                    part_way,
+                    refused,
+                    error: ExecError::failed(
+                        format!("switching traffic from {from} to {to}"),
+                        place,
+                        e,
+                    ),
+                    now: self.found().ok().map(Box::new),
+                })
+            }
+        }
+    }
+
+    fn observe(&mut self, _believed: &crate::core::state::State) -> crate::core::effects::Found {
+        self.found()
+            .unwrap_or_else(|e| crate::core::effects::Found {
+                unknown: Some(e.to_string()),
+                ..crate::core::effects::Found::default()
+            })
+    }
+}

@@ -8,13 +8,14 @@
 //! [`LaneExecutor`] groups the capabilities one lane needs; the runtime gives each lane's to its
 //! worker, or runs it inline when it is instant.
 
+pub mod connect;
 pub mod flagd;
 pub mod haproxy;
 pub mod migrations;
 pub mod simulated;
 
+use crate::core::effects::Found;
 use crate::core::effects::{Completion, Effect, ExecError, Failure, Lane, Operation, Plan};
-use crate::core::machine::Found;
 use crate::core::state::State;
 use crate::protocol::values::{Environment, Progress};
 
@@ -101,15 +102,11 @@ impl LaneExecutor {
             (LaneExecutor::Flags(flags), Plan::SetFlag { feature, enabled }) => {
                 flags.set(feature, *enabled)
             }
-            (_, plan) => Completion::Failed(Failure {
-                completed: 0,
-                part_way: false,
-                error: ExecError::failed(
-                    "routing an operation",
-                    None,
-                    format!("no executor of this lane performs {plan:?}"),
-                ),
-            }),
+            (_, plan) => Completion::Failed(Failure::nothing_changed(ExecError::failed(
+                "routing an operation",
+                None,
+                format!("no executor of this lane performs {plan:?}"),
+            ))),
         }
     }
 

@@ -7,9 +7,9 @@
 //! It touches nothing outside the node, so what is "true now" at reconciliation is what the node
 //! believes.
 
+use crate::core::effects::Found;
 use crate::core::effects::{Completion, Done, Effect};
 use crate::core::estate::CostModel;
-use crate::core::machine::Found;
 use crate::core::state::State;
 use crate::exec::{Backups, Executors, Flags, LaneExecutor, Report, Schema, Traffic};
 use crate::protocol::values::{Environment, Progress, Seconds};

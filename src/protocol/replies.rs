@@ -3,7 +3,9 @@
 
 use crate::protocol::encode::ReplyBody;
 pub use crate::protocol::values::Seconds;
-use crate::protocol::values::{Environment, InFlightView, InterruptedView, RestoreRecord};
+use crate::protocol::values::{
+    DatabaseView, Environment, InFlightView, InterruptedView, RestoreRecord,
+};
 use crate::Reply;
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
@@ -18,9 +20,9 @@ pub struct InitOk;
 #[derive(Debug, Clone, PartialEq, Eq, Reply)]
 pub struct RollbackComplete {
     /// The schema version before.
-    pub rolled_back_from: u32,
+    pub rolled_back_from: u64,
     /// The schema version now.
-    pub rolled_back_to: u32,
+    pub rolled_back_to: u64,
     /// How long the down() migrations took.
     pub duration_seconds: Seconds,
 }
@@ -29,9 +31,9 @@ pub struct RollbackComplete {
 #[derive(Debug, Clone, PartialEq, Eq, Reply)]
 pub struct MigrateComplete {
     /// The schema version before.
-    pub migrated_from: u32,
+    pub migrated_from: u64,
     /// The schema version now.
-    pub migrated_to: u32,
+    pub migrated_to: u64,
     /// How long the up() migrations took.
     pub duration_seconds: Seconds,
 }
@@ -75,13 +77,15 @@ pub struct RestoreComplete {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusOk {
     /// The current schema version.
-    pub schema_version: u32,
-    /// The live environment.
-    pub live_environment: Environment,
+    pub schema_version: u64,
+    /// The live environment (`null` when the estate describes no traffic).
+    pub live_environment: Option<Environment>,
     /// Every flag and whether it is enabled.
     pub flags: BTreeMap<String, bool>,
     /// The last restore, or `null`.
     pub restore: Option<RestoreRecord>,
+    /// A real database's URL, dirty flag and drift (absent for a simulated schema).
+    pub database: Option<DatabaseView>,
     /// Operations running or queued in their lanes.
     pub in_flight: Vec<InFlightView>,
     /// Operations a crash cut short, reconciled at start.
@@ -91,16 +95,17 @@ pub struct StatusOk {
 impl StatusOk {
     /// A status with nothing in flight and nothing interrupted.
     pub fn new(
-        schema_version: u32,
+        schema_version: u64,
         live_environment: Environment,
         flags: BTreeMap<String, bool>,
         restore: Option<RestoreRecord>,
     ) -> Self {
         StatusOk {
             schema_version,
-            live_environment,
+            live_environment: Some(live_environment),
             flags,
             restore,
+            database: None,
             in_flight: Vec::new(),
             interrupted: Vec::new(),
         }
@@ -117,6 +122,9 @@ impl ReplyBody for StatusOk {
         map.serialize_entry("live_environment", &self.live_environment)?;
         map.serialize_entry("flags", &self.flags)?;
         map.serialize_entry("restore", &self.restore)?;
+        if let Some(database) = &self.database {
+            map.serialize_entry("database", database)?;
+        }
         if !self.in_flight.is_empty() {
             map.serialize_entry("in_flight", &self.in_flight)?;
         }

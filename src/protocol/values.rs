@@ -43,19 +43,20 @@ impl Environment {
     }
 }
 
-/// A migration version named in a request: an integer from 1 to 4294967295.
+/// A migration version named in a request: an integer from 1 to 18446744073709551615, such as
+/// a golang-migrate timestamp version (20250810144214).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct Version(u32);
+pub struct Version(u64);
 
 impl Version {
     /// `Some` for 1 and up; 0 is not a version a request can name.
-    pub fn new(version: u32) -> Option<Self> {
+    pub fn new(version: u64) -> Option<Self> {
         (version > 0).then_some(Version(version))
     }
 
     /// The number.
-    pub fn get(self) -> u32 {
+    pub fn get(self) -> u64 {
         self.0
     }
 }
@@ -68,14 +69,11 @@ impl<'de> Deserialize<'de> for Version {
             type Value = Version;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a migration version: an integer from 1 to 4294967295")
+                f.write_str("a migration version: an integer from 1 to 18446744073709551615")
             }
 
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Version, E> {
-                u32::try_from(v)
-                    .ok()
-                    .and_then(Version::new)
-                    .ok_or_else(|| E::invalid_value(Unexpected::Unsigned(v), &self))
+                Version::new(v).ok_or_else(|| E::invalid_value(Unexpected::Unsigned(v), &self))
             }
 
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Version, E> {
@@ -86,6 +84,11 @@ impl<'de> Deserialize<'de> for Version {
             }
 
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Version, E> {
+                if v.fract() == 0.0 && v >= u64::MAX as f64 {
+                    return Err(E::custom(
+                        "the number is too large: a migration version is an integer from 1 to 18446744073709551615",
+                    ));
+                }
                 Err(E::invalid_type(Unexpected::Float(v), &self))
             }
         }
@@ -183,7 +186,7 @@ pub struct RestoreRecord {
     /// How many rows it restored.
     pub restored_rows: u64,
     /// The schema version it set.
-    pub schema_version: u32,
+    pub schema_version: u64,
 }
 
 /// How far a long effect has come: `{"done": N, "total": M, "unit": "…"}`.
@@ -195,6 +198,21 @@ pub struct Progress {
     pub total: u64,
     /// What is counted: `rows`, `statements`, `pages`, `seconds`.
     pub unit: String,
+}
+
+/// A real database as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseView {
+    /// Its URL.
+    pub url: String,
+    /// Whether it is dirty (a change outside a transaction failed part-way).
+    pub dirty: bool,
+    /// If dirty: the file, statement and what the database said, or who left it dirty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+    /// Applied files whose content changed since they were applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
 }
 
 /// A state-changing request that is running or waiting for its lane, as `status` lists it.

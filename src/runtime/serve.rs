@@ -42,7 +42,7 @@ pub enum Event {
     /// A worker's operation made progress.
     Progress(Lane, u64, Progress),
     /// A worker's operation ended.
-    Completed(Lane, u64, Completion),
+    Completed(Lane, u64, Box<Completion>),
 }
 
 /// Why serving stopped early.
@@ -106,7 +106,7 @@ pub fn serve<S: Store>(
             Event::ReadFailed(error) => return Err(error.into()),
             Event::Progress(lane, seq, progress) => session.progress(lane, seq, progress),
             Event::Completed(lane, seq, completion) => {
-                session.complete(lane, seq, completion, &mut out)
+                session.complete(lane, seq, *completion, &mut out)
             }
         }
         if out.len() >= FLUSH_AT {
@@ -192,7 +192,7 @@ fn spawn_worker(lane: Lane, mut executor: LaneExecutor, events: SyncSender<Event
                 let _ = report.send(Event::Progress(lane, seq, progress));
             });
             if events
-                .send(Event::Completed(lane, seq, completion))
+                .send(Event::Completed(lane, seq, Box::new(completion)))
                 .is_err()
             {
                 return;

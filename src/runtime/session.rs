@@ -15,6 +15,7 @@ use crate::exec::{Executors, LaneExecutor};
 use crate::protocol::encode::{write_reply, write_reply_raw};
 use crate::protocol::replies::HistoryEntry;
 use crate::protocol::values::Progress;
+use crate::runtime::ofrep::FlagsView;
 use crate::store::replay::Open;
 use crate::store::{MemoryStore, Store, StoreError};
 use crate::wire::{self, MAX_LINE_BYTES};
@@ -56,6 +57,7 @@ pub struct Session<S: Store = MemoryStore> {
     line: u64,
     starts: Vec<(Lane, u64)>,
     performing: Performing,
+    flags_view: Option<FlagsView>,
 }
 
 impl Session<MemoryStore> {
@@ -109,7 +111,26 @@ impl<S: Store> Session<S> {
             line: 0,
             starts: Vec::new(),
             performing: Performing::Instant,
+            flags_view: None,
         }
+    }
+
+    /// Publishes the flags to `view` (the OFREP server's) now and after every flag change,
+    /// before the change's reply goes out.
+    pub fn publish_flags(&mut self, view: FlagsView) {
+        view.publish(self.machine.state().flags.clone());
+        self.flags_view = Some(view);
+    }
+
+    fn flags_changed(&self, lane: Lane) {
+        if let (Lane::Flags, Some(view)) = (lane, &self.flags_view) {
+            view.publish(self.machine.state().flags.clone());
+        }
+    }
+
+    /// Takes what the executors say is true now; see [`Machine::observe`].
+    pub fn observe(&mut self, found: &crate::core::effects::Found) -> bool {
+        self.machine.observe(found)
     }
 
     /// Sets how operations are performed.
@@ -265,6 +286,7 @@ impl<S: Store> Session<S> {
                 &mut self.starts,
             );
             self.machine.complete(lane, seq, completion, &mut sink);
+            self.flags_changed(lane);
         }
     }
 
@@ -294,6 +316,7 @@ impl<S: Store> Session<S> {
             &mut self.starts,
         );
         self.machine.complete(lane, seq, completion, &mut sink);
+        self.flags_changed(lane);
         self.perform_instant(out);
     }
 
@@ -318,7 +341,7 @@ impl<S: Store> Session<S> {
         for open in open {
             let found = match self.executors.lane(open.lane) {
                 Some(executor) => executor.observe(&open.operation, self.machine.state()),
-                None => crate::core::machine::Found {
+                None => crate::core::effects::Found {
                     unknown: Some("no executor for this lane".to_owned()),
                     ..Default::default()
                 },

@@ -68,6 +68,8 @@ pub struct Loaded {
     pub warning: Option<String>,
     /// Whether the journal was created by this start.
     pub created: bool,
+    /// The directory the estate file was in: its relative paths are relative to it.
+    pub estate_dir: Option<PathBuf>,
 }
 
 /// An open journal.
@@ -171,7 +173,7 @@ impl Entry {
 #[serde(rename_all = "snake_case")]
 enum OutcomeRef<'a> {
     Completion(&'a crate::core::effects::Completion),
-    Interrupted(&'a crate::core::machine::Found),
+    Interrupted(&'a crate::core::effects::Found),
 }
 
 /// `value` as JSON in `buffer` (cleared first), whose capacity is reused.
@@ -244,6 +246,7 @@ impl Journal {
         dir: &Path,
         estate: Option<(&str, &str)>,
         default_estate: &str,
+        estate_dir: &Path,
     ) -> Result<(Journal, Loaded), JournalError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| fail(dir, format!("cannot create the state directory: {e}")))?;
@@ -286,8 +289,8 @@ impl Journal {
                 journal
                     .conn
                     .execute(
-                        "INSERT INTO meta (key, value) VALUES ('estate', ?1), ('format', ?2)",
-                        params![text, FORMAT],
+                        "INSERT INTO meta (key, value) VALUES ('estate', ?1), ('format', ?2), ('estate_dir', ?3)",
+                        params![text, FORMAT, estate_dir.display().to_string()],
                     )
                     .map_err(|e| fail(&journal.path, e))?;
             }
@@ -442,6 +445,7 @@ impl Journal {
             entries,
             warning,
             created: false,
+            estate_dir: self.meta("estate_dir")?.map(PathBuf::from),
         })
     }
 

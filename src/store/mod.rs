@@ -12,7 +12,8 @@ pub mod replay;
 pub mod snapshot;
 
 use crate::core::effects::Completion;
-use crate::core::machine::{Found, Machine, Record};
+use crate::core::effects::Found;
+use crate::core::machine::{Machine, Record};
 use crate::core::retries::Answer;
 use crate::protocol::replies::HistoryEntry;
 use serde::{Deserialize, Serialize};

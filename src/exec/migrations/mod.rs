@@ -31,6 +31,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod catalogue;
+pub mod executor;
 pub mod postgres;
 pub mod schema;
 pub mod sql;

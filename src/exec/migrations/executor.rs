@@ -1,0 +1,195 @@
+//! The migration engine as the node's [`Schema`] executor: each `RunDown`/`RunUp` effect becomes
+//! a step of one run against the real database, measured; a failure says how many steps were
+//! committed, whether the database may be part-way (dirty), and what the database says now.
+
+use super::catalogue::Catalogue;
+use super::schema::{open, DbState, Direction, Dirty, RunFailure, SchemaDb, Step};
+use super::sql::SqlFile;
+use crate::core::effects::{Completion, Done, Effect, ExecError, Failure, Found};
+use crate::core::state::{Migration, SchemaHealth, State};
+use crate::exec::{Report, Schema};
+use crate::protocol::values::{Progress, Seconds};
+use std::path::{Path, PathBuf};
+
+/// A real database and its golang-migrate directory.
+pub struct Migrations {
+    db: Box<dyn SchemaDb>,
+    directory: PathBuf,
+}
+
+impl Migrations {
+    /// Opens the database at `url` for the migrations in `directory`, and reads both once: a
+    /// missing directory, an unreadable file, two files for one version, or a database that
+    /// cannot be reached is an error here, at start.
+    ///
+    /// # Errors
+    /// One line naming the path or URL and what would be right.
+    pub fn open(url: &str, directory: &Path) -> Result<(Self, Found), String> {
+        let mut migrations = Migrations {
+            db: open(url).map_err(|e| e.to_string())?,
+            directory: directory.to_owned(),
+        };
+        let found = migrations.read()?;
+        Ok((migrations, found))
+    }
+
+    fn catalogue(&self) -> Result<Catalogue, String> {
+        Catalogue::read(&self.directory).map_err(|e| e.to_string())
+    }
+
+    /// What the directory and the database say now.
+    fn read(&mut self) -> Result<Found, String> {
+        let catalogue = self.catalogue()?;
+        let state = self.db.observe(&catalogue).map_err(|e| e.to_string())?;
+        Ok(found(&catalogue, &state))
+    }
+}
+
+/// The node's view of a catalogue and a database state.
+fn found(catalogue: &Catalogue, state: &DbState) -> Found {
+    let migrations = catalogue
+        .migrations
+        .iter()
+        .map(|m| Migration {
+            version: m.version,
+            name: m.title.clone(),
+            reversible: m.down.is_some(),
+            up_file: m.up.as_deref().map(file_name),
+            down_file: m.down.as_deref().map(file_name),
+        })
+        .collect();
+    let dirty = state.dirty.as_ref().map(|dirty| match dirty {
+        Dirty::Recorded(evidence) => evidence.to_string(),
+        Dirty::LeftByAnotherTool => dirty.to_string(),
+    });
+    let drift = state
+        .drift
+        .iter()
+        .map(|d| match &d.path {
+            Some(path) => format!(
+                "{} changed after it was applied (SHA-384 {} when applied, {} now)",
+                path.display(),
+                short(&d.recorded),
+                d.current.as_deref().map_or("(none)".to_owned(), short)
+            ),
+            None => format!(
+                "version {} was applied but its file is no longer in the directory",
+                d.version
+            ),
+        })
+        .collect();
+    Found {
+        schema_version: Some(state.version),
+        schema_health: Some(SchemaHealth { dirty, drift }),
+        catalogue: Some(migrations),
+        ..Found::default()
+    }
+}
+
+fn short(checksum: &str) -> String {
+    checksum.chars().take(12).collect()
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+impl Schema for Migrations {
+    fn run(&mut self, effects: &[Effect], report: Report<'_>) -> Completion {
+        let catalogue = match self.catalogue() {
+            Ok(catalogue) => catalogue,
+            Err(e) => {
+                return Completion::Failed(Failure::nothing_changed(ExecError::failed(
+                    "reading the migrations directory",
+                    Some(self.directory.display().to_string()),
+                    e,
+                )))
+            }
+        };
+        let mut steps = Vec::with_capacity(effects.len());
+        for effect in effects {
+            let (version, direction) = match effect {
+                Effect::RunDown { version, .. } => (*version, Direction::Down),
+                Effect::RunUp { version, .. } => (*version, Direction::Up),
+                other => {
+                    return Completion::Failed(Failure::nothing_changed(ExecError::failed(
+                        "running migrations",
+                        None,
+                        format!("{other:?} is not a migration"),
+                    )))
+                }
+            };
+            let path = catalogue
+                .get(version)
+                .and_then(|m| m.file(direction))
+                .map(Path::to_owned);
+            let Some(path) = path else {
+                return Completion::Failed(Failure::nothing_changed(ExecError::failed(
+                    format!("finding the {direction} file of version {version}"),
+                    Some(self.directory.display().to_string()),
+                    "the migrations directory no longer has it",
+                )));
+            };
+            let file = match SqlFile::load(&path) {
+                Ok(file) => file,
+                Err(e) => {
+                    return Completion::Failed(Failure::nothing_changed(ExecError::failed(
+                        "reading a migration",
+                        Some(path.display().to_string()),
+                        e,
+                    )))
+                }
+            };
+            let version_after = match direction {
+                Direction::Up => version,
+                Direction::Down => catalogue.previous(version),
+            };
+            steps.push(Step {
+                version,
+                direction,
+                file,
+                version_after,
+            });
+        }
+        let result = self.db.run(&steps, &mut |done, total| {
+            report(Progress {
+                done,
+                total,
+                unit: "statements".to_owned(),
+            })
+        });
+        match result {
+            Ok(run) => Completion::Done(Done {
+                duration: Seconds::measured(run.duration),
+                rows: None,
+            }),
+            Err(failure) => {
+                let now = self.read().ok().map(Box::new);
+                let error = ExecError::failed("running migrations", None, failure.cause());
+                Completion::Failed(match failure {
+                    RunFailure::NothingChanged { .. } => Failure {
+                        now,
+                        ..Failure::nothing_changed(error)
+                    },
+                    RunFailure::PartWay { completed, .. } => Failure {
+                        completed: completed.len(),
+                        part_way: true,
+                        refused: false,
+                        error,
+                        now,
+                    },
+                })
+            }
+        }
+    }
+
+    fn observe(&mut self, _believed: &State) -> Found {
+        self.read().unwrap_or_else(|e| Found {
+            unknown: Some(e),
+            ..Found::default()
+        })
+    }
+}
