@@ -201,6 +201,22 @@ impl Store for MemoryStore {
     }
 
     fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String> {
+        if let Some(journal) = &self.journal {
+            // As a journal serves it: from what was recorded (the open entries are visible to
+            // the node that wrote them, as in an open transaction).
+            let mut entries: Vec<&Entry> = journal.committed.iter().collect();
+            for open in &journal.open {
+                entries.retain(|e| e.seq != open.seq);
+                entries.push(open);
+            }
+            entries.sort_by_key(|e| e.seq);
+            entries.retain(|e| e.is_history());
+            let skip = entries.len().saturating_sub(limit as usize);
+            return Ok(entries[skip..]
+                .iter()
+                .filter_map(|e| e.history_entry())
+                .collect());
+        }
         let mut ended: Vec<&Ended> = self.recent.iter().collect();
         ended.sort_by_key(|e| e.seq);
         let skip = ended.len().saturating_sub(limit as usize);

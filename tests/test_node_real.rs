@@ -1,0 +1,435 @@
+//! The node itself (the built binary) against real systems: a SQLite database migrated and
+//! rolled back from the example directory, a PostgreSQL database on a throwaway server, a flagd
+//! file, HAProxy, OFREP; and a `kill -9` in the middle of a paced operation, reconciled at the
+//! next start and never run again.
+
+#[path = "support/haproxy.rs"]
+mod haproxy;
+#[path = "support/pg.rs"]
+mod pg;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NODE: &str = env!("CARGO_BIN_EXE_rollback-node");
+
+/// A running node, talked to line by line.
+struct Node {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    next: u64,
+}
+
+impl Node {
+    fn start(args: &[&str], cwd: &Path) -> Node {
+        let mut child = Command::new(NODE)
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the node starts");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Node {
+            child,
+            stdin,
+            stdout,
+            next: 0,
+        }
+    }
+
+    /// Sends a body (without msg_id), returns the reply body.
+    fn ask(&mut self, body: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        self.send(id, body);
+        self.read(id)
+    }
+
+    fn send(&mut self, id: u64, mut body: Value) {
+        body["msg_id"] = id.into();
+        let line = serde_json::json!({"src": "oncall", "dest": "n1", "body": body});
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The reply to `id` (replies to other lanes may come first; they are skipped).
+    fn read(&mut self, id: u64) -> Value {
+        loop {
+            let mut line = String::new();
+            if self.stdout.read_line(&mut line).unwrap() == 0 {
+                let mut stderr = String::new();
+                let _ = self
+                    .child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut stderr);
+                panic!("the node ended before replying to {id}; stderr: {stderr}");
+            }
+            let reply: Value = serde_json::from_str(&line).unwrap();
+            if reply["body"]["in_reply_to"] == id {
+                return reply["body"].clone();
+            }
+        }
+    }
+
+    /// Closes stdin and waits: the node finishes what runs, then exits 0. Returns stderr.
+    fn finish(mut self) -> String {
+        drop(self.stdin.take());
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(self.child.wait().unwrap().success(), "{stderr}");
+        stderr
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn example(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name),
+        dir.path(),
+    );
+    dir
+}
+
+fn sqlite_version(db: &Path) -> (i64, bool) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT version, dirty FROM schema_migrations", [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .unwrap()
+}
+
+#[test]
+fn sqlite_example_migrates_and_rolls_back_a_real_file() {
+    let dir = example("sqlite");
+    let mut node = Node::start(&["--estate", "estate.toml"], dir.path());
+    let status = node.ask(serde_json::json!({"type": "status"}));
+    assert_eq!(status["schema_version"], 0);
+    assert_eq!(status["database"]["dirty"], false);
+    let done = node.ask(serde_json::json!({"type": "migrate", "version": 20250902101500u64}));
+    assert_eq!(done["type"], "migrate_complete", "{done}");
+    assert_eq!(done["migrated_to"], 20250902101500u64);
+    assert!(done["duration_seconds"].is_f64(), "measured: {done}");
+    assert_eq!(
+        sqlite_version(&dir.path().join("app.db")),
+        (20250902101500, false)
+    );
+    // A dry run lists the down() files in order and changes nothing.
+    let plan = node.ask(
+        serde_json::json!({"type": "rollback", "version": 20250811090000u64, "dry_run": true}),
+    );
+    assert_eq!(plan["type"], "plan_ok", "{plan}");
+    let files: Vec<&str> = plan["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "20250902101500_add_display_name.down.sql",
+            "20250811090000_users_email_index.down.sql"
+        ]
+    );
+    assert_eq!(plan["state_after"]["schema_version"], 20250810144214u64);
+    assert_eq!(sqlite_version(&dir.path().join("app.db")).0, 20250902101500);
+    let done = node.ask(serde_json::json!({"type": "rollback", "version": 20250811090000u64}));
+    assert_eq!(done["rolled_back_to"], 20250810144214u64, "{done}");
+    assert_eq!(
+        sqlite_version(&dir.path().join("app.db")),
+        (20250810144214, false)
+    );
+    // The last migration has no down file: it is irreversible.
+    node.ask(serde_json::json!({"type": "migrate", "version": 20250915080000u64}));
+    let refused = node.ask(serde_json::json!({"type": "rollback", "version": 20250915080000u64}));
+    assert_eq!(refused["code"], 22, "{refused}");
+    assert!(refused["text"].as_str().unwrap().contains("has no down()"));
+    node.finish();
+}
+
+#[test]
+fn a_failing_down_changes_nothing_and_names_file_and_line() {
+    let dir = example("sqlite");
+    std::fs::write(
+        dir.path()
+            .join("migrations/20250902101500_add_display_name.down.sql"),
+        "ALTER TABLE users DROP COLUMN display_name;\nDROP TABLE no_such_table;\n",
+    )
+    .unwrap();
+    let mut node = Node::start(&["--estate", "estate.toml"], dir.path());
+    node.ask(serde_json::json!({"type": "migrate", "version": 20250902101500u64}));
+    let failed = node.ask(serde_json::json!({"type": "rollback", "version": 20250902101500u64}));
+    assert_eq!(failed["code"], 14, "{failed}");
+    let text = failed["text"].as_str().unwrap();
+    assert!(
+        text.contains("20250902101500_add_display_name.down.sql line 2"),
+        "{text}"
+    );
+    assert!(text.contains("no such table"), "{text}");
+    assert_eq!(
+        sqlite_version(&dir.path().join("app.db")),
+        (20250902101500, false)
+    );
+    let status = node.ask(serde_json::json!({"type": "status"}));
+    assert_eq!(status["schema_version"], 20250902101500u64);
+    node.finish();
+}
+
+#[test]
+fn the_database_is_the_truth_at_restart() {
+    let dir = example("sqlite");
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    let mut node = Node::start(
+        &["--estate", "estate.toml", "--state-dir", state_arg],
+        dir.path(),
+    );
+    node.ask(serde_json::json!({"type": "migrate", "version": 20250811090000u64}));
+    node.finish();
+    // Someone rolls the database back by hand while the node is stopped.
+    let conn = rusqlite::Connection::open(dir.path().join("app.db")).unwrap();
+    conn.execute_batch(
+        "DROP INDEX users_email; UPDATE schema_migrations SET version = 20250810144214;",
+    )
+    .unwrap();
+    drop(conn);
+    let mut node = Node::start(&["--state-dir", state_arg], dir.path());
+    let status = node.ask(serde_json::json!({"type": "status"}));
+    assert_eq!(status["schema_version"], 20250810144214u64, "{status}");
+    let stderr = node.finish();
+    assert!(stderr.contains("the systems are the truth"), "{stderr}");
+}
+
+#[test]
+fn postgres_migrations_through_the_node() {
+    let server = pg::server();
+    let (url, name) = server.create_database("node");
+    let dir = tempfile::tempdir().unwrap();
+    let migrations = dir.path().join("migrations");
+    std::fs::create_dir(&migrations).unwrap();
+    for (name, text) in [
+        (
+            "20250810144214_create_users.up.sql",
+            "CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL);",
+        ),
+        ("20250810144214_create_users.down.sql", "DROP TABLE users;"),
+        (
+            "20250811090000_users_email_index.up.sql",
+            "CREATE INDEX users_email ON users (email);",
+        ),
+        (
+            "20250811090000_users_email_index.down.sql",
+            "DROP INDEX users_email;",
+        ),
+        (
+            "20250902101500_add_display_name.up.sql",
+            "BEGIN;\nALTER TABLE users ADD COLUMN display_name text;\nCOMMIT;",
+        ),
+        (
+            "20250902101500_add_display_name.down.sql",
+            "ALTER TABLE users DROP COLUMN display_name;",
+        ),
+    ] {
+        std::fs::write(migrations.join(name), text).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("estate.toml"),
+        format!("[schema]\ndatabase = \"{url}\"\nmigrations = \"migrations\"\n"),
+    )
+    .unwrap();
+    let mut node = Node::start(&["--estate", "estate.toml"], dir.path());
+    let done = node.ask(serde_json::json!({"type": "migrate", "version": 20250902101500u64}));
+    assert_eq!(done["type"], "migrate_complete", "{done}");
+    let done = node.ask(serde_json::json!({"type": "rollback", "version": 20250811090000u64}));
+    assert_eq!(done["rolled_back_to"], 20250810144214u64, "{done}");
+    node.finish();
+    let row = server
+        .connect(&name)
+        .query_one("SELECT version, dirty FROM schema_migrations", &[])
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, bool>(1)),
+        (20250810144214, false)
+    );
+}
+
+#[test]
+fn the_kill_switch_writes_the_flagd_file_and_ofrep_serves_it() {
+    let dir = example("flagd");
+    let port = haproxy::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut node = Node::start(&["--estate", "estate.toml", "--ofrep", &addr], dir.path());
+    let evaluate = || -> Value {
+        let started = Instant::now();
+        let mut stream = loop {
+            match std::net::TcpStream::connect(&addr) {
+                Ok(stream) => break stream,
+                Err(e) if started.elapsed() < Duration::from_secs(5) => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("OFREP at {addr} does not answer: {e}"),
+            }
+        };
+        write!(
+            stream,
+            "POST /ofrep/v1/evaluate/flags/new_checkout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).unwrap();
+            if header.trim().is_empty() {
+                break;
+            }
+            if let Some(value) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        serde_json::from_slice(&body).unwrap()
+    };
+    assert_eq!(evaluate()["value"], true);
+    let done = node.ask(serde_json::json!({"type": "disable_feature", "feature": "new_checkout"}));
+    assert_eq!(done["type"], "feature_disabled", "{done}");
+    // The next evaluation after the reply sees it, and so does the file.
+    assert_eq!(evaluate()["value"], false);
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("flags.json")).unwrap())
+            .unwrap();
+    let flag = &file["flags"]["new_checkout"];
+    assert_eq!(
+        flag["variants"][flag["defaultVariant"].as_str().unwrap()],
+        false
+    );
+    assert_eq!(
+        flag["metadata"]["owner"], "payments",
+        "hand-written metadata kept"
+    );
+    node.ask(serde_json::json!({"type": "enable_feature", "feature": "new_checkout"}));
+    assert_eq!(evaluate()["value"], true);
+    let after: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("flags.json")).unwrap())
+            .unwrap();
+    let original: Value =
+        serde_json::from_str(include_str!("../examples/flagd/flags.json")).unwrap();
+    assert_eq!(after, original, "enable restores exactly what was there");
+    node.finish();
+}
+
+#[test]
+fn switch_traffic_moves_a_real_haproxy() {
+    let blue = haproxy::ColourServer::start("blue");
+    let green = haproxy::ColourServer::start("green");
+    let proxy = haproxy::HaproxyProc::start(blue.port, green.port);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("estate.toml"),
+        format!(
+            "[haproxy]\nsocket = \"{}\"\nbackend = \"app\"\n",
+            proxy.admin.display()
+        ),
+    )
+    .unwrap();
+    let mut node = Node::start(&["--estate", "estate.toml"], dir.path());
+    let status = node.ask(serde_json::json!({"type": "status"}));
+    assert_eq!(
+        status["live_environment"], "blue",
+        "read from HAProxy: {status}"
+    );
+    let done =
+        node.ask(serde_json::json!({"type": "switch_traffic", "from": "blue", "to": "green"}));
+    assert_eq!(done["type"], "traffic_switched", "{done}");
+    assert_eq!(done["downtime_seconds"], 0);
+    assert_eq!(haproxy::get_once(proxy.frontend).unwrap().1, "green");
+    let refused =
+        node.ask(serde_json::json!({"type": "switch_traffic", "from": "blue", "to": "green"}));
+    assert_eq!(refused["code"], 22);
+    node.finish();
+}
+
+#[test]
+fn a_kill_mid_operation_is_reconciled_at_start_and_never_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    // A paced restore takes 3 s; kill the node while it runs.
+    let mut node = Node::start(&["--state-dir", state_arg, "--pace", "0.05"], dir.path());
+    node.send(
+        7,
+        serde_json::json!({"type": "restore", "backup": "users_backup_20240115"}),
+    );
+    let started = Instant::now();
+    loop {
+        let status = node.ask(serde_json::json!({"type": "status"}));
+        if status["in_flight"][0]["state"] == "running" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{status}");
+    }
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    let mut node = Node::start(&["--state-dir", state_arg], dir.path());
+    let status = node.ask(serde_json::json!({"type": "status"}));
+    let interrupted = &status["interrupted"][0];
+    assert_eq!(interrupted["type"], "restore", "{status}");
+    assert_eq!(interrupted["msg_id"], 7);
+    assert_eq!(interrupted["src"], "oncall");
+    assert_eq!(interrupted["found"]["schema_version"], 3);
+    assert!(
+        status.get("in_flight").is_none(),
+        "the lane is free: {status}"
+    );
+    // A retry is answered with the interruption, not run.
+    node.send(
+        7,
+        serde_json::json!({"type": "restore", "backup": "users_backup_20240115"}),
+    );
+    let retry = node.read(7);
+    assert_eq!(retry["code"], 13, "{retry}");
+    assert!(retry["text"].as_str().unwrap().contains("interrupted"));
+    let history = node.ask(serde_json::json!({"type": "history"}));
+    let entries = history["entries"].as_array().unwrap();
+    assert!(
+        entries[0]["reply"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"),
+        "{history}"
+    );
+    let stderr = node.finish();
+    assert!(stderr.contains("was interrupted by a restart"), "{stderr}");
+}
