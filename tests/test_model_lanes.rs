@@ -1388,3 +1388,377 @@ prop_state_machine! {
     #[test]
     fn lanes_follow_the_model(sequential 1..MAX_STEPS => LanesTest);
 }
+
+// ---------------------------------------------------------------------------------------------
+// One hand-written sequence per property.
+// ---------------------------------------------------------------------------------------------
+
+/// A node performing nothing by itself over a durable memory store, driven by hand.
+struct Driver {
+    session: Session<MemoryStore>,
+}
+
+impl Driver {
+    fn manual() -> Self {
+        let mut session = manual_session(Machine::new(estate().state), MemoryStore::durable());
+        session.commit().unwrap();
+        Driver { session }
+    }
+
+    /// The reply bodies a line got, as written.
+    fn send(&mut self, src: &str, msg_id: u64, req: &Req) -> Vec<String> {
+        let mut out = Vec::new();
+        let text = line(src, msg_id, req, false);
+        assert_eq!(self.session.handle_line(text.as_bytes(), &mut out), None);
+        bodies(out)
+    }
+
+    fn running(&self, lane: Lane) -> u64 {
+        self.session.machine().running(lane).expect("running").0
+    }
+
+    fn complete(&mut self, lane: Lane, completion: Completion) -> Vec<String> {
+        let mut out = Vec::new();
+        let seq = self.running(lane);
+        self.session.complete(lane, seq, completion, &mut out);
+        bodies(out)
+    }
+
+    /// The sequence numbers started since last asked.
+    fn starts(&mut self) -> Vec<(Lane, u64)> {
+        let starts = self.session.take_starts();
+        starts
+            .into_iter()
+            .map(|(lane, seq, _)| (lane, seq))
+            .collect()
+    }
+
+    fn commit(&mut self) {
+        self.session.commit().unwrap();
+    }
+
+    fn crash(&mut self) {
+        crash_and_restart(&mut self.session);
+    }
+
+    fn status(&mut self) -> Value {
+        let replies = self.send("observer", 9_999, &Req::Status);
+        parse(&replies[0])
+    }
+}
+
+fn bodies(out: Vec<u8>) -> Vec<String> {
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let envelope: Envelope = serde_json::from_str(l).unwrap();
+            envelope.body.get().to_owned()
+        })
+        .collect()
+}
+
+fn parse(body: &str) -> Value {
+    serde_json::from_str(body).unwrap()
+}
+
+fn code(body: &str) -> Option<u64> {
+    parse(body)["code"].as_u64()
+}
+
+#[test]
+fn flags_never_wait_even_behind_a_paced_restore() {
+    // Schema operations take wall time (pace 1): they are left for a lane worker. Flags are
+    // instant and performed inline.
+    let estate = estate();
+    let executors = Simulated::new(estate.costs.clone(), &estate.state, 1.0).executors();
+    let mut session = Session::new(
+        Machine::new(estate.state),
+        executors,
+        MemoryStore::durable(),
+    );
+    let mut out = Vec::new();
+    let restore = line("alice", 1, &Req::Restore(BACKUP), false);
+    session.handle_line(restore.as_bytes(), &mut out);
+    let rollback = line("alice", 2, &Req::Rollback(1), false);
+    session.handle_line(rollback.as_bytes(), &mut out);
+    assert!(out.is_empty(), "the restore runs, the rollback waits");
+    let (seq, _) = session.machine().running(Lane::Schema).unwrap();
+    let progress = Progress {
+        done: 40_000,
+        total: BACKUP_ROWS,
+        unit: "rows".into(),
+    };
+    session.progress(Lane::Schema, seq, progress);
+    let disable = line("bob", 1, &Req::Disable(FLAG), false);
+    session.handle_line(disable.as_bytes(), &mut out);
+    let replies = bodies(std::mem::take(&mut out));
+    assert_eq!(
+        replies,
+        [
+            r#"{"type":"feature_disabled","in_reply_to":1,"feature":"new_checkout","rolled_back_instant":true}"#
+        ],
+        "flags_never_wait: the kill switch is answered in the same step"
+    );
+    let status = line("bob", 2, &Req::Status, false);
+    session.handle_line(status.as_bytes(), &mut out);
+    let status = parse(&bodies(out)[0]);
+    assert_eq!(status["flags"][FLAG], false, "flags_never_wait");
+    assert_eq!(
+        status["in_flight"],
+        json!([
+            {"type": "restore", "msg_id": 1, "src": "alice", "lane": "schema", "state": "running",
+             "progress": {"done": 40_000, "total": BACKUP_ROWS, "unit": "rows"}},
+            {"type": "rollback", "msg_id": 2, "src": "alice", "lane": "schema", "state": "queued"},
+        ]),
+        "flags_never_wait: the schema lane is still busy"
+    );
+}
+
+#[test]
+fn at_most_one_operation_per_lane_and_queues_serve_in_arrival_order() {
+    let mut node = Driver::manual();
+    assert!(node.send("alice", 1, &Req::Restore(BACKUP)).is_empty());
+    assert!(node.send("bob", 1, &Req::Rollback(2)).is_empty());
+    assert!(node.send("carol", 1, &Req::Migrate(3)).is_empty());
+    assert!(node
+        .send("alice", 2, &Req::Switch(Env::Green, Env::Blue))
+        .is_empty());
+    assert_eq!(
+        node.starts(),
+        [(Lane::Schema, 1), (Lane::Traffic, 2)],
+        "at_most_one_operation_per_lane: one start per lane"
+    );
+    let queued: Vec<(String, u64, String)> = node
+        .session
+        .machine()
+        .in_flight()
+        .into_iter()
+        .map(|v| (v.src, v.msg_id, v.state))
+        .collect();
+    let expected = [
+        ("alice", 1, "running"),
+        ("bob", 1, "queued"),
+        ("carol", 1, "queued"),
+        ("alice", 2, "running"),
+    ]
+    .map(|(s, i, st)| (s.to_owned(), i, st.to_owned()));
+    assert_eq!(queued, expected, "at_most_one_operation_per_lane: FIFO");
+    // The restore sets the schema to 2; the rollback is decided against that: 2 down to 1.
+    let replies = node.complete(Lane::Schema, done(60, None));
+    assert_eq!(parse(&replies[0])["type"], "restore_complete");
+    assert_eq!(node.starts(), [(Lane::Schema, 3)]);
+    assert_eq!(node.session.machine().queued(Lane::Schema), 1);
+    let replies = node.complete(Lane::Schema, done(5, None));
+    assert_eq!(
+        replies,
+        [
+            r#"{"type":"rollback_complete","in_reply_to":1,"rolled_back_from":2,"rolled_back_to":1,"duration_seconds":5}"#
+        ],
+        "at_most_one_operation_per_lane: the rollback saw the state the restore left"
+    );
+    // Then the migrate, from 1 to 3.
+    assert_eq!(node.starts(), [(Lane::Schema, 4)]);
+    let replies = node.complete(Lane::Schema, done(10, None));
+    assert_eq!(parse(&replies[0])["migrated_from"], 1);
+    assert!(node.starts().is_empty());
+    assert!(node.session.machine().running(Lane::Schema).is_none());
+    assert!(node.session.machine().running(Lane::Traffic).is_some());
+}
+
+#[test]
+fn refusal_changes_nothing_but_a_decided_refusal_takes_a_seq() {
+    let mut node = Driver::manual();
+    assert!(node.send("alice", 1, &Req::Restore(BACKUP)).is_empty());
+    node.starts();
+    let before = snap(&node.session, None);
+
+    // Refused when decided (the flags lane is free): remembered, with a sequence number.
+    let refused = node.send("bob", 1, &Req::Disable("ghost"));
+    assert_eq!(code(&refused[0]), Some(20));
+    let after = snap(&node.session, None);
+    assert_eq!(after.state, before.state, "refusal_changes_nothing: state");
+    assert_eq!(
+        after.in_flight, before.in_flight,
+        "refusal_changes_nothing: lanes"
+    );
+    assert_eq!(
+        after.seq,
+        before.seq + 1,
+        "refusal_changes_nothing: one seq"
+    );
+    assert_eq!(node.send("bob", 1, &Req::Disable("ghost")), refused);
+
+    // The same msg_id for another request: refused, not decided, not remembered.
+    let reused = node.send("bob", 1, &Req::Enable(FLAG));
+    assert_eq!(code(&reused[0]), Some(22));
+    assert_eq!(snap(&node.session, None), after, "refusal_changes_nothing");
+    assert_eq!(node.send("bob", 1, &Req::Disable("ghost")), refused);
+
+    // A full queue: 11, nothing remembered, nothing queued.
+    assert_eq!(QUEUE_LIMIT, rollback_node::core::machine::QUEUE_LIMIT);
+    for id in 0..QUEUE_LIMIT as u64 {
+        assert!(node.send("carol", id, &Req::Rollback(1)).is_empty());
+    }
+    let full = snap(&node.session, None);
+    let over = QUEUE_LIMIT as u64;
+    let refused = node.send("carol", over, &Req::Rollback(1));
+    assert_eq!(code(&refused[0]), Some(11));
+    assert_eq!(
+        snap(&node.session, None),
+        full,
+        "refusal_changes_nothing: full queue"
+    );
+    assert!(node
+        .session
+        .machine()
+        .answered()
+        .get("carol", over)
+        .is_none());
+
+    // A failure before any change (14): the state is as it was.
+    let replies = node.complete(Lane::Schema, failure(0, false));
+    assert_eq!(code(&replies[0]), Some(14));
+    assert_eq!(
+        node.session.machine().state(),
+        &full.state,
+        "refusal_changes_nothing: 14 keeps the state"
+    );
+}
+
+#[test]
+fn acknowledged_change_survives_crash_and_interrupted_is_answered_not_run() {
+    let mut node = Driver::manual();
+    // The kill switch: started, committed, completed, committed (its reply is sent).
+    assert!(node.send("alice", 1, &Req::Disable(FLAG)).is_empty());
+    node.commit();
+    let disabled = node.complete(Lane::Flags, done(0, None));
+    node.commit();
+    // A rollback whose reply is sent, then a restore whose outcome is recorded but not
+    // committed when the node crashes: its reply never went out.
+    assert!(node.send("alice", 2, &Req::Rollback(3)).is_empty());
+    node.commit();
+    let rolled_back = node.complete(Lane::Schema, failure(0, true));
+    assert_eq!(code(&rolled_back[0]), Some(13));
+    node.commit();
+    assert!(node.send("alice", 3, &Req::Restore(BACKUP)).is_empty());
+    node.commit();
+    node.starts();
+    let unsent = node.complete(Lane::Schema, done(60, None));
+    assert_eq!(parse(&unsent[0])["type"], "restore_complete");
+    for round in 0..3 {
+        node.crash();
+        assert_eq!(
+            node.send("alice", 1, &Req::Disable(FLAG)),
+            disabled,
+            "acknowledged_change_survives_crash: round {round}"
+        );
+        assert_eq!(
+            node.send("alice", 2, &Req::Rollback(3)),
+            rolled_back,
+            "acknowledged_change_survives_crash: round {round}"
+        );
+        let interrupted = node.send("alice", 3, &Req::Restore(BACKUP));
+        assert_eq!(code(&interrupted[0]), Some(13));
+        assert!(
+            interrupted[0].contains("restore (journal entry 3) was interrupted by a restart"),
+            "acknowledged_change_survives_crash: {interrupted:?}"
+        );
+        assert!(
+            node.starts().is_empty(),
+            "an interrupted restore is not run"
+        );
+        let status = node.status();
+        assert_eq!(status["flags"][FLAG], false);
+        assert_eq!(
+            status["restore"],
+            Value::Null,
+            "the restore was not applied"
+        );
+        assert_eq!(
+            status["interrupted"],
+            json!([{"type": "restore", "msg_id": 3, "src": "alice", "seq": 3,
+                    "found": {"schema_version": 3}}])
+        );
+    }
+}
+
+#[test]
+fn nothing_applied_twice_a_retry_joins_and_is_answered_once_done() {
+    let mut node = Driver::manual();
+    assert!(node.send("alice", 1, &Req::Restore(BACKUP)).is_empty());
+    assert!(node.send("bob", 7, &Req::Rollback(2)).is_empty());
+    // Retries of the running and of the queued request join them.
+    assert!(node.send("alice", 1, &Req::Restore(BACKUP)).is_empty());
+    assert!(node.send("bob", 7, &Req::Rollback(2)).is_empty());
+    assert_eq!(node.starts(), [(Lane::Schema, 1)], "nothing_applied_twice");
+    assert_eq!(node.session.machine().queued(Lane::Schema), 1);
+    let restored = node.complete(Lane::Schema, done(60, Some(99_999)));
+    assert_eq!(restored.len(), 2, "both copies are answered");
+    assert_eq!(restored[0], restored[1]);
+    assert_eq!(
+        restored[0],
+        r#"{"type":"restore_complete","in_reply_to":1,"restored_rows":99999,"duration_seconds":60}"#
+    );
+    assert_eq!(node.starts(), [(Lane::Schema, 2)], "nothing_applied_twice");
+    let rolled_back = node.complete(Lane::Schema, done(5, None));
+    assert_eq!(rolled_back.len(), 2);
+    assert_eq!(rolled_back[0], rolled_back[1]);
+    // Answered: a retry gets the same body and starts nothing.
+    assert_eq!(node.send("alice", 1, &Req::Restore(BACKUP)), &restored[..1]);
+    assert!(node.starts().is_empty(), "nothing_applied_twice");
+    // Interrupted by a crash: a retry is told, not run.
+    assert!(node.send("carol", 1, &Req::Migrate(3)).is_empty());
+    assert_eq!(node.starts(), [(Lane::Schema, 3)]);
+    node.commit();
+    node.crash();
+    assert_eq!(code(&node.send("carol", 1, &Req::Migrate(3))[0]), Some(13));
+    assert!(node.starts().is_empty(), "nothing_applied_twice");
+    assert_eq!(node.session.machine().state().schema_version, 1);
+}
+
+#[test]
+fn replay_yields_same_state_after_completions_in_any_order() {
+    let mut node = Driver::manual();
+    node.send("alice", 1, &Req::Rollback(1));
+    node.send("bob", 1, &Req::Migrate(3)); // queued behind the rollback
+    node.send("bob", 2, &Req::Migrate(1)); // refused when its turn comes
+    node.send("carol", 1, &Req::Switch(Env::Green, Env::Blue));
+    node.send("carol", 2, &Req::Disable(FLAG));
+    node.send("carol", 3, &Req::Enable(FLAG)); // queued behind the disable
+    node.commit();
+    // Completions in another order than the requests came.
+    node.complete(Lane::Flags, done(0, None));
+    node.complete(Lane::Traffic, failure(1, false));
+    node.complete(Lane::Schema, failure(2, false)); // two down()s of three: schema at 1
+    node.complete(Lane::Schema, done(9, None)); // migrate 1 to 3, then migrate 1 is refused
+    node.commit();
+    let machine = node.session.machine();
+    assert_eq!(machine.state().schema_version, 3);
+    assert!(
+        !machine.state().flags[FLAG],
+        "disabled; the enable still runs"
+    );
+    assert!(machine.running(Lane::Flags).is_some());
+    let mut rebuilt = Machine::new(estate().state);
+    let open = replay::rebuild(&mut rebuilt, node.session.store().entries()).unwrap();
+    assert_eq!(rebuilt.state(), machine.state(), "replay_yields_same_state");
+    assert_eq!(
+        rebuilt.seq(),
+        machine.seq(),
+        "replay_yields_same_state: seq"
+    );
+    assert_eq!(
+        open.iter().map(|o| o.seq).collect::<Vec<_>>(),
+        machine.running_seqs(),
+        "replay_yields_same_state: the enable is open"
+    );
+    for (src, id, answer) in machine.answered().entries() {
+        assert_eq!(
+            rebuilt.answered().get(src, id).map(|a| &a.body),
+            Some(&answer.body),
+            "replay_yields_same_state: {src}/{id}"
+        );
+    }
+    assert_eq!(rebuilt.answered().len(), 5);
+}
