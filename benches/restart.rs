@@ -2,7 +2,7 @@
 //! length of the journal.
 //!
 //! ```sh
-//! cargo bench --bench restart                       # N = 10k, 100k, 1M
+//! cargo bench --bench restart                       # N = 10k, 100k, 1M (about 15 s)
 //! cargo bench --bench restart -- --n 300000 --rounds 9
 //! ```
 //!
@@ -332,6 +332,12 @@ fn bench(options: &Options) -> io::Result<()> {
          line; CLI: rollback-node status --state-dir DIR until its output line. {} rounds each, \
          timed bare; peak RSS from separate runs under GNU time.",
         options.rounds
+    );
+    let sizes: Vec<String> = options.sizes.iter().map(|&n| grouped(n)).collect();
+    println!(
+        "N = {} (1,000,000 is part of the default run: it takes about 10 s here; --n N picks \
+         others)",
+        sizes.join(", ")
     );
     let gnu_time = has_gnu_time();
     if !gnu_time {
