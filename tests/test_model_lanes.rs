@@ -48,7 +48,7 @@ const MIGRATIONS: [&str; 3] = [
 const FLAG: &str = "new_checkout";
 const BACKUP: &str = "users_backup_20240115";
 const BACKUP_ROWS: u64 = 100_000;
-const BACKUP_SCHEMA: u32 = 2;
+const BACKUP_SCHEMA: u64 = 2;
 /// How many requests one lane's queue holds.
 const QUEUE_LIMIT: usize = 1_024;
 /// Whom every request is addressed to (no `init`: replies come from it).
@@ -79,8 +79,8 @@ impl Env {
 /// A request as the model understands it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Req {
-    Rollback(u32),
-    Migrate(u32),
+    Rollback(u64),
+    Migrate(u64),
     Disable(&'static str),
     Enable(&'static str),
     Switch(Env, Env),
@@ -131,10 +131,10 @@ impl Req {
 /// The estate as the model sees it.
 #[derive(Clone, Debug, PartialEq)]
 struct World {
-    schema: u32,
+    schema: u64,
     flags: BTreeMap<String, bool>,
     live: Env,
-    last_restore: Option<(String, u64, u32)>,
+    last_restore: Option<(String, u64, u64)>,
 }
 
 impl World {
@@ -166,15 +166,15 @@ impl World {
 #[derive(Clone, Debug, PartialEq)]
 struct Decided {
     effects: Vec<Value>,
-    from: u32,
+    from: u64,
 }
 
 /// Decides `req` against `world`: the effects, or the refusal's code. Both environments of the
 /// example estate are healthy and every migration has a down().
 fn decide(world: &World, req: &Req) -> Result<Decided, u64> {
-    let last = MIGRATIONS.len() as u32;
+    let last = MIGRATIONS.len() as u64;
     let current = world.schema;
-    let step = |kind: &str, v: u32| json!({"effect": kind, "version": v, "file": MIGRATIONS[v as usize - 1]});
+    let step = |kind: &str, v: u64| json!({"effect": kind, "version": v, "file": MIGRATIONS[v as usize - 1]});
     let effects = match req {
         Req::Rollback(v) => {
             if *v > last {
@@ -290,8 +290,8 @@ fn finish(world: &mut World, req: &Req, decided: &Decided, msg_id: u64, fin: Fin
         } => {
             // Each completed down() leaves the schema one below its version, each up() at its.
             match req {
-                Req::Rollback(_) => world.schema = decided.from - completed as u32,
-                Req::Migrate(_) => world.schema = decided.from + completed as u32,
+                Req::Rollback(_) => world.schema = decided.from - completed as u64,
+                Req::Migrate(_) => world.schema = decided.from + completed as u64,
                 _ => {}
             }
             Pred::Code(if completed == 0 && !part_way { 14 } else { 13 })
@@ -650,8 +650,8 @@ enum Action {
 fn request() -> BoxedStrategy<Req> {
     let env = || select(vec![Env::Blue, Env::Green]);
     prop_oneof![
-        5 => (1u32..=4).prop_map(Req::Rollback),
-        4 => (1u32..=4).prop_map(Req::Migrate),
+        5 => (1u64..=4).prop_map(Req::Rollback),
+        4 => (1u64..=4).prop_map(Req::Migrate),
         4 => select(vec![FLAG, FLAG, FLAG, "ghost"]).prop_map(Req::Disable),
         3 => select(vec![FLAG, FLAG, FLAG, "ghost"]).prop_map(Req::Enable),
         3 => (env(), env()).prop_map(|(from, to)| Req::Switch(from, to)),
@@ -874,11 +874,13 @@ fn failure(completed: usize, part_way: bool) -> Completion {
     Completion::Failed(Failure {
         completed,
         part_way,
+        refused: false,
         error: ExecError::failed(
             "running the step",
             Some("line 4".into()),
             "connection reset",
         ),
+        now: None,
     })
 }
 

@@ -657,11 +657,11 @@ impl Machine {
             machine.answered.insert(
                 &answer.src,
                 answer.msg_id,
-                Answer {
-                    request: answer.request,
-                    body: answer.body.get().to_owned(),
-                    accepted: answer.accepted,
-                },
+                Answer::new(
+                    answer.request,
+                    answer.body.get().to_owned(),
+                    answer.accepted,
+                ),
             );
         }
         machine.interrupted = snapshot.interrupted.into();
@@ -773,11 +773,7 @@ fn encode_answer(request: Request, msg_id: u64, answer: &Result<Reply, Refusal>)
         Ok(reply) => body_string(Some(msg_id), reply),
         Err(refusal) => body_string(Some(msg_id), refusal),
     };
-    Answer {
-        request,
-        body,
-        accepted: answer.is_ok(),
-    }
+    Answer::new(request, body, answer.is_ok())
 }
 
 fn reply<B: ReplyBody>(

@@ -3,7 +3,9 @@
 //!
 //! The window is bounded: the last [`PER_SENDER`] answered changes of each sender, for at most
 //! [`SENDERS`] senders (when a new sender would exceed that, the sender seen first is
-//! forgotten). A retry that arrives after its answer left the window is treated as new.
+//! forgotten), and at most [`MAX_BYTES`] of requests and replies in all (beyond that the
+//! sender's own oldest answers are forgotten first, then the senders seen first). A retry that
+//! arrives after its answer left the window is treated as new.
 
 use crate::core::transitions::Request;
 use std::collections::{HashMap, VecDeque};
@@ -13,6 +15,11 @@ use std::sync::Arc;
 pub const PER_SENDER: usize = 10_000;
 /// Senders remembered.
 pub const SENDERS: usize = 1_024;
+/// Bytes of requests and replies remembered in all (about: each answer counts its request's
+/// and reply's JSON, its sender's name and a fixed overhead).
+pub const MAX_BYTES: usize = 16 << 20;
+/// What one answer costs beyond its JSON.
+const OVERHEAD: usize = 96;
 
 /// The hasher of the msg_id index: keyed per process, and much cheaper than SipHash for the
 /// short keys used here. Every map is bounded, so a sender that provoked collisions could slow
@@ -28,6 +35,43 @@ pub struct Answer {
     pub body: String,
     /// Whether it was carried out (not refused, not failed).
     pub accepted: bool,
+    /// What it costs to remember, in bytes (see [`MAX_BYTES`]).
+    weight: usize,
+}
+
+impl Answer {
+    /// An answer to remember.
+    pub fn new(request: Request, body: String, accepted: bool) -> Self {
+        let weight = json_len(&request) + body.len() + OVERHEAD;
+        Answer {
+            request,
+            body,
+            accepted,
+            weight,
+        }
+    }
+
+    /// What it costs to remember, in bytes.
+    pub fn weight(&self) -> usize {
+        self.weight
+    }
+}
+
+/// The length of a value's JSON, counted without building it.
+fn json_len<T: serde::Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// The bounded memory of answers, keyed by (sender, msg_id).
@@ -41,6 +85,8 @@ pub struct Answer {
 pub struct Answered {
     senders: HashMap<Arc<str>, SenderLog, Hasher>,
     arrival: VecDeque<Arc<str>>,
+    /// The weight of every answer remembered.
+    bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -92,22 +138,38 @@ impl SenderLog {
         Some(&self.answers.get(self.position(msg_id)?)?.1)
     }
 
-    /// Remembers an answer; returns where it is in `answers`.
-    fn insert(&mut self, msg_id: u64, answer: Arc<Answer>) -> usize {
-        if let Some(at) = self.position(msg_id) {
-            self.answers[at].1 = answer;
-            return at;
+    /// The weight of its answers and its name.
+    fn weight(&self) -> usize {
+        self.name.len() + self.answers.iter().map(|(_, a)| a.weight).sum::<usize>()
+    }
+
+    /// Forgets the oldest answer; returns its weight.
+    fn pop_oldest(&mut self) -> Option<usize> {
+        let (oldest, answer) = self.answers.pop_front()?;
+        if self.answers.front().is_some_and(|(next, _)| *next < oldest) {
+            self.descents -= 1;
         }
-        if self.answers.len() >= self.capacity {
-            if let Some((oldest, _)) = self.answers.pop_front() {
-                if self.answers.front().is_some_and(|(next, _)| *next < oldest) {
-                    self.descents -= 1;
-                }
-                if let Some(index) = &mut self.index {
-                    index.remove(&oldest);
-                }
-                self.first += 1;
+        if let Some(index) = &mut self.index {
+            index.remove(&oldest);
+            if self.descents == 0 {
+                self.index = None;
             }
+        }
+        self.first += 1;
+        Some(answer.weight)
+    }
+
+    /// Remembers an answer; returns where it is in `answers`, and the weight it added less what
+    /// it made the log forget.
+    fn insert(&mut self, msg_id: u64, answer: Arc<Answer>) -> (usize, isize) {
+        if let Some(at) = self.position(msg_id) {
+            let change = answer.weight as isize - self.answers[at].1.weight as isize;
+            self.answers[at].1 = answer;
+            return (at, change);
+        }
+        let mut change = answer.weight as isize;
+        if self.answers.len() >= self.capacity {
+            change -= self.pop_oldest().unwrap_or(0) as isize;
         }
         if self
             .answers
@@ -135,7 +197,7 @@ impl SenderLog {
                 );
             }
         }
-        self.answers.len() - 1
+        (self.answers.len() - 1, change)
     }
 }
 
@@ -177,17 +239,55 @@ impl Answered {
         if !self.senders.contains_key(src) {
             if self.arrival.len() >= SENDERS {
                 if let Some(oldest) = self.arrival.pop_front() {
-                    self.senders.remove(&*oldest);
+                    if let Some(log) = self.senders.remove(&*oldest) {
+                        self.bytes = self.bytes.saturating_sub(log.weight());
+                    }
                 }
             }
             let name: Arc<str> = Arc::from(src);
+            self.bytes += name.len();
             self.arrival.push_back(Arc::clone(&name));
             self.senders
                 .insert(Arc::clone(&name), SenderLog::new(name, PER_SENDER));
         }
         let log = self.senders.get_mut(src).expect("inserted above");
-        let at = log.insert(msg_id, answer);
+        let (_, change) = log.insert(msg_id, answer);
+        self.bytes = self.bytes.saturating_add_signed(change);
+        self.shed(src);
+        let log = self
+            .senders
+            .get(src)
+            .expect("kept: its newest answer is never shed");
+        let at = log.position(msg_id).expect("just inserted");
         (&log.name, &log.answers[at].1)
+    }
+
+    /// Forgets answers until the memory is within [`MAX_BYTES`]: `src`'s own oldest first
+    /// (never its newest), then whole senders, the one seen first first.
+    fn shed(&mut self, src: &str) {
+        while self.bytes > MAX_BYTES {
+            let log = self
+                .senders
+                .get_mut(src)
+                .expect("the sender being answered");
+            if log.answers.len() > 1 {
+                let weight = log.pop_oldest().unwrap_or(0);
+                self.bytes = self.bytes.saturating_sub(weight);
+                continue;
+            }
+            let Some(at) = self.arrival.iter().position(|s| &**s != src) else {
+                return;
+            };
+            let oldest = self.arrival.remove(at).expect("found");
+            if let Some(log) = self.senders.remove(&*oldest) {
+                self.bytes = self.bytes.saturating_sub(log.weight());
+            }
+        }
+    }
+
+    /// The weight of every answer remembered, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// How many answers are remembered in all.
@@ -221,11 +321,7 @@ mod tests {
     use super::*;
 
     fn answer() -> Answer {
-        Answer {
-            request: Request::Status {},
-            body: "x".into(),
-            accepted: false,
-        }
+        Answer::new(Request::Status {}, "x".into(), false)
     }
 
     #[test]
@@ -252,11 +348,7 @@ mod tests {
     }
 
     fn numbered(n: u64) -> Arc<Answer> {
-        Arc::new(Answer {
-            request: Request::Status {},
-            body: n.to_string(),
-            accepted: false,
-        })
+        Arc::new(Answer::new(Request::Status {}, n.to_string(), false))
     }
 
     proptest::proptest! {
@@ -285,7 +377,7 @@ mod tests {
                     }
                     order.push_back(id);
                 }
-                let at = log.insert(id, numbered(n));
+                let (at, _) = log.insert(id, numbered(n));
                 proptest::prop_assert_eq!(&*log.answers[at].1, &*numbered(n));
                 let kept: Vec<u64> = log.answers.iter().map(|(id, _)| *id).collect();
                 proptest::prop_assert_eq!(&kept, &order.iter().copied().collect::<Vec<_>>());

@@ -16,7 +16,7 @@ use crate::core::state::{join, Health, State};
 use crate::protocol;
 use crate::protocol::replies::*;
 use crate::protocol::values::{DatabaseView, Environment, RestoreRecord, Version};
-use crate::protocol::Refusal;
+use crate::protocol::{quote, Refusal};
 
 #[protocol]
 impl Machine {
@@ -30,8 +30,9 @@ impl Machine {
         }
         if !node_ids.is_empty() && !node_ids.contains(&node_id) {
             return Err(Refusal::MalformedRequest(format!(
-                "node_id {node_id} is not among node_ids ({}); init needs node_ids to include the node itself",
-                join(&node_ids)
+                "node_id {} is not among node_ids ({}); init needs node_ids to include the node itself",
+                quote(&node_id),
+                quote(&join(&node_ids))
             )));
         }
         Ok(InitOk)
@@ -209,7 +210,8 @@ impl Machine {
         }
         let Some(found) = state.backup(&backup) else {
             return Err(Refusal::KeyDoesNotExist(format!(
-                "backup \"{backup}\" does not exist; known backups: {}",
+                "backup \"{}\" does not exist; known backups: {}",
+                quote(&backup),
                 state.backup_names()
             )));
         };
@@ -428,7 +430,8 @@ fn on_off(enabled: bool) -> &'static str {
 fn set_flag<R>(state: &State, feature: String, enabled: bool) -> Result<Decision<R>, Refusal> {
     if !state.flags.contains_key(&feature) {
         return Err(Refusal::KeyDoesNotExist(format!(
-            "flag \"{feature}\" does not exist; known flags: {}",
+            "flag \"{}\" does not exist; known flags: {}",
+            quote(&feature),
             state.flag_names()
         )));
     }

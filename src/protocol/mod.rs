@@ -11,7 +11,7 @@ pub mod replies;
 pub mod values;
 
 pub use encode::ReplyBody;
-pub use refusal::Refusal;
+pub use refusal::{quote, Refusal};
 pub use values::{
     Environment, InFlightView, InterruptedView, Progress, RestoreRecord, Seconds, Version,
 };

@@ -2,6 +2,42 @@
 //! A refusal is sent as an `error` reply `{"type":"error","in_reply_to":N,"code":C,"text":"..."}`.
 
 use crate::protocol::encode::ReplyBody;
+
+/// The most characters of a value a refusal quotes.
+pub const QUOTED: usize = 64;
+/// The longest refusal text sent; a longer one keeps its start and end.
+pub const MAX_TEXT: usize = 1024;
+
+/// A value echoed in an error text: at most [`QUOTED`] characters of it, then how long it was.
+pub fn quote(text: &str) -> String {
+    match text.char_indices().nth(QUOTED) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
+    }
+}
+
+/// `text`, or if it is longer than [`MAX_TEXT`] bytes its start and end around a note of how
+/// long it was: what was wrong usually leads and what would be right ends it.
+fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_TEXT {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let keep = MAX_TEXT / 2 - 32;
+    let mut head = keep;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - keep;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{} … ({} bytes in all) … {}",
+        &text[..head],
+        text.len(),
+        &text[tail..]
+    ))
+}
 use serde::ser::SerializeMap;
 
 /// A refused or failed request. Every code used here is *definite*: the request did not happen
@@ -68,6 +104,6 @@ impl ReplyBody for Refusal {
 
     fn serialize_fields<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
         map.serialize_entry("code", &self.code())?;
-        map.serialize_entry("text", self.text())
+        map.serialize_entry("text", &bounded(self.text()))
     }
 }

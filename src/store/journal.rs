@@ -34,7 +34,7 @@ pub const LOCK_NAME: &str = "lock";
 /// The journal format this build writes and reads.
 pub const FORMAT: &str = "2";
 /// A snapshot is written once this many entries were added since the last one.
-pub const SNAPSHOT_EVERY: u64 = 25_000;
+pub const SNAPSHOT_EVERY: u64 = 10_000;
 
 const RECOVERY: &str = "see README \"Recovering a damaged journal\"";
 

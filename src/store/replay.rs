@@ -74,11 +74,7 @@ pub fn apply(
                 entry.seq,
                 &entry.src,
                 entry.msg_id,
-                Answer {
-                    request,
-                    body: reply.clone(),
-                    accepted: entry.accepted,
-                },
+                Answer::new(request, reply.clone(), entry.accepted),
             );
             return Ok(());
         }

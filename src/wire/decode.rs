@@ -10,7 +10,7 @@
 //! every line the single pass accepts; every error comes from the full decoder.
 
 use crate::core::transitions::Request;
-use crate::protocol::Refusal;
+use crate::protocol::{quote, Refusal};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -132,7 +132,7 @@ fn decode_body(
         *msg_id = Some(serde_json::from_str::<u64>(raw.get()).map_err(|_| {
             malformed(format!(
                 "msg_id must be a non-negative integer, not {}",
-                raw.get()
+                quote(raw.get())
             ))
         })?);
     }
@@ -145,13 +145,14 @@ fn decode_body(
     let kind = string_value(kind).ok_or_else(|| {
         malformed(format!(
             "\"type\" must be a string, not {}; supported types: {}",
-            kind.get(),
+            quote(kind.get()),
             Request::TYPES.join(", ")
         ))
     })?;
     let Some(fields) = Request::fields(&kind) else {
         return Err(Refusal::NotSupported(format!(
-            "unknown message type \"{kind}\"; supported types: {}",
+            "unknown message type \"{}\"; supported types: {}",
+            quote(&kind),
             Request::TYPES.join(", ")
         )));
     };
@@ -176,8 +177,8 @@ fn decode_body(
         let mut accepted: Vec<&str> = fields.to_vec();
         accepted.extend(["msg_id", "dry_run"]);
         return Err(malformed(format!(
-            "unknown field {} in a {kind} request; {kind} accepts {}",
-            quote(&format!("\"{unknown}\"")),
+            "unknown field \"{}\" in a {kind} request; {kind} accepts {}",
+            quote(unknown),
             accepted.join(", ")
         )));
     }
@@ -234,15 +235,6 @@ fn without_position(error: &serde_json::Error) -> String {
     match text.rfind(" at line ") {
         Some(at) if error.line() > 0 => text[..at].to_owned(),
         _ => text,
-    }
-}
-
-/// A value echoed in an error text: at most 64 characters of it, then how long it was.
-pub fn quote(text: &str) -> String {
-    const SHOWN: usize = 64;
-    match text.char_indices().nth(SHOWN) {
-        None => text.to_owned(),
-        Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
     }
 }
 

@@ -8,5 +8,5 @@ pub mod lines;
 mod single_pass;
 
 pub use decode::{
-    decode, decode_in_full, decode_single_pass, encode_request, quote, Incoming, MAX_LINE_BYTES,
+    decode, decode_in_full, decode_single_pass, encode_request, Incoming, MAX_LINE_BYTES,
 };
