@@ -305,10 +305,34 @@ fn is_served(dir: &Path) -> bool {
     }
 }
 
+/// Every operation that ended, oldest first (the last `limit`), read from the start of the
+/// journal: on damage, what comes before it is printed, then the damaged entry is named.
 fn history(dir: &Path, limit: Option<u64>) -> Result<(), Failure> {
     let journal = Journal::open_existing(dir).map_err(config)?;
-    let rows = journal.history(limit).map_err(config)?;
-    print_lines(rows.iter().map(|row| row.to_json_line()))
+    let keep = limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let mut kept = std::collections::VecDeque::new();
+    let mut expected = 1;
+    let scanned = journal.scan(0, |entry| {
+        if entry.seq != expected {
+            return Err(rollback_node::store::journal::JournalError(format!(
+                "{}: journal entry {expected} is missing (the next one is {}); see README \"Recovering a damaged journal\"",
+                journal.path().display(),
+                entry.seq
+            )));
+        }
+        expected += 1;
+        if let Some(line) = entry.history_entry().map(|e| e.to_json_line()) {
+            if kept.len() == keep {
+                kept.pop_front();
+            }
+            if keep > 0 {
+                kept.push_back(line);
+            }
+        }
+        Ok(true)
+    });
+    print_lines(kept)?;
+    scanned.map_err(config)
 }
 
 fn print_lines(lines: impl IntoIterator<Item = String>) -> Result<(), Failure> {

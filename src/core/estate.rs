@@ -117,11 +117,37 @@ struct FlagdSystem {
 }
 
 /// `[[backups]]` (simulated backups) or `[backups] dir = DIR` (real ones).
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum FileBackups {
     Simulated(Vec<FileBackup>),
     Real(RealBackups),
+}
+
+/// By shape: an array of tables or one table, so that an error inside either is reported as
+/// it is.
+impl<'de> Deserialize<'de> for FileBackups {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = FileBackups;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("[[backups]] tables (simulated backups) or a [backups] table with dir")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<FileBackups, A::Error> {
+                Vec::deserialize(SeqAccessDeserializer::new(seq)).map(FileBackups::Simulated)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<FileBackups, A::Error> {
+                RealBackups::deserialize(MapAccessDeserializer::new(map)).map(FileBackups::Real)
+            }
+        }
+        deserializer.deserialize_any(Shape)
+    }
 }
 
 #[derive(Deserialize)]
@@ -176,7 +202,7 @@ impl Estate {
             origin: origin.to_owned(),
             problem,
         };
-        let file: File = toml::from_str(text).map_err(|e| error(one_line(&e)))?;
+        let file: File = toml::from_str(text).map_err(|e| error(one_line(&e, text)))?;
         file.validate().map_err(error)?;
         let simulated_backups = match &file.backups {
             Some(FileBackups::Simulated(backups)) => backups.as_slice(),
@@ -270,11 +296,27 @@ impl Estate {
     }
 }
 
-/// A TOML error on one line: `line L, column C: what`.
-fn one_line(error: &toml::de::Error) -> String {
-    let message = error.message().trim().replace('\n', " ");
+/// A TOML error on one line: `line L (the line's text): what was wrong`, with type names said
+/// in words.
+fn one_line(error: &toml::de::Error, text: &str) -> String {
+    let mut message = error.message().trim().replace('\n', " ");
+    for (name, words) in [
+        ("u64", "a whole number from 0 to 18446744073709551615"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("a boolean", "true or false"),
+    ] {
+        message = message.replace(&format!("expected {name}"), &format!("expected {words}"));
+    }
     match error.span() {
-        Some(span) => format!("at byte {}: {message}", span.start),
+        Some(span) => {
+            let start = span.start.min(text.len());
+            let line = text[..start].matches('\n').count() + 1;
+            let line_text = text.lines().nth(line - 1).unwrap_or_default().trim();
+            format!(
+                "line {line} ({}): {message}",
+                crate::protocol::quote(line_text)
+            )
+        }
         None => message,
     }
 }
@@ -425,6 +467,22 @@ mod tests {
             error.to_string().contains("unknown field `colour`"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn type_errors_are_one_line_naming_the_line_and_the_range_in_words() {
+        let error = with("rows = 100000", "rows = -5").unwrap_err().to_string();
+        assert!(!error.contains('\n'), "{error}");
+        assert!(error.starts_with("test.toml: line "), "{error}");
+        assert!(error.contains("(rows = -5)"), "{error}");
+        assert!(
+            error.contains("expected a whole number from 0 to 18446744073709551615"),
+            "{error}"
+        );
+        let error = with("new_checkout = true", "new_checkout = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("expected true or false"), "{error}");
     }
 
     #[test]

@@ -47,11 +47,36 @@ fn fail(path: &Path, what: impl std::fmt::Display) -> JournalError {
     JournalError(format!("{}: {what}", path.display()))
 }
 
+/// A database error: a permission problem says so (and what to do); anything else is damage.
 fn damaged(path: &Path, e: impl std::fmt::Display) -> JournalError {
+    let text = e.to_string();
+    if is_permission(&text) {
+        return unwritable(path, &text);
+    }
     fail(
         path,
-        format!("the journal database is damaged ({e}); {RECOVERY}"),
+        format!("the journal database is damaged ({text}); {RECOVERY}"),
     )
+}
+
+fn is_permission(text: &str) -> bool {
+    [
+        "readonly database",
+        "unable to open database file",
+        "Permission denied",
+        "read-only file system",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+/// A state directory the node may not write (or read).
+fn unwritable(path: &Path, said: &str) -> JournalError {
+    let dir = path.parent().unwrap_or(path);
+    JournalError(format!(
+        "{}: the state directory cannot be written ({said}); this is a permission problem, not damage: let this user write it (and its files), or give --state-dir a directory it may write",
+        dir.display()
+    ))
 }
 
 /// What a journal holds at start: the estate it was created for, a snapshot (if any) and the
@@ -256,7 +281,12 @@ impl Journal {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| fail(&lock_path, e))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                    unwritable(&lock_path, &e.to_string())
+                }
+                _ => fail(&lock_path, e),
+            })?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -314,11 +344,22 @@ impl Journal {
                 format!("no journal here ({FILE_NAME} not found); start the node with --state-dir first"),
             ));
         }
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| fail(&path, e))?;
+        // Read only: `status` and `history` must work on a directory they may not write. A WAL
+        // database needs its shared-memory file; where that cannot be made, the database is
+        // read as immutable (no node may be writing it then: it could not either).
+        let read_only = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let opened = Connection::open_with_flags(&path, read_only).and_then(|conn| {
+            conn.query_row("SELECT count(*) FROM meta", [], |_| Ok(()))?;
+            Ok(conn)
+        });
+        let conn = match opened {
+            Ok(conn) => conn,
+            Err(_) => {
+                let uri = format!("file:{}?immutable=1", path.display());
+                Connection::open_with_flags(uri, read_only | OpenFlags::SQLITE_OPEN_URI)
+                    .map_err(|e| damaged(&path, e))?
+            }
+        };
         let journal = Journal::with(conn, path, None);
         journal.check_format()?;
         Ok(journal)
