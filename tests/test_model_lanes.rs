@@ -888,6 +888,7 @@ fn done(seconds: u64, rows: Option<u64>) -> Completion {
     Completion::Done(Done {
         duration: Seconds::Modelled(seconds),
         rows,
+        ..Done::default()
     })
 }
 

@@ -433,3 +433,92 @@ fn a_kill_mid_operation_is_reconciled_at_start_and_never_run_again() {
     let stderr = node.finish();
     assert!(stderr.contains("was interrupted by a restart"), "{stderr}");
 }
+
+#[test]
+fn a_dirty_database_is_reported_refused_and_resolved_by_force_version() {
+    let dir = example("sqlite");
+    std::fs::write(
+        dir.path().join("migrations/20250920000000_rebuild.up.sql"),
+        "-- no-transaction\nCREATE TABLE rebuilt (id INTEGER);\nINSERT INTO no_such_table VALUES (1);\n",
+    )
+    .unwrap();
+    let mut node = Node::start(&["--estate", "estate.toml"], dir.path());
+    let failed = node.ask(serde_json::json!({"type": "migrate", "version": 20250920000000u64}));
+    assert_eq!(failed["code"], 13, "{failed}");
+    let status = node.ask(serde_json::json!({"type": "status"}));
+    assert_eq!(status["database"]["dirty"], true, "{status}");
+    let evidence = status["database"]["evidence"].as_str().unwrap().to_owned();
+    assert!(
+        evidence.contains("20250920000000_rebuild.up.sql"),
+        "{evidence}"
+    );
+    let refused = node.ask(serde_json::json!({"type": "rollback", "version": 20250915080000u64}));
+    assert_eq!(refused["code"], 22);
+    assert!(
+        refused["text"].as_str().unwrap().contains("force_version"),
+        "{refused}"
+    );
+    let unguarded =
+        node.ask(serde_json::json!({"type": "force_version", "version": 20250915080000u64}));
+    assert_eq!(unguarded["code"], 22, "{unguarded}");
+    assert!(unguarded["text"]
+        .as_str()
+        .unwrap()
+        .contains("[permissions] force_version"));
+    node.finish();
+    // With a guard rail naming who may, a person resolves it, and the evidence is in the reply.
+    let estate = std::fs::read_to_string(dir.path().join("estate.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("estate.toml"),
+        format!("{estate}\n[permissions]\nforce_version = [\"oncall\"]\n"),
+    )
+    .unwrap();
+    let mut node = Node::start(&["--estate", "estate.toml"], dir.path());
+    let forced =
+        node.ask(serde_json::json!({"type": "force_version", "version": 20250915080000u64}));
+    assert_eq!(forced["type"], "version_forced", "{forced}");
+    assert_eq!(forced["version"], 20250915080000u64);
+    assert_eq!(forced["was_dirty"].as_str().unwrap(), evidence);
+    let status = node.ask(serde_json::json!({"type": "status"}));
+    assert_eq!(status["database"]["dirty"], false, "{status}");
+    node.finish();
+    assert_eq!(
+        sqlite_version(&dir.path().join("app.db")),
+        (20250915080000, false)
+    );
+}
+
+#[test]
+fn history_says_which_files_ran_with_their_checksums() {
+    let dir = example("sqlite");
+    let state = dir.path().join("state");
+    let mut node = Node::start(
+        &[
+            "--estate",
+            "estate.toml",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    node.ask(serde_json::json!({"type": "migrate", "version": 20250811090000u64}));
+    let history = node.ask(serde_json::json!({"type": "history"}));
+    node.finish();
+    let entry = &history["entries"][0];
+    assert_eq!(entry["src"], "oncall", "{history}");
+    let ran = entry["ran"].as_array().unwrap();
+    let files: Vec<&str> = ran.iter().map(|r| r["file"].as_str().unwrap()).collect();
+    assert_eq!(
+        files,
+        [
+            "20250810144214_create_users.up.sql",
+            "20250811090000_users_email_index.up.sql"
+        ]
+    );
+    assert_eq!(
+        ran[0]["checksum"].as_str().unwrap().len(),
+        96,
+        "SHA-384 in hex"
+    );
+    assert!(entry["at"].as_u64().unwrap() > 1_700_000_000_000, "{entry}");
+}

@@ -39,6 +39,7 @@ fn done(seconds: u64) -> Completion {
     Completion::Done(Done {
         duration: Seconds::Modelled(seconds),
         rows: None,
+        ..Done::default()
     })
 }
 
@@ -226,6 +227,7 @@ fn restore_reports_the_rows_the_executor_restored() {
     let completion = Completion::Done(Done {
         duration: Seconds::Measured(61_234),
         rows: Some(99_999),
+        ..Done::default()
     });
     let reply = Machine::finish(&mut state, &operation, &completion).unwrap();
     assert_eq!(

@@ -58,6 +58,7 @@ fn interleave(session: &mut Session, choice: u8, out: &mut Vec<u8>) {
         0..=9 => Completion::Done(Done {
             duration: Seconds::Measured(u64::from(choice)),
             rows: Some(u64::from(choice)),
+                    ..Done::default()
         }),
         10..=12 => Completion::Failed(Failure {
             completed: 0,

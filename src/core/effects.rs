@@ -125,6 +125,16 @@ pub enum Plan {
         /// The live environment after.
         to: Environment,
     },
+    /// The recorded schema version is set without running anything: a person resolved a dirty
+    /// database.
+    ForceVersion {
+        /// The version before.
+        from: u64,
+        /// The version after.
+        to: u64,
+        /// Why the database was dirty, if it was.
+        evidence: Option<String>,
+    },
     /// A backup is restored: the schema follows it.
     Restore {
         /// The backup.
@@ -173,6 +183,11 @@ pub enum Effect {
         /// The backup.
         backup: String,
     },
+    /// Set the database's recorded version and clear its dirty flag, running nothing.
+    ForceVersion {
+        /// The version.
+        version: u64,
+    },
 }
 
 /// A load-balancer server state.
@@ -204,6 +219,41 @@ pub struct Done {
     /// Rows restored, when the operation restored a backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
+    /// The files a real database ran, in order, with their checksums and times.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ran: Vec<Ran>,
+    /// When it finished, in milliseconds since the Unix epoch (real executors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
+}
+
+impl Default for Done {
+    fn default() -> Self {
+        Done::took(Seconds::ZERO)
+    }
+}
+
+impl Done {
+    /// A completion that took `duration` and reports nothing else.
+    pub fn took(duration: Seconds) -> Self {
+        Done {
+            duration,
+            rows: None,
+            ran: Vec::new(),
+            at: None,
+        }
+    }
+}
+
+/// One file a real database ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ran {
+    /// The file.
+    pub file: String,
+    /// Its SHA-384, hex.
+    pub checksum: String,
+    /// How long it took, in milliseconds.
+    pub millis: u64,
 }
 
 /// A failed operation.
@@ -341,11 +391,11 @@ impl Operation {
     /// The completion a dry run assumes: every effect succeeds, the catalogue's row counts hold.
     pub fn expected_completion(&self) -> Completion {
         Completion::Done(Done {
-            duration: Seconds::ZERO,
             rows: match &self.plan {
                 Plan::Restore { rows, .. } => Some(*rows),
                 _ => None,
             },
+            ..Done::took(Seconds::ZERO)
         })
     }
 }

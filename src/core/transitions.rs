@@ -225,6 +225,35 @@ impl Machine {
         }))
     }
 
+    /// Sets the database's recorded version and clears its dirty flag, running nothing: for a
+    /// person who checked a database left dirty and knows the version it is really at (what
+    /// golang-migrate calls `force`). Allowed only to the senders the estate names for it.
+    #[transition(lane = Lane::Schema)]
+    pub fn force_version(&self, version: Version) -> Result<Decision<VersionForced>, Refusal> {
+        let state = self.state();
+        layer(
+            &state.layers.schema,
+            "force_version",
+            "a schema",
+            "[schema] database = URL, migrations = DIR",
+        )?;
+        if !state.permissions.contains_key("force_version") {
+            return Err(Refusal::PreconditionFailed(
+                "force_version records a version without running anything, so the estate must name who may send it: add [permissions] force_version = [\"oncall\"]; nothing changed".to_owned(),
+            ));
+        }
+        let target = version.get();
+        check_catalogued(state, target)?;
+        Ok(Decision::Accept(Operation {
+            plan: Plan::ForceVersion {
+                from: state.schema_version,
+                to: target,
+                evidence: state.schema_health.dirty.clone(),
+            },
+            effects: vec![Effect::ForceVersion { version: target }],
+        }))
+    }
+
     /// The audit trail: the last `limit` changes (default 20, at most 1000), oldest first, read
     /// from the store. Changes nothing.
     #[transition]
@@ -332,6 +361,22 @@ impl Machine {
                     (_, failure) => Err(schema_failure(state, operation, *from, failure)),
                 }
             }
+            Plan::ForceVersion { from, to, evidence } => match failure {
+                None => {
+                    state.schema_version = *to;
+                    state.schema_health.dirty = None;
+                    Ok(Reply::VersionForced(VersionForced {
+                        previous_version: *from,
+                        version: *to,
+                        was_dirty: evidence.clone(),
+                    }))
+                }
+                Some(failure) => Err(failed(
+                    &format!("forcing version {to}"),
+                    failure,
+                    format!("the recorded version stays {}", state.schema_version),
+                )),
+            },
             Plan::SetFlag { feature, enabled } => match failure {
                 None => {
                     if let Some(flag) = state.flags.get_mut(feature) {

@@ -1009,6 +1009,7 @@ impl crate::exec::Flags for FlagFile {
             Ok(report) => Completion::Done(Done {
                 duration: crate::protocol::values::Seconds::measured(report.duration),
                 rows: None,
+                ..Done::default()
             }),
             Err(e) => Completion::Failed(Failure::nothing_changed(ExecError::failed(
                 format!("writing flag {flag}"),

@@ -733,6 +733,7 @@ impl crate::exec::Traffic for Haproxy {
             Ok(report) => Completion::Done(Done {
                 duration: crate::protocol::values::Seconds::measured(report.duration),
                 rows: None,
+                ..Done::default()
             }),
             Err(e) => {
                 let place = Some(format!(

@@ -26,6 +26,8 @@ pub type Report<'a> = &'a mut dyn FnMut(Progress);
 pub trait Schema: Send {
     /// Runs the `RunDown`/`RunUp` effects in order.
     fn run(&mut self, steps: &[Effect], report: Report<'_>) -> Completion;
+    /// Records `version` and clears the dirty flag, running nothing.
+    fn force(&mut self, version: u64) -> Completion;
     /// The schema version the database is at.
     fn observe(&mut self, believed: &State) -> Found;
     /// Whether it completes at once without touching anything outside the node (so it may run
@@ -95,6 +97,9 @@ impl LaneExecutor {
             }
             (LaneExecutor::Schema { backups, .. }, Plan::Restore { backup, .. }) => {
                 backups.restore(backup, report)
+            }
+            (LaneExecutor::Schema { schema, .. }, Plan::ForceVersion { to, .. }) => {
+                schema.force(*to)
             }
             (LaneExecutor::Traffic(traffic), Plan::SwitchTraffic { from, to }) => {
                 traffic.switch(*from, *to)

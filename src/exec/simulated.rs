@@ -100,7 +100,12 @@ impl Schema for Simulated {
         Completion::Done(Done {
             duration: total,
             rows: None,
+            ..Done::default()
         })
+    }
+
+    fn force(&mut self, _version: u64) -> Completion {
+        Completion::Done(Done::default())
     }
 
     fn observe(&mut self, believed: &State) -> Found {
@@ -123,6 +128,7 @@ impl Backups for Simulated {
         Completion::Done(Done {
             duration: Seconds::Modelled(seconds),
             rows: Some(rows),
+            ..Done::default()
         })
     }
 
@@ -140,6 +146,7 @@ impl Flags for Simulated {
         Completion::Done(Done {
             duration: Seconds::ZERO,
             rows: None,
+            ..Done::default()
         })
     }
 
@@ -160,6 +167,7 @@ impl Traffic for Simulated {
         Completion::Done(Done {
             duration: Seconds::ZERO,
             rows: None,
+            ..Done::default()
         })
     }
 

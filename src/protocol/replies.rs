@@ -72,6 +72,18 @@ pub struct RestoreComplete {
     pub duration_seconds: Seconds,
 }
 
+/// `version_forced`: the database's recorded version was set and its dirty flag cleared,
+/// running nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Reply)]
+pub struct VersionForced {
+    /// The version recorded before.
+    pub previous_version: u64,
+    /// The version recorded now.
+    pub version: u64,
+    /// Why it was dirty (the file, statement and what the database said), or `null`.
+    pub was_dirty: Option<String>,
+}
+
 /// `status_ok`: where the estate stands. `in_flight` and `interrupted` are written only when
 /// they are not empty, so an idle node's reply is exactly the four fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +177,10 @@ pub struct HistoryEntry {
     pub request: Box<RawValue>,
     /// The reply body, as JSON.
     pub reply: Box<RawValue>,
+    /// The files a real database ran, with their checksums and times (written only then).
+    pub ran: Option<Box<RawValue>>,
+    /// When a real executor finished, in milliseconds since the Unix epoch (written only then).
+    pub at: Option<u64>,
 }
 
 impl PartialEq for HistoryEntry {
@@ -194,12 +210,18 @@ impl HistoryEntry {
 
 impl Serialize for HistoryEntry {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut entry = serializer.serialize_struct("HistoryEntry", 5)?;
+        let mut entry = serializer.serialize_struct("HistoryEntry", 7)?;
         entry.serialize_field("seq", &self.seq)?;
         entry.serialize_field("src", &self.src)?;
         entry.serialize_field("msg_id", &self.msg_id)?;
         entry.serialize_field("request", &self.request)?;
         entry.serialize_field("reply", &self.reply)?;
+        if let Some(ran) = &self.ran {
+            entry.serialize_field("ran", ran)?;
+        }
+        if let Some(at) = self.at {
+            entry.serialize_field("at", &at)?;
+        }
         entry.end()
     }
 }

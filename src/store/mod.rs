@@ -59,14 +59,30 @@ impl Entry {
         self.outcome.is_some()
     }
 
-    /// As `history` lists it.
+    /// As `history` lists it, with the files a real database ran and when, if it did; `None`
+    /// for what `history` does not list (a refusal, an intent still open).
     pub fn history_entry(&self) -> Option<HistoryEntry> {
+        if !self.is_history() {
+            return None;
+        }
+        let done = match self.outcome.as_deref().map(serde_json::from_str::<Outcome>) {
+            Some(Ok(Outcome::Completion(crate::core::effects::Completion::Done(done)))) => {
+                Some(done)
+            }
+            _ => None,
+        };
+        let ran = done
+            .as_ref()
+            .filter(|d| !d.ran.is_empty())
+            .and_then(|d| serde_json::value::to_raw_value(&d.ran).ok());
         Some(HistoryEntry {
             seq: self.seq,
             src: self.src.clone(),
             msg_id: self.msg_id,
             request: RawValue::from_string(self.request.clone()).ok()?,
             reply: RawValue::from_string(self.reply.clone()?).ok()?,
+            ran,
+            at: done.and_then(|d| d.at),
         })
     }
 }
@@ -232,6 +248,8 @@ impl Store for MemoryStore {
                     request: RawValue::from_string(request).map_err(|e| e.to_string())?,
                     reply: RawValue::from_string(e.answer.body.to_string())
                         .map_err(|e| e.to_string())?,
+                    ran: None,
+                    at: None,
                 })
             })
             .collect()

@@ -5,7 +5,7 @@
 use super::catalogue::Catalogue;
 use super::schema::{open, DbState, Direction, Dirty, RunFailure, SchemaDb, Step};
 use super::sql::SqlFile;
-use crate::core::effects::{Completion, Done, Effect, ExecError, Failure, Found};
+use crate::core::effects::{Completion, Done, Effect, ExecError, Failure, Found, Ran};
 use crate::core::state::{Migration, SchemaHealth, State};
 use crate::exec::{Report, Schema};
 use crate::protocol::values::{Progress, Seconds};
@@ -84,6 +84,14 @@ fn found(catalogue: &Catalogue, state: &DbState) -> Found {
         catalogue: Some(migrations),
         ..Found::default()
     }
+}
+
+/// Now, in milliseconds since the Unix epoch: when a real run finished, for the audit trail.
+fn now_millis() -> Option<u64> {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    u64::try_from(since.as_millis()).ok()
 }
 
 fn short(checksum: &str) -> String {
@@ -165,6 +173,16 @@ impl Schema for Migrations {
             Ok(run) => Completion::Done(Done {
                 duration: Seconds::measured(run.duration),
                 rows: None,
+                ran: run
+                    .steps
+                    .iter()
+                    .map(|step| Ran {
+                        file: file_name(&step.path),
+                        checksum: step.checksum.clone(),
+                        millis: u64::try_from(step.duration.as_millis()).unwrap_or(u64::MAX),
+                    })
+                    .collect(),
+                at: now_millis(),
             }),
             Err(failure) => {
                 let now = self.read().ok().map(Box::new);
@@ -183,6 +201,22 @@ impl Schema for Migrations {
                     },
                 })
             }
+        }
+    }
+
+    fn force(&mut self, version: u64) -> Completion {
+        let started = std::time::Instant::now();
+        match self.db.force(version) {
+            Ok(_) => Completion::Done(Done {
+                duration: Seconds::measured(started.elapsed()),
+                at: now_millis(),
+                ..Done::default()
+            }),
+            Err(e) => Completion::Failed(Failure::nothing_changed(ExecError::failed(
+                format!("forcing version {version}"),
+                Some(self.db.url().to_owned()),
+                e,
+            ))),
         }
     }
 
