@@ -336,6 +336,7 @@ fn request_types_lanes_and_fields() {
             "enable_feature",
             "switch_traffic",
             "restore",
+            "force_version",
             "history",
             "status"
         ]
