@@ -1,5 +1,5 @@
 //! The pure core through its own API: each transition's decision (effects as data) and refusal,
-//! the second pure function (`Machine::finish`) for completions and failures, and the lanes —
+//! the second pure function (`State::finish`) for completions and failures, and the lanes —
 //! queues, retries that join a running request, completions in any order, a full queue — with a
 //! test sink standing in for the runtime and completions handed in by hand.
 
@@ -67,7 +67,7 @@ fn rollback_decides_one_down_per_version_and_finish_moves_the_schema() {
         "deciding changes nothing"
     );
     let mut state = machine.state().clone();
-    let reply = Machine::finish(&mut state, &operation, &done(10)).unwrap();
+    let reply = state.finish(&operation, &done(10)).unwrap();
     assert_eq!(
         reply,
         Reply::RollbackComplete(RollbackComplete {
@@ -80,7 +80,7 @@ fn rollback_decides_one_down_per_version_and_finish_moves_the_schema() {
     refused(&machine, Request::Rollback { version: v(4) }, 20);
     let at_zero = Machine::new(State {
         schema_version: 0,
-        ..State::example()
+        ..Estate::example().state
     });
     let text = refused(&at_zero, Request::Rollback { version: v(1) }, 22);
     assert!(text.contains("nothing to roll back"), "{text}");
@@ -103,12 +103,12 @@ fn migrate_decides_one_up_per_version() {
     refused(&machine, Request::Migrate { version: v(4) }, 20);
     let low = Machine::new(State {
         schema_version: 0,
-        ..State::example()
+        ..Estate::example().state
     });
     let operation = accepted(&low, &Request::Migrate { version: v(2) });
     assert_eq!(operation.effects.len(), 2);
     let mut state = low.state().clone();
-    let reply = Machine::finish(&mut state, &operation, &done(10)).unwrap();
+    let reply = state.finish(&operation, &done(10)).unwrap();
     assert_eq!(
         reply,
         Reply::MigrateComplete(MigrateComplete {
@@ -137,7 +137,7 @@ fn flags_write_the_flag_store_and_unknown_flags_are_refused() {
         }]
     );
     let mut state = machine.state().clone();
-    Machine::finish(&mut state, &operation, &done(0)).unwrap();
+    state.finish(&operation, &done(0)).unwrap();
     assert!(!state.flags["new_checkout"]);
     let text = refused(
         &machine,
@@ -229,7 +229,7 @@ fn restore_reports_the_rows_the_executor_restored() {
         rows: Some(99_999),
         ..Done::default()
     });
-    let reply = Machine::finish(&mut state, &operation, &completion).unwrap();
+    let reply = state.finish(&operation, &completion).unwrap();
     assert_eq!(
         reply,
         Reply::RestoreComplete(RestoreComplete {
@@ -273,7 +273,7 @@ fn a_failure_before_any_change_is_an_abort_that_changes_nothing() {
     ] {
         let operation = accepted(&machine, &request);
         let mut state = machine.state().clone();
-        let refusal = Machine::finish(&mut state, &operation, &failure(0, false)).unwrap_err();
+        let refusal = state.finish(&operation, &failure(0, false)).unwrap_err();
         assert_eq!(refusal.code(), 14, "{refusal}");
         assert!(
             refusal.text().contains(
@@ -290,7 +290,7 @@ fn a_failure_part_way_is_a_crash_that_says_where_the_schema_is() {
     let machine = Machine::example();
     let operation = accepted(&machine, &Request::Rollback { version: v(1) });
     let mut state = machine.state().clone();
-    let refusal = Machine::finish(&mut state, &operation, &failure(1, false)).unwrap_err();
+    let refusal = state.finish(&operation, &failure(1, false)).unwrap_err();
     assert_eq!(refusal.code(), 13);
     assert_eq!(
         refusal.text(),

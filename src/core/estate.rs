@@ -367,10 +367,10 @@ impl File {
             return Err("flags: a flag name is empty".to_owned());
         }
         for (kind, senders) in &self.permissions {
-            if !crate::Request::TYPES.contains(&kind.as_str()) {
+            if !crate::core::transitions::Request::TYPES.contains(&kind.as_str()) {
                 return Err(format!(
                     "permissions.{kind}: there is no message type \"{kind}\"; known types: {}",
-                    crate::Request::TYPES.join(", ")
+                    crate::core::transitions::Request::TYPES.join(", ")
                 ));
             }
             if senders.iter().any(String::is_empty) {
@@ -487,7 +487,7 @@ mod tests {
 
     #[test]
     fn restore_hint_picks_newest_backup_at_or_below() {
-        let state = State::example();
+        let state = Estate::example().state;
         assert_eq!(
             state.backup_at_or_below(2).map(|b| b.schema_version),
             Some(2)

@@ -12,6 +12,7 @@
 use crate::core::effects::{Completion, Decision, Found, Lane, Lookup, Operation};
 use crate::core::retries::{Answer, Answered};
 use crate::core::state::{join, State};
+pub use crate::core::transitions::HISTORY_WINDOW;
 use crate::core::transitions::{status_of, Reply, Request};
 use crate::protocol::encode::{body_string, ReplyBody};
 use crate::protocol::replies::{HistoryEntry, HistoryOk, StatusOk};
@@ -21,8 +22,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// How many changes the `history` message can return.
-pub const HISTORY_WINDOW: usize = 1_000;
 /// How many requests may wait in one lane's queue; beyond that a request is refused with 11.
 pub const QUEUE_LIMIT: usize = 1_024;
 /// How many interrupted operations `status` keeps listing.
@@ -188,7 +187,7 @@ impl Machine {
 
     /// A machine over the built-in example estate.
     pub fn example() -> Self {
-        Machine::new(State::example())
+        Machine::new(crate::core::estate::Estate::example().state)
     }
 
     /// The estate's current state.
@@ -276,6 +275,14 @@ impl Machine {
     pub fn check(&self, src: &str, request: &Request) -> Result<Decision<Reply>, Refusal> {
         self.permit(src, request)?;
         self.decide(request)
+    }
+
+    /// Decides `request` against the estate's state (its transition); changes nothing.
+    ///
+    /// # Errors
+    /// The transition's refusal.
+    pub fn decide(&self, request: &Request) -> Result<Decision<Reply>, Refusal> {
+        self.state.decide(request)
     }
 
     /// Takes what the executors say is true now (at start: the real systems are the truth).
@@ -421,6 +428,11 @@ impl Machine {
         sink: &mut impl Sink,
     ) -> Result<Reply, Refusal> {
         match decision {
+            Decision::Reply(Reply::StatusOk(mut status)) => {
+                status.in_flight = self.in_flight();
+                status.interrupted = self.interrupted();
+                Ok(Reply::StatusOk(status))
+            }
             Decision::Reply(reply) => Ok(reply),
             Decision::Lookup(Lookup::History { limit }) => sink
                 .history(limit)
@@ -440,7 +452,7 @@ impl Machine {
             Decision::Accept(operation) => {
                 let mut after = self.state.clone();
                 let expected = operation.expected_completion();
-                let _ = Machine::finish(&mut after, &operation, &expected);
+                let _ = after.finish(&operation, &expected);
                 PlanOk {
                     effects: operation.effects,
                     state_after: status_of(&after),
@@ -537,7 +549,7 @@ impl Machine {
             addressed,
             joined,
         } = pending;
-        let reply = Machine::finish(&mut self.state, &operation, &completion);
+        let reply = self.state.finish(&operation, &completion);
         let answer = Arc::new(encode_answer(request, msg_id, &reply));
         let (shared_src, remembered) =
             self.answered
@@ -585,7 +597,7 @@ impl Machine {
         completion: &Completion,
     ) -> Arc<Answer> {
         self.seq = self.seq.max(seq);
-        let reply = Machine::finish(&mut self.state, operation, completion);
+        let reply = self.state.finish(operation, completion);
         let answer = Arc::new(encode_answer(request, msg_id, &reply));
         self.answered
             .insert_shared(src, msg_id, Arc::clone(&answer));
@@ -760,7 +772,7 @@ pub struct SnapshotAnswer {
 }
 
 /// `plan_ok`: what a `dry_run` request would do, with nothing performed.
-#[derive(Debug, Clone, PartialEq, crate::Reply)]
+#[derive(Debug, Clone, PartialEq, rollback_node_macros::Reply)]
 pub struct PlanOk {
     /// The effects an executor would perform, in order.
     pub effects: Vec<crate::core::effects::Effect>,

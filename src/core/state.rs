@@ -137,11 +137,6 @@ pub struct State {
 }
 
 impl State {
-    /// The built-in example estate's state.
-    pub fn example() -> Self {
-        crate::core::estate::Estate::example().state
-    }
-
     /// The last catalogued version (0 for an empty catalogue).
     pub fn last_version(&self) -> u64 {
         self.migrations.last().map_or(0, |m| m.version)

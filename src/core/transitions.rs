@@ -1,7 +1,8 @@
 //! The transitions: one `#[transition]` method per message type, each a pure decision over the
-//! [`Machine`]'s state. `#[protocol]` derives [`Request`], [`Reply`] and the dispatcher
-//! [`Machine::decide`] from them; [`Machine::finish`] is the second pure function, which applies
-//! a completed (or failed) operation to the state and builds its reply.
+//! estate's [`State`]. `#[protocol]` derives [`Request`], [`Reply`] and the dispatcher
+//! [`State::decide`] from them; [`State::finish`] is the second pure function, which applies a
+//! completed (or failed) operation to the state and builds its reply. What the lanes hold
+//! (`status`'s `in_flight`, `interrupted`) is added by [`crate::core::machine`].
 //!
 //! A transition checks everything that could refuse the request and, if it accepts it, returns
 //! the operation as data: its [`Plan`] and its [`Effect`]s. It changes nothing, calls no
@@ -11,15 +12,17 @@
 use crate::core::effects::{
     Completion, Decision, Done, Effect, Failure, Lane, Lookup, Operation, Plan, ServerState,
 };
-use crate::core::machine::{Machine, HISTORY_WINDOW};
 use crate::core::state::{join, Health, State};
 use crate::protocol;
 use crate::protocol::replies::*;
 use crate::protocol::values::{DatabaseView, Environment, RestoreRecord, Version};
 use crate::protocol::{quote, Refusal};
 
+/// How many changes the `history` message can return.
+pub const HISTORY_WINDOW: usize = 1_000;
+
 #[protocol]
-impl Machine {
+impl State {
     /// Maelstrom's handshake: the node learns its id. Changes nothing in the estate.
     #[transition]
     pub fn init(&self, node_id: String, node_ids: Vec<String>) -> Result<InitOk, Refusal> {
@@ -42,7 +45,7 @@ impl Machine {
     /// at `version - 1`.
     #[transition(lane = Lane::Schema)]
     pub fn rollback(&self, version: Version) -> Result<Decision<RollbackComplete>, Refusal> {
-        let state = self.state();
+        let state = self;
         let target = version.get();
         let current = state.schema_version;
         check_schema(state, "rollback")?;
@@ -90,7 +93,7 @@ impl Machine {
     /// Runs up() for each version above the current one, up to `version`.
     #[transition(lane = Lane::Schema)]
     pub fn migrate(&self, version: Version) -> Result<Decision<MigrateComplete>, Refusal> {
-        let state = self.state();
+        let state = self;
         let target = version.get();
         let current = state.schema_version;
         let last = state.last_version();
@@ -125,24 +128,24 @@ impl Machine {
     #[transition(lane = Lane::Flags)]
     pub fn disable_feature(&self, feature: String) -> Result<Decision<FeatureDisabled>, Refusal> {
         layer(
-            &self.state().layers.flags,
+            &self.layers.flags,
             "disable_feature",
             "feature flags",
             "[flags] or [flagd] file = PATH",
         )?;
-        set_flag(self.state(), feature, false)
+        set_flag(self, feature, false)
     }
 
     /// Enables a flag again.
     #[transition(lane = Lane::Flags)]
     pub fn enable_feature(&self, feature: String) -> Result<Decision<FeatureEnabled>, Refusal> {
         layer(
-            &self.state().layers.flags,
+            &self.layers.flags,
             "enable_feature",
             "feature flags",
             "[flags] or [flagd] file = PATH",
         )?;
-        set_flag(self.state(), feature, true)
+        set_flag(self, feature, true)
     }
 
     /// Moves traffic from the live environment to the other, healthy one: the target is made
@@ -154,12 +157,12 @@ impl Machine {
         to: Environment,
     ) -> Result<Decision<TrafficSwitched>, Refusal> {
         layer(
-            &self.state().layers.traffic,
+            &self.layers.traffic,
             "switch_traffic",
             "blue-green traffic",
             "[traffic] or [haproxy] socket = PATH, backend = NAME",
         )?;
-        let traffic = &self.state().traffic;
+        let traffic = &self.traffic;
         let live = traffic.live;
         if from == to {
             return Err(Refusal::MalformedRequest(format!(
@@ -195,7 +198,7 @@ impl Machine {
     /// The last resort: restores a backup, which sets the schema to the backup's version.
     #[transition(lane = Lane::Schema)]
     pub fn restore(&self, backup: String) -> Result<Decision<RestoreComplete>, Refusal> {
-        let state = self.state();
+        let state = self;
         layer(
             &state.layers.backups,
             "restore",
@@ -230,7 +233,7 @@ impl Machine {
     /// golang-migrate calls `force`). Allowed only to the senders the estate names for it.
     #[transition(lane = Lane::Schema)]
     pub fn force_version(&self, version: Version) -> Result<Decision<VersionForced>, Refusal> {
-        let state = self.state();
+        let state = self;
         layer(
             &state.layers.schema,
             "force_version",
@@ -271,10 +274,7 @@ impl Machine {
     /// Changes nothing.
     #[transition]
     pub fn status(&self) -> Result<StatusOk, Refusal> {
-        let mut status = status_of(self.state());
-        status.in_flight = self.in_flight();
-        status.interrupted = self.interrupted();
-        Ok(status)
+        Ok(status_of(self))
     }
 }
 
@@ -300,19 +300,20 @@ pub fn status_of(state: &State) -> StatusOk {
     status
 }
 
-impl Machine {
-    /// Applies a completed or failed operation to `state` and builds its reply: the second pure
-    /// function. A failure keeps what the completed effects did and says where things stand:
+impl State {
+    /// Applies a completed or failed operation to the state and builds its reply: the second
+    /// pure function. A failure keeps what the completed effects did and says where things stand:
     /// [`Refusal::Abort`] (14) when nothing changed, [`Refusal::Crash`] (13) when the system
     /// may be part-way.
     ///
     /// # Errors
     /// The failure's refusal.
     pub fn finish(
-        state: &mut State,
+        &mut self,
         operation: &Operation,
         completion: &Completion,
     ) -> Result<Reply, Refusal> {
+        let state = self;
         let (done, failure) = match completion {
             Completion::Done(_) => (operation.effects.len(), None),
             Completion::Failed(failure) => (

@@ -6,7 +6,7 @@ pub use crate::protocol::values::Seconds;
 use crate::protocol::values::{
     DatabaseView, Environment, InFlightView, InterruptedView, RestoreRecord,
 };
-use crate::Reply;
+use rollback_node_macros::Reply;
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;

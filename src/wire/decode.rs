@@ -9,6 +9,7 @@
 //! fields, and on failure once more to name the offending field. Both produce the same result for
 //! every line the single pass accepts; every error comes from the full decoder.
 
+use super::incoming::Incoming;
 use crate::core::transitions::Request;
 use crate::protocol::{quote, Refusal};
 use serde::de::IgnoredAny;
@@ -22,21 +23,6 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// The body keys every request may carry besides its type's fields.
 pub const COMMON_FIELDS: [&str; 3] = ["type", "msg_id", "dry_run"];
-
-/// What could be read from one input line.
-#[derive(Debug)]
-pub struct Incoming<'a> {
-    /// The sender, the reply's `dest`.
-    pub src: Option<Cow<'a, str>>,
-    /// Whom the message was addressed to.
-    pub dest: Option<Cow<'a, str>>,
-    /// The body's `msg_id`, when present and a non-negative integer.
-    pub msg_id: Option<u64>,
-    /// The body's `"dry_run": true`.
-    pub dry_run: bool,
-    /// The request, or why it cannot be carried out.
-    pub request: Result<Request, Refusal>,
-}
 
 #[derive(Deserialize)]
 struct RawEnvelope<'a> {

@@ -4,9 +4,9 @@
 //! [`crate::protocol::encode`].
 
 pub mod decode;
+pub mod incoming;
 pub mod lines;
 mod single_pass;
 
-pub use decode::{
-    decode, decode_in_full, decode_single_pass, encode_request, Incoming, MAX_LINE_BYTES,
-};
+pub use decode::{decode, decode_in_full, decode_single_pass, encode_request, MAX_LINE_BYTES};
+pub use incoming::Incoming;

@@ -1,7 +1,7 @@
 //! The single pass over a well-formed request line (see [`super::decode`]). It returns `None` as
 //! soon as anything is unusual; it never produces an error of its own.
 
-use super::decode::Incoming;
+use super::incoming::Incoming;
 use crate::core::transitions::Request;
 use serde::de::value::{BorrowedStrDeserializer, StringDeserializer};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::schema::Direction;
+use std::fmt;
 
 /// One version of the directory: its up file and, when the version is reversible, its down file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +233,31 @@ impl Catalogue {
         } else {
             self.migrations[i - 1].version
         }
+    }
+}
+
+/// Which way a step goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Apply (`.up.sql`).
+    Up,
+    /// Revert (`.down.sql`).
+    Down,
+}
+
+impl Direction {
+    /// `up` or `down`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

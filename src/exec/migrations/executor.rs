@@ -3,8 +3,9 @@
 //! committed, whether the database may be part-way (dirty), and what the database says now.
 
 use super::catalogue::Catalogue;
-use super::schema::{open, DbState, Direction, Dirty, RunFailure, SchemaDb, Step};
+use super::schema::{DbState, Direction, Dirty, RunFailure, SchemaDb, Step};
 use super::sql::SqlFile;
+use super::url::open;
 use crate::core::effects::{Completion, Done, Effect, ExecError, Failure, Found, Ran};
 use crate::core::state::{Migration, SchemaHealth, State};
 use crate::exec::{Report, Schema};

@@ -36,10 +36,12 @@ pub mod postgres;
 pub mod schema;
 pub mod sql;
 pub mod sqlite;
+pub mod url;
 
 pub use catalogue::{Catalogue, CatalogueError, Migration};
 pub use schema::{
-    open, plan, DbState, Direction, Dirty, Drift, Evidence, ForceReport, NotInDirectory, PlanError,
+    plan, DbState, Direction, Dirty, Drift, Evidence, ForceReport, NotInDirectory, PlanError,
     RunError, RunFailure, RunReport, SchemaDb, SchemaError, Step, StepReport,
 };
 pub use sql::{SqlFile, SqlFileError, Statement, TxMode};
+pub use url::open;

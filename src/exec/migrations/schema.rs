@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::catalogue::Catalogue;
+pub use super::catalogue::Direction;
 use super::sql::{SqlFile, SqlFileError, TxMode};
 
 /// The version table golang-migrate uses.
@@ -26,31 +27,6 @@ pub const VERSION_TABLE: &str = "schema_migrations";
 pub const CHECKSUM_TABLE: &str = "rollback_node_schema_checksums";
 /// Our table of evidence of a dirty state.
 pub const EVIDENCE_TABLE: &str = "rollback_node_schema_evidence";
-
-/// Which way a step goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// Apply (`.up.sql`).
-    Up,
-    /// Revert (`.down.sql`).
-    Down,
-}
-
-impl Direction {
-    /// `up` or `down`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Up => "up",
-            Direction::Down => "down",
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One file to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -988,27 +964,3 @@ macro_rules! delegate_schema_db {
     };
 }
 pub(crate) use delegate_schema_db;
-
-/// Opens a schema database from a URL: `sqlite:PATH` (also `sqlite://PATH`, `sqlite3://PATH`)
-/// or `postgres://...` / `postgresql://...` (TCP, or a Unix socket directory with `?host=DIR`).
-pub fn open(url: &str) -> Result<Box<dyn SchemaDb>, SchemaError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Box::new(super::postgres::PostgresDb::open(url)?))
-    } else if let Some(path) = ["sqlite3://", "sqlite://", "sqlite3:", "sqlite:"]
-        .iter()
-        .find_map(|p| url.strip_prefix(p))
-    {
-        if path.is_empty() {
-            return Err(SchemaError::BadUrl {
-                url: url.to_owned(),
-                problem: "no file path".into(),
-            });
-        }
-        Ok(Box::new(super::sqlite::SqliteDb::open(path)?))
-    } else {
-        Err(SchemaError::BadUrl {
-            url: super::postgres::redact(url),
-            problem: "unknown scheme".into(),
-        })
-    }
-}
