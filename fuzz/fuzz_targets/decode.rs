@@ -11,8 +11,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Some(fast) = decode_single_pass(line) {
-        let full = decode_in_full(line)
-            .unwrap_or_else(|e| panic!("the single pass accepts what the full decoder refuses: {e}"));
+        let full = decode_in_full(line).unwrap_or_else(|e| {
+            panic!("the single pass accepts what the full decoder refuses: {e}")
+        });
         assert_eq!(fast.src, full.src, "src differs");
         assert_eq!(fast.dest, full.dest, "dest differs");
         assert_eq!(fast.msg_id, full.msg_id, "msg_id differs");
@@ -29,9 +30,20 @@ fuzz_target!(|data: &[u8]| {
     let encoded = encode_request(src, dest, incoming.msg_id, request);
     let again = decode(&encoded)
         .unwrap_or_else(|e| panic!("re-encoded line does not decode: {e}\nline: {encoded}"));
-    assert_eq!(again.src.as_deref(), Some(src), "src changed; line: {encoded}");
-    assert_eq!(again.dest.as_deref(), Some(dest), "dest changed; line: {encoded}");
-    assert_eq!(again.msg_id, incoming.msg_id, "msg_id changed; line: {encoded}");
+    assert_eq!(
+        again.src.as_deref(),
+        Some(src),
+        "src changed; line: {encoded}"
+    );
+    assert_eq!(
+        again.dest.as_deref(),
+        Some(dest),
+        "dest changed; line: {encoded}"
+    );
+    assert_eq!(
+        again.msg_id, incoming.msg_id,
+        "msg_id changed; line: {encoded}"
+    );
     match &again.request {
         Ok(decoded) => assert_eq!(decoded, request, "request changed; line: {encoded}"),
         Err(refusal) => panic!("re-encoded request refused: {refusal:?}\nline: {encoded}"),

@@ -28,7 +28,10 @@ fn check_output(out: &[u8], line_len: usize) {
         let bound = 16 * line_len + 64 * 1024;
         assert!(reply.len() <= bound, "reply of {} bytes", reply.len());
         let value: serde_json::Value = serde_json::from_slice(reply).unwrap_or_else(|e| {
-            panic!("reply is not JSON ({e}): {:?}", String::from_utf8_lossy(reply))
+            panic!(
+                "reply is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(reply)
+            )
         });
         let body = value
             .get("body")
@@ -38,10 +41,19 @@ fn check_output(out: &[u8], line_len: usize) {
             body.get("type").is_some_and(serde_json::Value::is_string),
             "reply body has no string type: {value}"
         );
-        assert!(value.get("src").is_some_and(serde_json::Value::is_string), "no src: {value}");
-        assert!(value.get("dest").is_some_and(serde_json::Value::is_string), "no dest: {value}");
+        assert!(
+            value.get("src").is_some_and(serde_json::Value::is_string),
+            "no src: {value}"
+        );
+        assert!(
+            value.get("dest").is_some_and(serde_json::Value::is_string),
+            "no dest: {value}"
+        );
     }
-    assert!(out.is_empty() || out.ends_with(b"\n"), "output ends mid-line");
+    assert!(
+        out.is_empty() || out.ends_with(b"\n"),
+        "output ends mid-line"
+    );
 }
 
 /// Delivers what `choice` says to one running lane, if any runs.
@@ -58,17 +70,18 @@ fn interleave(session: &mut Session, choice: u8, out: &mut Vec<u8>) {
         0..=9 => Completion::Done(Done {
             duration: Seconds::Measured(u64::from(choice)),
             rows: Some(u64::from(choice)),
-                    ..Done::default()
+            ..Done::default()
         }),
         10..=12 => Completion::Failed(Failure {
-            completed: 0,
-            part_way: false,
-            error: ExecError::failed("fuzzing", None, "refused"),
+            refused: choice % 2 == 0,
+            ..Failure::nothing_changed(ExecError::failed("fuzzing", None, "refused"))
         }),
         13..=14 => Completion::Failed(Failure {
             completed: usize::from(choice % 3),
             part_way: true,
+            refused: false,
             error: ExecError::failed("fuzzing", Some("line 1".into()), "crashed"),
+            now: None,
         }),
         _ => {
             session.progress(
@@ -114,7 +127,11 @@ fuzz_target!(|data: &[u8]| {
                 session.handle_line(line, &mut out)
             }
             Piece::TooLong(bytes) => {
-                assert!(want.len() > CAP, "line {index} of {} bytes called too long", want.len());
+                assert!(
+                    want.len() > CAP,
+                    "line {index} of {} bytes called too long",
+                    want.len()
+                );
                 assert_eq!(bytes, want.len(), "too-long line {index} misreported");
                 Some(session.too_long(bytes))
             }
