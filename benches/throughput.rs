@@ -28,6 +28,12 @@
 //!
 //! Run without `--bench` (as `cargo test --benches` does), it is a quick smoke run.
 
+mod common;
+
+use common::{
+    cpu_model, grouped, mib, micros, other, percentile, workload_request, GNU_TIME, INIT, INIT_OK,
+    NODE,
+};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -40,9 +46,7 @@ use std::time::{Duration, Instant};
 /// Set (to the pad offsets) to make this executable the floor program.
 const FLOOR_ENV: &str = "ROLLBACK_NODE_BENCH_FLOOR";
 /// The release node binary, built by cargo for this benchmark.
-const NODE: &str = env!("CARGO_BIN_EXE_rollback-node");
 /// GNU time, for the peak RSS of a child.
-const GNU_TIME: &str = "/usr/bin/time";
 /// Goal: the in-memory node's best msg/s at least this fraction of the floor's.
 const IN_MEMORY_GOAL: f64 = 0.7;
 /// Goal: the `--state-dir` node's best msg/s at least this fraction of the in-memory node's.
@@ -171,19 +175,6 @@ fn floor(spec: &str) -> io::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The workload.
 
-const INIT: &str = r#"{"src":"c1","dest":"n1","body":{"type":"init","msg_id":0,"node_id":"n1","node_ids":["n1"]}}"#;
-const INIT_OK: &str = r#"{"src":"n1","dest":"c1","body":{"type":"init_ok","in_reply_to":0}}"#;
-
-/// Message `i` (from 1) of the cycle, with msg_id `i`.
-fn request(i: u64) -> String {
-    let head = r#"{"src":"c1","dest":"n1","body":{"type":"#;
-    match (i - 1) % 3 {
-        0 => format!(r#"{head}"disable_feature","msg_id":{i},"feature":"new_checkout"}}}}"#),
-        1 => format!(r#"{head}"switch_traffic","msg_id":{i},"from":"green","to":"blue"}}}}"#),
-        _ => format!(r#"{head}"switch_traffic","msg_id":{i},"from":"blue","to":"green"}}}}"#),
-    }
-}
-
 /// The node's reply to message `i`.
 fn expected_reply(i: u64) -> String {
     let head = r#"{"src":"n1","dest":"c1","body":{"type":"#;
@@ -203,7 +194,7 @@ fn expected_reply(i: u64) -> String {
 /// The floor's pad offsets: reply length minus request length, per request type. The two
 /// `switch_traffic` replies differ by one byte (`blue`/`green`); the floor takes the shorter.
 fn floor_spec() -> String {
-    let delta = |i: u64| expected_reply(i).len() as isize - request(i).len() as isize;
+    let delta = |i: u64| expected_reply(i).len() as isize - workload_request(i).len() as isize;
     format!(
         "init={},disable_feature={},switch_traffic={}",
         INIT_OK.len() as isize - INIT.len() as isize,
@@ -224,7 +215,7 @@ fn write_workload(dir: &Path, n: u64) -> io::Result<Workload> {
     let mut line = String::new();
     for i in 1..=n {
         line.clear();
-        line.push_str(&request(i));
+        line.push_str(&workload_request(i));
         line.push('\n');
         file.write_all(line.as_bytes())?;
     }
@@ -276,10 +267,6 @@ struct Run {
     elapsed: Duration,
     peak_rss_kib: Option<u64>,
     out_bytes: u64,
-}
-
-fn other(message: String) -> io::Error {
-    io::Error::other(message)
 }
 
 /// Pipes the workload into `program` and reads its replies to the end.
@@ -431,7 +418,7 @@ fn round_trips(program: Program, count: u64, scratch: &Path) -> io::Result<Vec<D
     exchange(INIT, &mut reply)?;
     let mut times = Vec::with_capacity(count as usize);
     for i in 1..=count {
-        let line = request(i);
+        let line = workload_request(i);
         let start = Instant::now();
         exchange(&line, &mut reply)?;
         times.push(start.elapsed());
@@ -511,49 +498,6 @@ impl Options {
             _ => 1,
         })
     }
-}
-
-/// `1234567` as `1,234,567`.
-fn grouped(value: u64) -> String {
-    let digits = value.to_string();
-    let mut out = String::new();
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
-fn mib(kib: Option<u64>) -> String {
-    kib.map_or("n/a".to_owned(), |kib| {
-        format!("{:.1} MiB", kib as f64 / 1024.0)
-    })
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn micros(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e6)
-}
-
-fn cpu_model() -> String {
-    fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, model)| model.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned())
 }
 
 fn bench(options: &Options) -> io::Result<()> {
