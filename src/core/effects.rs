@@ -245,6 +245,17 @@ impl Done {
     }
 }
 
+/// One statement a file would run, as a dry run lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementView {
+    /// The file.
+    pub file: String,
+    /// Its 1-based line.
+    pub line: u64,
+    /// The statement.
+    pub statement: String,
+}
+
 /// One file a real database ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ran {

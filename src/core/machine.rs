@@ -9,7 +9,9 @@
 //! the lanes whose operation may start. Whoever drives it — the inline session, the concurrent
 //! runtime, a test delivering completions in any order — decides when effects run.
 
-use crate::core::effects::{Completion, Decision, Found, Lane, Lookup, Operation};
+use crate::core::effects::{
+    Completion, Decision, Effect, Found, Lane, Lookup, Operation, StatementView,
+};
 use crate::core::retries::{Answer, Answered};
 use crate::core::state::{join, State};
 pub use crate::core::transitions::HISTORY_WINDOW;
@@ -43,6 +45,12 @@ pub trait Sink {
     /// # Errors
     /// The store could not be read; the text says why.
     fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String>;
+
+    /// The statements `effects` would run, in order, for a dry run (a real database's files
+    /// read now); none by default.
+    fn statements(&mut self, _effects: &[Effect]) -> Vec<StatementView> {
+        Vec::new()
+    }
 }
 
 /// What the journal records.
@@ -335,7 +343,11 @@ impl Machine {
             let plan = self
                 .permit(src, &request)
                 .and_then(|()| self.decide(&request))
-                .map(|decision| self.plan(decision));
+                .map(|decision| self.plan(decision))
+                .map(|mut plan| {
+                    plan.statements = sink.statements(&plan.effects);
+                    plan
+                });
             match plan {
                 Ok(plan) => sink.reply(src, addressed, &body_string(Some(msg_id), &plan)),
                 Err(refusal) => reply(sink, src, addressed, msg_id, &Err::<Reply, _>(refusal)),
@@ -456,11 +468,13 @@ impl Machine {
                 PlanOk {
                     effects: operation.effects,
                     state_after: status_of(&after),
+                    statements: Vec::new(),
                 }
             }
             Decision::Reply(_) | Decision::Lookup(_) => PlanOk {
                 effects: Vec::new(),
                 state_after: status_of(&self.state),
+                statements: Vec::new(),
             },
         }
     }
@@ -771,13 +785,31 @@ pub struct SnapshotAnswer {
     pub accepted: bool,
 }
 
-/// `plan_ok`: what a `dry_run` request would do, with nothing performed.
-#[derive(Debug, Clone, PartialEq, rollback_node_macros::Reply)]
+/// `plan_ok`: what a `dry_run` request would do, with nothing performed. `statements` is written
+/// only when a real database would run some.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlanOk {
     /// The effects an executor would perform, in order.
-    pub effects: Vec<crate::core::effects::Effect>,
+    pub effects: Vec<Effect>,
     /// The state if they all succeed, shaped like `status_ok`.
     pub state_after: StatusOk,
+    /// The statements the files would run, in order.
+    pub statements: Vec<StatementView>,
+}
+
+impl ReplyBody for PlanOk {
+    fn type_name(&self) -> &'static str {
+        "plan_ok"
+    }
+
+    fn serialize_fields<M: serde::ser::SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+        map.serialize_entry("effects", &self.effects)?;
+        map.serialize_entry("state_after", &self.state_after)?;
+        if !self.statements.is_empty() {
+            map.serialize_entry("statements", &self.statements)?;
+        }
+        Ok(())
+    }
 }
 
 fn encode_answer(request: Request, msg_id: u64, answer: &Result<Reply, Refusal>) -> Answer {

@@ -15,7 +15,9 @@ pub mod migrations;
 pub mod simulated;
 
 use crate::core::effects::Found;
-use crate::core::effects::{Completion, Effect, ExecError, Failure, Lane, Operation, Plan};
+use crate::core::effects::{
+    Completion, Effect, ExecError, Failure, Lane, Operation, Plan, StatementView,
+};
 use crate::core::state::State;
 use crate::protocol::values::{Environment, Progress};
 
@@ -28,6 +30,11 @@ pub trait Schema: Send {
     fn run(&mut self, steps: &[Effect], report: Report<'_>) -> Completion;
     /// Records `version` and clears the dirty flag, running nothing.
     fn force(&mut self, version: u64) -> Completion;
+    /// The statements the `RunDown`/`RunUp` effects would run, in order (for a dry run); none
+    /// where there are no files.
+    fn statements(&mut self, _steps: &[Effect]) -> Vec<StatementView> {
+        Vec::new()
+    }
     /// The schema version the database is at.
     fn observe(&mut self, believed: &State) -> Found;
     /// Whether it completes at once without touching anything outside the node (so it may run
@@ -124,6 +131,14 @@ impl LaneExecutor {
             (LaneExecutor::Schema { schema, .. }, _) => schema.observe(believed),
             (LaneExecutor::Traffic(traffic), _) => traffic.observe(believed),
             (LaneExecutor::Flags(flags), _) => flags.observe(believed),
+        }
+    }
+
+    /// The statements an operation's effects would run (for a dry run).
+    pub fn statements(&mut self, effects: &[Effect]) -> Vec<StatementView> {
+        match self {
+            LaneExecutor::Schema { schema, .. } => schema.statements(effects),
+            _ => Vec::new(),
         }
     }
 

@@ -181,6 +181,8 @@ pub struct HistoryEntry {
     pub ran: Option<Box<RawValue>>,
     /// When a real executor finished, in milliseconds since the Unix epoch (written only then).
     pub at: Option<u64>,
+    /// How long a real executor took, measured (written only then).
+    pub took_seconds: Option<Seconds>,
 }
 
 impl PartialEq for HistoryEntry {
@@ -210,7 +212,7 @@ impl HistoryEntry {
 
 impl Serialize for HistoryEntry {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut entry = serializer.serialize_struct("HistoryEntry", 7)?;
+        let mut entry = serializer.serialize_struct("HistoryEntry", 8)?;
         entry.serialize_field("seq", &self.seq)?;
         entry.serialize_field("src", &self.src)?;
         entry.serialize_field("msg_id", &self.msg_id)?;
@@ -221,6 +223,9 @@ impl Serialize for HistoryEntry {
         }
         if let Some(at) = self.at {
             entry.serialize_field("at", &at)?;
+        }
+        if let Some(took) = self.took_seconds {
+            entry.serialize_field("took_seconds", &took)?;
         }
         entry.end()
     }

@@ -6,7 +6,7 @@
 //! line (more only when an operation that other requests waited for completes) and returns a
 //! diagnostic (for stderr) whenever a line gets no reply.
 
-use crate::core::effects::{Completion, Lane, Operation};
+use crate::core::effects::{Completion, Effect, Lane, Operation, StatementView};
 use crate::core::estate::Estate;
 use crate::core::machine::{Inbound, Machine, Record, Sink};
 use crate::core::transitions::Request;
@@ -79,6 +79,7 @@ struct Outputs<'a, S> {
     store: &'a mut S,
     node_id: Option<&'a str>,
     starts: &'a mut Vec<(Lane, u64)>,
+    executors: &'a mut Executors,
 }
 
 impl<S: Store> Sink for Outputs<'_, S> {
@@ -97,6 +98,13 @@ impl<S: Store> Sink for Outputs<'_, S> {
 
     fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String> {
         self.store.history(limit)
+    }
+
+    fn statements(&mut self, effects: &[Effect]) -> Vec<StatementView> {
+        match self.executors.lane(Lane::Schema) {
+            Some(executor) => executor.statements(effects),
+            None => Vec::new(),
+        }
     }
 }
 
@@ -176,12 +184,14 @@ impl<S: Store> Session<S> {
         store: &'a mut S,
         node_id: Option<&'a str>,
         starts: &'a mut Vec<(Lane, u64)>,
+        executors: &'a mut Executors,
     ) -> Outputs<'a, S> {
         Outputs {
             out,
             store,
             node_id,
             starts,
+            executors,
         }
     }
 
@@ -250,6 +260,7 @@ impl<S: Store> Session<S> {
                     &mut self.store,
                     self.node_id.as_deref(),
                     &mut self.starts,
+                    &mut self.executors,
                 );
                 self.machine.receive(inbound, request, &mut sink);
                 self.perform_instant(out);
@@ -284,6 +295,7 @@ impl<S: Store> Session<S> {
                 &mut self.store,
                 self.node_id.as_deref(),
                 &mut self.starts,
+                &mut self.executors,
             );
             self.machine.complete(lane, seq, completion, &mut sink);
             self.flags_changed(lane);
@@ -314,6 +326,7 @@ impl<S: Store> Session<S> {
             &mut self.store,
             self.node_id.as_deref(),
             &mut self.starts,
+            &mut self.executors,
         );
         self.machine.complete(lane, seq, completion, &mut sink);
         self.flags_changed(lane);

@@ -82,7 +82,10 @@ impl Entry {
             request: RawValue::from_string(self.request.clone()).ok()?,
             reply: RawValue::from_string(self.reply.clone()?).ok()?,
             ran,
-            at: done.and_then(|d| d.at),
+            at: done.as_ref().and_then(|d| d.at),
+            took_seconds: done
+                .map(|d| d.duration)
+                .filter(|d| matches!(d, crate::protocol::values::Seconds::Measured(_))),
         })
     }
 }
@@ -250,6 +253,7 @@ impl Store for MemoryStore {
                         .map_err(|e| e.to_string())?,
                     ran: None,
                     at: None,
+                    took_seconds: None,
                 })
             })
             .collect()

@@ -6,7 +6,9 @@ use super::catalogue::Catalogue;
 use super::schema::{DbState, Direction, Dirty, RunFailure, SchemaDb, Step};
 use super::sql::SqlFile;
 use super::url::open;
-use crate::core::effects::{Completion, Done, Effect, ExecError, Failure, Found, Ran};
+use crate::core::effects::{
+    Completion, Done, Effect, ExecError, Failure, Found, Ran, StatementView,
+};
 use crate::core::state::{Migration, SchemaHealth, State};
 use crate::exec::{Report, Schema};
 use crate::protocol::values::{Progress, Seconds};
@@ -203,6 +205,32 @@ impl Schema for Migrations {
                 })
             }
         }
+    }
+
+    fn statements(&mut self, steps: &[Effect]) -> Vec<StatementView> {
+        let Ok(catalogue) = self.catalogue() else {
+            return Vec::new();
+        };
+        let mut statements = Vec::new();
+        for step in steps {
+            let (version, direction) = match step {
+                Effect::RunDown { version, .. } => (*version, Direction::Down),
+                Effect::RunUp { version, .. } => (*version, Direction::Up),
+                _ => continue,
+            };
+            let Some(path) = catalogue.get(version).and_then(|m| m.file(direction)) else {
+                continue;
+            };
+            let Ok(file) = SqlFile::load(path) else {
+                continue;
+            };
+            statements.extend(file.statements.iter().map(|s| StatementView {
+                file: file_name(path),
+                line: s.line as u64,
+                statement: s.text.clone(),
+            }));
+        }
+        statements
     }
 
     fn force(&mut self, version: u64) -> Completion {
