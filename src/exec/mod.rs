@@ -8,6 +8,7 @@
 //! [`LaneExecutor`] groups the capabilities one lane needs; the runtime gives each lane's to its
 //! worker, or runs it inline when it is instant.
 
+pub mod backups;
 pub mod connect;
 pub mod flagd;
 pub mod haproxy;
