@@ -9,7 +9,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use rollback_node::core::effects::{Completion, Failure};
-use rollback_node::core::state::State;
 use rollback_node::exec::backups::{list, retain, take, take_named, Database, RealBackups};
 use rollback_node::exec::Backups;
 use rollback_node::protocol::values::Progress;
@@ -152,7 +151,12 @@ fn a_good_restore_swaps_in_a_verified_copy_and_keeps_the_old_database() {
         session.simple_query("SELECT 1").is_err(),
         "old sessions closed"
     );
-    assert_eq!(backups.observe(&State::example()).schema_version, Some(1));
+    assert_eq!(
+        backups
+            .observe(&rollback_node::Estate::example().state)
+            .schema_version,
+        Some(1)
+    );
 }
 
 #[test]
@@ -197,7 +201,9 @@ fn a_dump_without_a_manifest_at_an_unknown_version_restores_and_says_its_version
     assert_eq!(done.rows, Some(321));
     assert_eq!(version(&f.name), 20240101000000);
     assert_eq!(
-        backups.observe(&State::example()).schema_version,
+        backups
+            .observe(&rollback_node::Estate::example().state)
+            .schema_version,
         Some(20240101000000)
     );
 }
@@ -207,7 +213,10 @@ fn an_unknown_dump_is_refused_naming_the_known_ones() {
     let f = Fixture::new("unknown_dump");
     f.backup("nightly", 1, 1);
     let failure = failure(f.executor().restore("weekly", &mut |_| {}));
-    assert!(failure.refused);
+    assert!(
+        failure.missing,
+        "an unknown backup is missing (20), not refused"
+    );
     assert!(failure.error.to_string().contains("nightly"));
 }
 

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rollback_node::core::effects::{Completion, Failure};
-use rollback_node::core::state::State;
 use rollback_node::exec::backups::{
     check_dir, list, retain, take, take_named, Database, RealBackups,
 };
@@ -161,7 +160,7 @@ fn a_good_restore_replaces_the_rows_and_sets_the_backups_version_with_progress()
     assert!(progress.windows(2).all(|w| w[0].done <= w[1].done));
     let last = progress.last().unwrap();
     assert_eq!(last.done, last.total);
-    let found = backups.observe(&State::example());
+    let found = backups.observe(&rollback_node::Estate::example().state);
     assert_eq!(found.schema_version, Some(1));
     assert!(found.catalogue.is_some(), "{found:?}");
     let mode: String = Connection::open(f.live())
@@ -242,7 +241,10 @@ fn an_unknown_backup_is_refused_naming_the_known_ones() {
     let f = Fixture::new();
     f.backup("nightly", 10, 1);
     let failure = failure(f.executor().restore("weekly", &mut |_| {}));
-    assert!(failure.refused);
+    assert!(
+        failure.missing,
+        "an unknown backup is missing (20), not refused"
+    );
     let text = failure.error.to_string();
     assert!(text.contains("no backup weekly"), "{text}");
     assert!(text.contains("nightly"), "{text}");
@@ -258,7 +260,7 @@ fn a_backup_at_a_version_the_directory_does_not_know_restores_and_says_its_versi
     };
     assert_eq!(done.rows, Some(300));
     assert_eq!(version(&f.live()), 20240101000000);
-    let found = backups.observe(&State::example());
+    let found = backups.observe(&rollback_node::Estate::example().state);
     assert_eq!(found.schema_version, Some(20240101000000));
 }
 

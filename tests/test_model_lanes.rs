@@ -875,6 +875,7 @@ fn failure(completed: usize, part_way: bool) -> Completion {
         completed,
         part_way,
         refused: false,
+        missing: false,
         error: ExecError::failed(
             "running the step",
             Some("line 4".into()),

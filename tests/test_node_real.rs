@@ -522,3 +522,84 @@ fn history_says_which_files_ran_with_their_checksums() {
     );
     assert!(entry["at"].as_u64().unwrap() > 1_700_000_000_000, "{entry}");
 }
+
+#[test]
+fn restore_from_a_real_backups_directory() {
+    let dir = example("sqlite");
+    std::fs::create_dir(dir.path().join("backups")).unwrap();
+    let estate = std::fs::read_to_string(dir.path().join("estate.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("estate.toml"),
+        format!("{estate}\n[backups]\ndir = \"backups\"\nkeep = 5\n"),
+    )
+    .unwrap();
+    let mut node = Node::start(&["--estate", "estate.toml"], dir.path());
+    // migrate takes a backup first, with its manifest, then runs up().
+    node.ask(serde_json::json!({"type": "migrate", "version": 20250810144214u64}));
+    let conn = rusqlite::Connection::open(dir.path().join("app.db")).unwrap();
+    conn.execute_batch("INSERT INTO users (email) VALUES ('a@example.com'), ('b@example.com');")
+        .unwrap();
+    let done = node.ask(serde_json::json!({"type": "migrate", "version": 20250915080000u64}));
+    assert_eq!(done["type"], "migrate_complete", "{done}");
+    let listed = node.ask(serde_json::json!({"type": "backups"}));
+    let backups = listed["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 2, "{listed}");
+    let newest = &backups[0];
+    assert_eq!(
+        newest["schema_version"], 20250810144214u64,
+        "newest first: {listed}"
+    );
+    assert_eq!(newest["rows"], 2);
+    assert_eq!(newest["verified"], true);
+    let name = newest["name"].as_str().unwrap().to_owned();
+    assert!(
+        name.starts_with("pre_migrate_20250810144214_to_20250915080000"),
+        "{name}"
+    );
+    // The last migration has no down(): the refusal names the backup to restore instead.
+    let refused = node.ask(serde_json::json!({"type": "rollback", "version": 20250915080000u64}));
+    assert_eq!(refused["code"], 22);
+    assert!(
+        refused["text"].as_str().unwrap().contains(&name),
+        "{refused}"
+    );
+    // Someone deletes the users; the backup brings them back.
+    conn.execute_batch("DELETE FROM users;").unwrap();
+    let restored = node.ask(serde_json::json!({"type": "restore", "backup": name}));
+    assert_eq!(restored["type"], "restore_complete", "{restored}");
+    assert_eq!(restored["restored_rows"], 2);
+    assert!(restored["duration_seconds"].is_f64());
+    let count: i64 = conn
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 2);
+    let status = node.ask(serde_json::json!({"type": "status"}));
+    assert_eq!(status["schema_version"], 20250810144214u64, "{status}");
+    assert_eq!(status["restore"]["backup"], name.as_str());
+    // An unknown backup is 20; a damaged one is 14 and the live database is untouched.
+    let unknown = node.ask(serde_json::json!({"type": "restore", "backup": "nope"}));
+    assert_eq!(unknown["code"], 20, "{unknown}");
+    let file = dir.path().join("backups").join(format!("{name}.db"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    conn.execute_batch("INSERT INTO users (email) VALUES ('c@example.com');")
+        .unwrap();
+    let damaged = node.ask(serde_json::json!({"type": "restore", "backup": name}));
+    assert_eq!(damaged["code"], 14, "{damaged}");
+    let count: i64 = conn
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 3, "the live database is untouched");
+    let listed = node.ask(serde_json::json!({"type": "backups"}));
+    assert!(
+        listed["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["name"] == name.as_str() && b["verified"] == false),
+        "{listed}"
+    );
+    node.finish();
+}

@@ -246,6 +246,7 @@ fn failure(completed: usize, part_way: bool) -> Completion {
         completed,
         part_way,
         refused: false,
+        missing: false,
         error: ExecError::failed(
             "running 2_add_users_email_index.down.sql",
             Some("line 4".into()),
@@ -337,6 +338,7 @@ fn request_types_lanes_and_fields() {
             "switch_traffic",
             "restore",
             "force_version",
+            "backups",
             "history",
             "status"
         ]

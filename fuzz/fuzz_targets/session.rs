@@ -74,12 +74,14 @@ fn interleave(session: &mut Session, choice: u8, out: &mut Vec<u8>) {
         }),
         10..=12 => Completion::Failed(Failure {
             refused: choice % 2 == 0,
+            missing: false,
             ..Failure::nothing_changed(ExecError::failed("fuzzing", None, "refused"))
         }),
         13..=14 => Completion::Failed(Failure {
             completed: usize::from(choice % 3),
             part_way: true,
             refused: false,
+            missing: false,
             error: ExecError::failed("fuzzing", Some("line 1".into()), "crashed"),
             now: None,
         }),

@@ -7,7 +7,7 @@
 //! Everything here is plain, serializable data: the journal records operations and completions
 //! as they are, and `dry_run` shows the effects without performing them.
 
-use crate::core::state::{Health, Migration, SchemaHealth, State};
+use crate::core::state::{Backup, Health, Migration, SchemaHealth, State};
 use crate::protocol::values::{Environment, Seconds};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -81,6 +81,8 @@ pub enum Lookup {
         /// How many.
         limit: u32,
     },
+    /// The backups, newest first.
+    Backups,
 }
 
 /// An accepted state-changing request: what it will make of the state and the effects that
@@ -183,6 +185,11 @@ pub enum Effect {
         /// The backup.
         backup: String,
     },
+    /// Take a backup of the live database first (before a migration), with its manifest.
+    TakeBackup {
+        /// Why, for its manifest.
+        why: String,
+    },
     /// Set the database's recorded version and clear its dirty flag, running nothing.
     ForceVersion {
         /// The version.
@@ -225,6 +232,15 @@ pub struct Done {
     /// When it finished, in milliseconds since the Unix epoch (real executors).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<u64>,
+    /// The schema version the database is at after a restore, as read from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u64>,
+    /// Where a restore kept the database it replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<String>,
+    /// The verified backups after it, when it took one (oldest first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<Vec<Backup>>,
 }
 
 impl Default for Done {
@@ -241,6 +257,9 @@ impl Done {
             rows: None,
             ran: Vec::new(),
             at: None,
+            schema_version: None,
+            kept: None,
+            backups: None,
         }
     }
 }
@@ -278,6 +297,10 @@ pub struct Failure {
     /// say): nothing changed, and the reply is 22 rather than 14.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refused: bool,
+    /// Whether what it names does not exist (an unknown backup, say): nothing changed, and the
+    /// reply is 20.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missing: bool,
     /// What went wrong.
     pub error: ExecError,
     /// What the executor found true after the failure, when it could tell.
@@ -292,6 +315,7 @@ impl Failure {
             completed: 0,
             part_way: false,
             refused: false,
+            missing: false,
             error,
             now: None,
         }
@@ -319,6 +343,9 @@ pub struct Found {
     /// The health of blue and green as the load balancer's checks say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<(Health, Health)>,
+    /// The verified backups in the backups directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<Vec<Backup>>,
     /// Why the executor could not say, when it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unknown: Option<String>,
@@ -335,6 +362,9 @@ impl Found {
         }
         if let Some(health) = &self.schema_health {
             state.schema_health = health.clone();
+        }
+        if let Some(backups) = &self.backups {
+            state.backups.clone_from(backups);
         }
         if let Some((blue, green)) = self.health {
             state.traffic.blue = blue;

@@ -44,6 +44,8 @@ pub struct Systems {
     pub schema: Option<SchemaSystem>,
     /// `[backups] dir`: a directory of real backups.
     pub backups: Option<String>,
+    /// `[backups] keep`: how many of the backups the node takes are kept.
+    pub keep_backups: Option<usize>,
     /// `[flagd] file`: a flagd flag-definition file.
     pub flagd: Option<String>,
     /// `[haproxy]`: a load balancer's runtime API.
@@ -154,6 +156,7 @@ impl<'de> Deserialize<'de> for FileBackups {
 #[serde(deny_unknown_fields)]
 struct RealBackups {
     dir: String,
+    keep: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -251,6 +254,10 @@ impl Estate {
             schema: file.schema.clone(),
             backups: match &file.backups {
                 Some(FileBackups::Real(real)) => Some(real.dir.clone()),
+                _ => None,
+            },
+            keep_backups: match &file.backups {
+                Some(FileBackups::Real(real)) => real.keep,
                 _ => None,
             },
             flagd: file.flagd.as_ref().map(|f| f.file.clone()),

@@ -17,7 +17,8 @@ use crate::core::state::{join, State};
 pub use crate::core::transitions::HISTORY_WINDOW;
 use crate::core::transitions::{status_of, Reply, Request};
 use crate::protocol::encode::{body_string, ReplyBody};
-use crate::protocol::replies::{HistoryEntry, HistoryOk, StatusOk};
+use crate::protocol::replies::{BackupsOk, HistoryEntry, HistoryOk, StatusOk};
+use crate::protocol::values::BackupView;
 use crate::protocol::values::{InFlightView, InterruptedView, Progress};
 use crate::protocol::Refusal;
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,14 @@ pub trait Sink {
     /// # Errors
     /// The store could not be read; the text says why.
     fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String>;
+
+    /// The backups, newest first, as the executor finds them now (by default, the state's).
+    ///
+    /// # Errors
+    /// The backups could not be read; the text says why.
+    fn backups(&mut self, state: &State) -> Result<Vec<BackupView>, String> {
+        Ok(simulated_backups(state))
+    }
 
     /// The statements `effects` would run, in order, for a dry run (a real database's files
     /// read now); none by default.
@@ -446,6 +455,12 @@ impl Machine {
                 Ok(Reply::StatusOk(status))
             }
             Decision::Reply(reply) => Ok(reply),
+            Decision::Lookup(Lookup::Backups) => sink
+                .backups(&self.state)
+                .map(|backups| Reply::BackupsOk(BackupsOk { backups }))
+                .map_err(|e| {
+                    Refusal::TemporarilyUnavailable(format!("the backups cannot be read: {e}"))
+                }),
             Decision::Lookup(Lookup::History { limit }) => sink
                 .history(limit)
                 .map(|entries| Reply::HistoryOk(HistoryOk { entries }))
@@ -810,6 +825,24 @@ impl ReplyBody for PlanOk {
         }
         Ok(())
     }
+}
+
+/// The state's own backups as `backups` lists them (a simulated world: no file, no time).
+pub fn simulated_backups(state: &State) -> Vec<BackupView> {
+    state
+        .backups
+        .iter()
+        .rev()
+        .map(|b| BackupView {
+            name: b.name.clone(),
+            taken_at: None,
+            schema_version: Some(b.schema_version),
+            rows: Some(b.rows),
+            size: None,
+            verified: true,
+            problem: None,
+        })
+        .collect()
 }
 
 fn encode_answer(request: Request, msg_id: u64, answer: &Result<Reply, Refusal>) -> Answer {

@@ -106,13 +106,25 @@ impl State {
                 format!("migration {target} is already applied (the schema is at version {current}); migrate needs {}", versions(state, current, last))
             }));
         }
-        let effects = state
-            .migrations_between(current.saturating_add(1), target)
-            .iter()
-            .map(|m| Effect::RunUp {
-                version: m.version,
-                file: m.up_file.clone().unwrap_or_else(|| m.name.clone()),
-            })
+        let backup_first = state
+            .layers
+            .backups
+            .as_deref()
+            .is_some_and(|b| b != "simulated")
+            .then(|| Effect::TakeBackup {
+                why: format!("before migrate from {current} to {target}"),
+            });
+        let effects = backup_first
+            .into_iter()
+            .chain(
+                state
+                    .migrations_between(current.saturating_add(1), target)
+                    .iter()
+                    .map(|m| Effect::RunUp {
+                        version: m.version,
+                        file: m.up_file.clone().unwrap_or_else(|| m.name.clone()),
+                    }),
+            )
             .collect();
         Ok(Decision::Accept(Operation {
             plan: Plan::Migrate {
@@ -203,26 +215,27 @@ impl State {
             &state.layers.backups,
             "restore",
             "backups",
-            "[[backups]] (simulated)",
+            "[[backups]], or [backups] dir = DIR",
         )?;
-        if state.layers.backups.as_deref() != Some("simulated") {
-            return Err(Refusal::NotSupported(format!(
-                "restore from the backups directory {} is not available in this version; the estate's real database can be rolled back with rollback, or restored by hand",
-                state.layers.backups.as_deref().unwrap_or_default()
-            )));
-        }
-        let Some(found) = state.backup(&backup) else {
-            return Err(Refusal::KeyDoesNotExist(format!(
-                "backup \"{}\" does not exist; known backups: {}",
-                quote(&backup),
-                state.backup_names()
-            )));
+        let real = state.layers.backups.as_deref() != Some("simulated");
+        let (schema_version, rows) = match state.backup(&backup) {
+            Some(found) => (found.schema_version, found.rows),
+            // A real backups directory is read when the restore runs: a file put there since
+            // the node last looked counts, and an unknown name is refused then (20).
+            None if real => (state.schema_version, 0),
+            None => {
+                return Err(Refusal::KeyDoesNotExist(format!(
+                    "backup \"{}\" does not exist; known backups: {}",
+                    quote(&backup),
+                    state.backup_names()
+                )))
+            }
         };
         Ok(Decision::Accept(Operation {
             plan: Plan::Restore {
                 backup: backup.clone(),
-                schema_version: found.schema_version,
-                rows: found.rows,
+                schema_version,
+                rows,
             },
             effects: vec![Effect::Restore { backup }],
         }))
@@ -255,6 +268,19 @@ impl State {
             },
             effects: vec![Effect::ForceVersion { version: target }],
         }))
+    }
+
+    /// The backups that can be restored, newest first (for a real backups directory, as it is
+    /// now). Changes nothing.
+    #[transition]
+    pub fn backups(&self) -> Result<Decision<BackupsOk>, Refusal> {
+        layer(
+            &self.layers.backups,
+            "backups",
+            "backups",
+            "[[backups]], or [backups] dir = DIR",
+        )?;
+        Ok(Decision::Lookup(Lookup::Backups))
     }
 
     /// The audit trail: the last `limit` changes (default 20, at most 1000), oldest first, read
@@ -314,6 +340,13 @@ impl State {
         completion: &Completion,
     ) -> Result<Reply, Refusal> {
         let state = self;
+        if let Completion::Done(Done {
+            backups: Some(backups),
+            ..
+        }) = completion
+        {
+            state.backups.clone_from(backups);
+        }
         let (done, failure) = match completion {
             Completion::Done(_) => (operation.effects.len(), None),
             Completion::Failed(failure) => (
@@ -441,11 +474,13 @@ impl State {
             } => match (completion, failure) {
                 (Completion::Done(done), _) => {
                     let restored_rows = done.rows.unwrap_or(*rows);
-                    state.schema_version = *schema_version;
+                    let schema_version = done.schema_version.unwrap_or(*schema_version);
+                    state.schema_version = schema_version;
                     state.last_restore = Some(RestoreRecord {
                         backup: backup.clone(),
                         restored_rows,
-                        schema_version: *schema_version,
+                        schema_version,
+                        kept: done.kept.clone(),
                     });
                     Ok(Reply::RestoreComplete(RestoreComplete {
                         restored_rows,
@@ -558,6 +593,7 @@ fn schema_failure(
     let (step, at) = match operation.effects.get(failure.completed) {
         Some(Effect::RunDown { version, .. }) => ("down()", *version),
         Some(Effect::RunUp { version, .. }) => ("up()", *version),
+        Some(Effect::TakeBackup { .. }) => ("the backup taken before", from),
         _ => ("a step", state.schema_version),
     };
     let now = state.schema_version;
@@ -572,7 +608,9 @@ fn schema_failure(
 /// The refusal for a failed effect: 22 when the system refused it on a precondition of its own,
 /// 14 when nothing changed, 13 when the system may be part-way.
 fn failed(what: &str, failure: &Failure, standing: String) -> Refusal {
-    if failure.refused {
+    if failure.missing {
+        Refusal::KeyDoesNotExist(format!("{what} failed: {}; nothing changed", failure.error))
+    } else if failure.refused {
         Refusal::PreconditionFailed(format!(
             "{what} was refused: {}; nothing changed, {standing}",
             failure.error

@@ -5,6 +5,7 @@
 
 use crate::core::effects::Found;
 use crate::core::estate::Estate;
+use crate::exec::backups::RealBackups;
 use crate::exec::flagd::FlagFile;
 use crate::exec::haproxy::Haproxy;
 use crate::exec::migrations::executor::Migrations;
@@ -55,6 +56,20 @@ pub fn connect(estate: &Estate, base: &Path, pace: f64) -> Result<(Executors, Fo
         }
         None => Box::new(simulated.clone()),
     };
+    let backups: Box<dyn crate::exec::Backups> =
+        match (&estate.systems.backups, &estate.systems.schema) {
+            (Some(dir), Some(system)) => {
+                let backups = RealBackups::open(
+                    &resolve(base, dir),
+                    &resolve_url(base, &system.database),
+                    Some(&resolve(base, &system.migrations)),
+                )?
+                .keeping(estate.systems.keep_backups);
+                found.backups = backups.observe_backups();
+                Box::new(backups)
+            }
+            _ => Box::new(simulated.clone()),
+        };
     let flags: Box<dyn crate::exec::Flags> = match &estate.systems.flagd {
         Some(file) => {
             let file = FlagFile::open(resolve(base, file), &estate.state.flags)
@@ -75,13 +90,19 @@ pub fn connect(estate: &Estate, base: &Path, pace: f64) -> Result<(Executors, Fo
         }
         None => Box::new(simulated.clone()),
     };
-    let executors = Executors::new(
-        LaneExecutor::Schema {
-            schema,
-            backups: Box::new(simulated),
-        },
+    let mut executors = Executors::new(
+        LaneExecutor::Schema { schema, backups },
         LaneExecutor::Traffic(traffic),
         LaneExecutor::Flags(flags),
     );
+    if let Some(dir) = &estate.systems.backups {
+        let dir = resolve(base, dir);
+        executors = executors.with_backups_lister(Box::new(move |_state| {
+            crate::exec::backups::list(&dir)
+                .into_iter()
+                .map(crate::exec::backups::executor::view)
+                .collect()
+        }));
+    }
     Ok((executors, found))
 }

@@ -747,6 +747,7 @@ impl crate::exec::Traffic for Haproxy {
                     completed: 0,
                     part_way,
                     refused,
+                    missing: false,
                     error: ExecError::failed(
                         format!("switching traffic from {from} to {to}"),
                         place,

@@ -20,7 +20,7 @@ use crate::core::effects::{
     Completion, Effect, ExecError, Failure, Lane, Operation, Plan, StatementView,
 };
 use crate::core::state::State;
-use crate::protocol::values::{Environment, Progress};
+use crate::protocol::values::{BackupView, Environment, Progress};
 
 /// Reports progress of a long effect.
 pub type Report<'a> = &'a mut dyn FnMut(Progress);
@@ -36,6 +36,8 @@ pub trait Schema: Send {
     fn statements(&mut self, _steps: &[Effect]) -> Vec<StatementView> {
         Vec::new()
     }
+    /// The database was replaced under it (a restore): connect again.
+    fn after_restore(&mut self) {}
     /// The schema version the database is at.
     fn observe(&mut self, believed: &State) -> Found;
     /// Whether it completes at once without touching anything outside the node (so it may run
@@ -49,6 +51,19 @@ pub trait Schema: Send {
 pub trait Backups: Send {
     /// Restores `backup` into the live database.
     fn restore(&mut self, backup: &str, report: Report<'_>) -> Completion;
+    /// The verified backups with a known schema version, oldest first (a real directory, read
+    /// now); `None` where the state's own list is the truth.
+    fn verified(&mut self) -> Option<Vec<crate::core::state::Backup>> {
+        None
+    }
+    /// Takes a backup of the live database before a migration from `from` to `to`.
+    ///
+    /// # Errors
+    /// The backup could not be taken: the migration must not run.
+    fn take(&mut self, _why: &str, _from: u64, _to: u64) -> Result<(), ExecError> {
+        Ok(())
+    }
+
     /// The schema version the live database is at.
     fn observe(&mut self, believed: &State) -> Found;
     /// As [`Schema::is_instant`].
@@ -100,11 +115,36 @@ impl LaneExecutor {
     /// Performs an operation's effects.
     pub fn perform(&mut self, operation: &Operation, report: Report<'_>) -> Completion {
         match (self, &operation.plan) {
-            (LaneExecutor::Schema { schema, .. }, Plan::Rollback { .. } | Plan::Migrate { .. }) => {
+            (LaneExecutor::Schema { schema, backups }, Plan::Migrate { from, to }) => {
+                let mut effects = operation.effects.as_slice();
+                let mut taken = 0;
+                if let Some(Effect::TakeBackup { why }) = effects.first() {
+                    if let Err(error) = backups.take(why, *from, *to) {
+                        return Completion::Failed(Failure::nothing_changed(error));
+                    }
+                    effects = &effects[1..];
+                    taken = 1;
+                }
+                match schema.run(effects, report) {
+                    Completion::Failed(mut failure) => {
+                        failure.completed += taken;
+                        Completion::Failed(failure)
+                    }
+                    Completion::Done(mut done) => {
+                        if taken == 1 {
+                            done.backups = backups.verified();
+                        }
+                        Completion::Done(done)
+                    }
+                }
+            }
+            (LaneExecutor::Schema { schema, .. }, Plan::Rollback { .. }) => {
                 schema.run(&operation.effects, report)
             }
-            (LaneExecutor::Schema { backups, .. }, Plan::Restore { backup, .. }) => {
-                backups.restore(backup, report)
+            (LaneExecutor::Schema { schema, backups }, Plan::Restore { backup, .. }) => {
+                let completion = backups.restore(backup, report);
+                schema.after_restore();
+                completion
             }
             (LaneExecutor::Schema { schema, .. }, Plan::ForceVersion { to, .. }) => {
                 schema.force(*to)
@@ -153,9 +193,13 @@ impl LaneExecutor {
     }
 }
 
+/// Lists backups from the owner thread while the schema lane's executor works elsewhere.
+pub type BackupsLister = Box<dyn Fn(&State) -> Vec<BackupView> + Send>;
+
 /// One executor per lane, indexed by [`Lane::index`]; a lane's may be taken out for a worker.
 pub struct Executors {
     lanes: [Option<LaneExecutor>; 3],
+    lister: Option<BackupsLister>,
 }
 
 impl Executors {
@@ -163,6 +207,21 @@ impl Executors {
     pub fn new(schema: LaneExecutor, traffic: LaneExecutor, flags: LaneExecutor) -> Self {
         Executors {
             lanes: [Some(schema), Some(traffic), Some(flags)],
+            lister: None,
+        }
+    }
+
+    /// Lists backups with `lister` (a real backups directory, read at each call).
+    pub fn with_backups_lister(mut self, lister: BackupsLister) -> Self {
+        self.lister = Some(lister);
+        self
+    }
+
+    /// The backups, newest first: the directory as it is now, or the simulated ones.
+    pub fn list_backups(&self, state: &State) -> Vec<BackupView> {
+        match &self.lister {
+            Some(lister) => lister(state),
+            None => crate::core::machine::simulated_backups(state),
         }
     }
 

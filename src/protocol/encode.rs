@@ -245,6 +245,7 @@ mod tests {
                 backup: "b\n".to_owned(),
                 restored_rows: 1,
                 schema_version: 2,
+                kept: Some("app_before_restore_1".to_owned()),
             }),
         ));
         check(&StatusOk::new(2, Environment::Blue, flags, None));

@@ -13,5 +13,6 @@ pub mod values;
 pub use encode::ReplyBody;
 pub use refusal::{quote, Refusal};
 pub use values::{
-    Environment, InFlightView, InterruptedView, Progress, RestoreRecord, Seconds, Version,
+    BackupView, Environment, InFlightView, InterruptedView, Progress, RestoreRecord, Seconds,
+    Version,
 };

@@ -4,7 +4,7 @@
 use crate::protocol::encode::ReplyBody;
 pub use crate::protocol::values::Seconds;
 use crate::protocol::values::{
-    DatabaseView, Environment, InFlightView, InterruptedView, RestoreRecord,
+    BackupView, DatabaseView, Environment, InFlightView, InterruptedView, RestoreRecord,
 };
 use rollback_node_macros::Reply;
 use serde::ser::{SerializeMap, SerializeStruct};
@@ -82,6 +82,13 @@ pub struct VersionForced {
     pub version: u64,
     /// Why it was dirty (the file, statement and what the database said), or `null`.
     pub was_dirty: Option<String>,
+}
+
+/// `backups_ok`: the backups, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Reply)]
+pub struct BackupsOk {
+    /// The backups.
+    pub backups: Vec<BackupView>,
 }
 
 /// `status_ok`: where the estate stands. `in_flight` and `interrupted` are written only when

@@ -187,6 +187,29 @@ pub struct RestoreRecord {
     pub restored_rows: u64,
     /// The schema version it set.
     pub schema_version: u64,
+    /// Where the database it replaced was kept (PostgreSQL: a dated database), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<String>,
+}
+
+/// One backup as the `backups` message lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupView {
+    /// Its name, as `restore` requests give it.
+    pub name: String,
+    /// When it was taken, in seconds since the Unix epoch (`null` for a simulated backup).
+    pub taken_at: Option<u64>,
+    /// The schema version it holds, when known.
+    pub schema_version: Option<u64>,
+    /// Rows in its application tables, when known.
+    pub rows: Option<u64>,
+    /// Its size in bytes (`null` for a simulated backup).
+    pub size: Option<u64>,
+    /// Whether it passed its checks.
+    pub verified: bool,
+    /// Why it did not, or what could not be said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// How far a long effect has come: `{"done": N, "total": M, "unit": "…"}`.

@@ -14,7 +14,7 @@ use crate::exec::simulated::Simulated;
 use crate::exec::{Executors, LaneExecutor};
 use crate::protocol::encode::{write_reply, write_reply_raw};
 use crate::protocol::replies::HistoryEntry;
-use crate::protocol::values::Progress;
+use crate::protocol::values::{BackupView, Progress};
 use crate::runtime::ofrep::FlagsView;
 use crate::store::replay::Open;
 use crate::store::{MemoryStore, Store, StoreError};
@@ -98,6 +98,10 @@ impl<S: Store> Sink for Outputs<'_, S> {
 
     fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String> {
         self.store.history(limit)
+    }
+
+    fn backups(&mut self, state: &crate::core::state::State) -> Result<Vec<BackupView>, String> {
+        Ok(self.executors.list_backups(state))
     }
 
     fn statements(&mut self, effects: &[Effect]) -> Vec<StatementView> {

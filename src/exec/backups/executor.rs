@@ -3,10 +3,10 @@
 
 use super::{find, list, BackupInfo, Database, Manifest, RestoreError, Restored};
 use crate::core::effects::{Completion, Done, ExecError, Failure, Found};
-use crate::core::state::State;
+use crate::core::state::{Backup, State};
 use crate::exec::migrations::executor::Migrations;
 use crate::exec::{Backups, Report};
-use crate::protocol::values::{Progress, Seconds};
+use crate::protocol::values::{BackupView, Progress, Seconds};
 use std::path::{Path, PathBuf};
 
 /// A backups directory and the live database its backups restore into.
@@ -17,6 +17,7 @@ pub struct RealBackups {
     migrations: Option<PathBuf>,
     pages_per_step: i32,
     last: Option<Restored>,
+    keep: Option<usize>,
 }
 
 impl RealBackups {
@@ -35,7 +36,32 @@ impl RealBackups {
             migrations: migrations.map(Path::to_owned),
             pages_per_step: super::sqlite::PAGES_PER_STEP,
             last: None,
+            keep: None,
         })
+    }
+
+    /// The verified backups with a known schema version, oldest first, as the state holds them.
+    pub fn observe_backups(&self) -> Option<Vec<Backup>> {
+        Some(
+            RealBackups::list(self)
+                .into_iter()
+                .filter(|b| b.verified)
+                .filter_map(|b| {
+                    Some(Backup {
+                        schema_version: b.schema_version?,
+                        rows: b.rows.unwrap_or(0),
+                        name: b.name,
+                    })
+                })
+                .rev()
+                .collect(),
+        )
+    }
+
+    /// Keeps only the newest `keep` backups the node took (after each one it takes).
+    pub fn keeping(mut self, keep: Option<usize>) -> Self {
+        self.keep = keep;
+        self
     }
 
     /// SQLite: copies `pages` pages per step between progress reports (negative: all at once).
@@ -166,16 +192,44 @@ impl RealBackups {
     }
 }
 
+/// A backup as `backups` lists it.
+pub fn view(info: BackupInfo) -> BackupView {
+    BackupView {
+        name: info.name,
+        taken_at: Some(info.taken_at),
+        schema_version: info.schema_version,
+        rows: info.rows,
+        size: Some(info.size),
+        verified: info.verified,
+        problem: info.problem,
+    }
+}
+
 impl Backups for RealBackups {
+    fn take(&mut self, why: &str, from: u64, to: u64) -> Result<(), ExecError> {
+        RealBackups::take(self, why, (from, to), self.keep)
+            .map(|_| ())
+            .map_err(|e| {
+                ExecError::failed(
+                    "taking a backup before the migration",
+                    Some(self.dir.display().to_string()),
+                    e,
+                )
+            })
+    }
+
     fn restore(&mut self, backup: &str, report: Report<'_>) -> Completion {
         let known = find(&self.dir, &self.database, backup).is_some();
         match self.restore_named(backup, report) {
             Ok(restored) => Completion::Done(Done {
                 duration: Seconds::measured(restored.duration),
                 rows: Some(restored.rows),
+                schema_version: Some(restored.schema_version),
+                kept: restored.kept.clone(),
+                ..Done::default()
             }),
             Err(RestoreError::Refused(said)) if !known => Completion::Failed(Failure {
-                refused: true,
+                missing: true,
                 ..Failure::nothing_changed(ExecError::failed(
                     "restoring a backup",
                     Some(self.dir.display().to_string()),
@@ -193,16 +247,23 @@ impl Backups for RealBackups {
                 completed: 0,
                 part_way: true,
                 refused: false,
+                missing: false,
                 error: ExecError::failed(format!("restoring {backup}"), None, e),
                 now: self.read().ok().map(Box::new),
             }),
         }
     }
 
+    fn verified(&mut self) -> Option<Vec<Backup>> {
+        self.observe_backups()
+    }
+
     fn observe(&mut self, _believed: &State) -> Found {
-        self.read().unwrap_or_else(|e| Found {
+        let mut found = self.read().unwrap_or_else(|e| Found {
             unknown: Some(e),
             ..Found::default()
-        })
+        });
+        found.backups = self.observe_backups();
+        found
     }
 }

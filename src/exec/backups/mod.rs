@@ -289,10 +289,15 @@ pub fn list(dir: &Path) -> Vec<BackupInfo> {
             }
         }
     }
-    out.sort_by(|a, b| {
-        b.taken_at
-            .cmp(&a.taken_at)
-            .then_with(|| a.name.cmp(&b.name))
+    // Newest first: by the time taken (seconds), then by the file's modification time, which
+    // tells apart two backups taken in the same second.
+    let modified = |file: &str| fs::metadata(dir.join(file)).and_then(|m| m.modified()).ok();
+    out.sort_by_cached_key(|b| {
+        (
+            std::cmp::Reverse(b.taken_at),
+            std::cmp::Reverse(modified(&b.file)),
+            b.name.clone(),
+        )
     });
     out
 }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 /// A real database and its golang-migrate directory.
 pub struct Migrations {
     db: Box<dyn SchemaDb>,
+    url: String,
     directory: PathBuf,
 }
 
@@ -30,6 +31,7 @@ impl Migrations {
     pub fn open(url: &str, directory: &Path) -> Result<(Self, Found), String> {
         let mut migrations = Migrations {
             db: open(url).map_err(|e| e.to_string())?,
+            url: url.to_owned(),
             directory: directory.to_owned(),
         };
         let found = migrations.read()?;
@@ -186,6 +188,9 @@ impl Schema for Migrations {
                     })
                     .collect(),
                 at: now_millis(),
+                schema_version: None,
+                kept: None,
+                backups: None,
             }),
             Err(failure) => {
                 let now = self.read().ok().map(Box::new);
@@ -199,6 +204,7 @@ impl Schema for Migrations {
                         completed: completed.len(),
                         part_way: true,
                         refused: false,
+                        missing: false,
                         error,
                         now,
                     },
@@ -231,6 +237,12 @@ impl Schema for Migrations {
             }));
         }
         statements
+    }
+
+    fn after_restore(&mut self) {
+        if let Ok(db) = open(&self.url) {
+            self.db = db;
+        }
     }
 
     fn force(&mut self, version: u64) -> Completion {
