@@ -603,3 +603,69 @@ fn restore_from_a_real_backups_directory() {
     );
     node.finish();
 }
+
+#[test]
+fn a_kill_during_a_real_restore_leaves_the_old_or_the_new_database() {
+    let dir = example("sqlite");
+    let backups = dir.path().join("backups");
+    std::fs::create_dir(&backups).unwrap();
+    let estate = std::fs::read_to_string(dir.path().join("estate.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("estate.toml"),
+        format!("{estate}\n[backups]\ndir = \"backups\"\n"),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    // A live database at the first version with a few rows, and a large backup of it.
+    let mut node = Node::start(
+        &["--estate", "estate.toml", "--state-dir", state_arg],
+        dir.path(),
+    );
+    node.ask(serde_json::json!({"type": "migrate", "version": 20250810144214u64}));
+    node.finish();
+    let live = dir.path().join("app.db");
+    let conn = rusqlite::Connection::open(&live).unwrap();
+    conn.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000)
+         INSERT INTO users (email) SELECT 'user' || i || '@example.com' FROM n;",
+    )
+    .unwrap();
+    conn.execute("VACUUM INTO ?1", [backups.join("big.db").to_str().unwrap()])
+        .unwrap();
+    conn.execute_batch("DELETE FROM users WHERE id > 10;")
+        .unwrap();
+    let count = || -> i64 {
+        rusqlite::Connection::open(&live)
+            .unwrap()
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(), 10);
+    let mut node = Node::start(&["--state-dir", state_arg], dir.path());
+    node.send(40, serde_json::json!({"type": "restore", "backup": "big"}));
+    let started = Instant::now();
+    loop {
+        let status = node.ask(serde_json::json!({"type": "status"}));
+        if status["in_flight"][0]["type"] == "restore" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{status}");
+    }
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    let after = count();
+    assert!(
+        after == 10 || after == 300_000,
+        "half a restore: {after} rows"
+    );
+    let mut node = Node::start(&["--state-dir", state_arg], dir.path());
+    let status = node.ask(serde_json::json!({"type": "status"}));
+    let interrupted = status["interrupted"].as_array();
+    let restored = status["restore"]["backup"] == "big";
+    assert!(
+        interrupted.is_some_and(|i| i[0]["type"] == "restore" && i[0]["msg_id"] == 40) || restored,
+        "the restore is reported as interrupted (or completed before the kill): {status}"
+    );
+    node.finish();
+}
