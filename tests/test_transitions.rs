@@ -409,6 +409,7 @@ fn send_as(
         addressed: Some("n1"),
         msg_id,
         dry_run,
+        size: 64,
     };
     machine.receive(inbound, request, sink);
 }

@@ -143,6 +143,8 @@ pub struct Inbound<'a> {
     pub msg_id: u64,
     /// `"dry_run": true`: decide, show the plan, perform nothing.
     pub dry_run: bool,
+    /// How many bytes the request took on the wire (what remembering it costs).
+    pub size: usize,
 }
 
 /// A request waiting for its lane, or running in it.
@@ -151,6 +153,8 @@ struct Pending {
     src: Arc<str>,
     msg_id: u64,
     request: Request,
+    /// Its size on the wire.
+    size: usize,
     /// Whom the request was addressed to.
     addressed: Option<Arc<str>>,
     /// Whom each retry that joined it was addressed to.
@@ -333,6 +337,7 @@ impl Machine {
             addressed,
             msg_id,
             dry_run,
+            size,
         } = inbound;
         let Some(lane) = request.lane() else {
             let answer = if dry_run {
@@ -396,6 +401,7 @@ impl Machine {
             },
             msg_id,
             request,
+            size,
             addressed,
             joined: Vec::new(),
         };
@@ -528,10 +534,11 @@ impl Machine {
             src,
             msg_id,
             request,
+            size,
             addressed,
             joined,
         } = pending;
-        let answer = Arc::new(encode_answer(request, msg_id, &answer));
+        let answer = Arc::new(encode_answer(request, Some(size), msg_id, &answer));
         sink.record(Record::Refused {
             seq,
             src: &src,
@@ -575,11 +582,12 @@ impl Machine {
             src,
             msg_id,
             request,
+            size,
             addressed,
             joined,
         } = pending;
         let reply = self.state.finish(&operation, &completion);
-        let answer = Arc::new(encode_answer(request, msg_id, &reply));
+        let answer = Arc::new(encode_answer(request, Some(size), msg_id, &reply));
         let (shared_src, remembered) =
             self.answered
                 .insert_shared(&src, msg_id, Arc::clone(&answer));
@@ -627,7 +635,7 @@ impl Machine {
     ) -> Arc<Answer> {
         self.seq = self.seq.max(seq);
         let reply = self.state.finish(operation, completion);
-        let answer = Arc::new(encode_answer(request, msg_id, &reply));
+        let answer = Arc::new(encode_answer(request, None, msg_id, &reply));
         self.answered
             .insert_shared(src, msg_id, Arc::clone(&answer));
         answer
@@ -657,7 +665,7 @@ impl Machine {
             "{kind} (journal entry {seq}) was interrupted by a restart before it completed; at start the executor found {}; it was not run again: check the estate and send a new request with a new msg_id if it is still needed",
             serde_json::to_string(&found).unwrap_or_default()
         ));
-        let answer = Arc::new(encode_answer(request, msg_id, &Err(refusal)));
+        let answer = Arc::new(encode_answer(request, None, msg_id, &Err(refusal)));
         self.answered
             .insert_shared(src, msg_id, Arc::clone(&answer));
         if self.interrupted.len() >= INTERRUPTED_KEPT {
@@ -845,12 +853,22 @@ pub fn simulated_backups(state: &State) -> Vec<BackupView> {
         .collect()
 }
 
-fn encode_answer(request: Request, msg_id: u64, answer: &Result<Reply, Refusal>) -> Answer {
+/// The answer to remember: the request, its reply body as encoded, and what it weighs (`size`:
+/// the request's size on the wire, when known).
+fn encode_answer(
+    request: Request,
+    size: Option<usize>,
+    msg_id: u64,
+    answer: &Result<Reply, Refusal>,
+) -> Answer {
     let body = match answer {
         Ok(reply) => body_string(Some(msg_id), reply),
         Err(refusal) => body_string(Some(msg_id), refusal),
     };
-    Answer::new(request, body, answer.is_ok())
+    match size {
+        Some(size) => Answer::sized(request, size, body, answer.is_ok()),
+        None => Answer::new(request, body, answer.is_ok()),
+    }
 }
 
 fn reply<B: ReplyBody>(

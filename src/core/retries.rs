@@ -42,7 +42,14 @@ pub struct Answer {
 impl Answer {
     /// An answer to remember.
     pub fn new(request: Request, body: String, accepted: bool) -> Self {
-        let weight = json_len(&request) + body.len() + OVERHEAD;
+        let request_bytes = json_len(&request);
+        Answer::sized(request, request_bytes, body, accepted)
+    }
+
+    /// An answer to remember, its request `request_bytes` long as it arrived (cheaper than
+    /// measuring it again).
+    pub fn sized(request: Request, request_bytes: usize, body: String, accepted: bool) -> Self {
+        let weight = request_bytes + body.len() + OVERHEAD;
         Answer {
             request,
             body,
@@ -87,6 +94,8 @@ pub struct Answered {
     arrival: VecDeque<Arc<str>>,
     /// The weight of every answer remembered.
     bytes: usize,
+    /// The last answer inserted, when the memory could not keep it.
+    spare: Option<Arc<Answer>>,
 }
 
 #[derive(Debug, Clone)]
@@ -251,20 +260,27 @@ impl Answered {
                 .insert(Arc::clone(&name), SenderLog::new(name, PER_SENDER));
         }
         let log = self.senders.get_mut(src).expect("inserted above");
-        let (_, change) = log.insert(msg_id, answer);
+        let (at, change) = log.insert(msg_id, Arc::clone(&answer));
         self.bytes = self.bytes.saturating_add_signed(change);
-        self.shed(src);
+        let kept_at = at.checked_sub(self.shed(src));
+        // Only a replaced answer older than the ones shed can be shed itself (it was the
+        // sender's oldest): what the caller records is then the answer it gave.
+        self.spare = kept_at.is_none().then_some(answer);
         let log = self
             .senders
             .get(src)
-            .expect("kept: its newest answer is never shed");
-        let at = log.position(msg_id).expect("just inserted");
-        (&log.name, &log.answers[at].1)
+            .expect("a sender being answered is kept");
+        match (kept_at, &self.spare) {
+            (Some(at), _) => (&log.name, &log.answers[at].1),
+            (None, spare) => (&log.name, spare.as_ref().expect("just kept")),
+        }
     }
 
     /// Forgets answers until the memory is within [`MAX_BYTES`]: `src`'s own oldest first
-    /// (never its newest), then whole senders, the one seen first first.
-    fn shed(&mut self, src: &str) {
+    /// (never its newest), then whole senders, the one seen first first. Returns how many of
+    /// `src`'s answers it forgot.
+    fn shed(&mut self, src: &str) -> usize {
+        let mut shed = 0;
         while self.bytes > MAX_BYTES {
             let log = self
                 .senders
@@ -273,16 +289,18 @@ impl Answered {
             if log.answers.len() > 1 {
                 let weight = log.pop_oldest().unwrap_or(0);
                 self.bytes = self.bytes.saturating_sub(weight);
+                shed += 1;
                 continue;
             }
             let Some(at) = self.arrival.iter().position(|s| &**s != src) else {
-                return;
+                return shed;
             };
             let oldest = self.arrival.remove(at).expect("found");
             if let Some(log) = self.senders.remove(&*oldest) {
                 self.bytes = self.bytes.saturating_sub(log.weight());
             }
         }
+        shed
     }
 
     /// The weight of every answer remembered, in bytes.

@@ -3,6 +3,9 @@
 //! back progress and completions. Everything the machine learns arrives as an [`Event`] on one
 //! channel, in the order it happened.
 //!
+//! When every lane is instant (the simulated world at pace 0) there is nothing to wait for but
+//! input, and the owner thread reads it itself ([`serve_inline`]).
+//!
 //! The loop handles events while more are waiting, and when none is: commits the store (so
 //! every intent is durable before its effects start and every outcome before its reply), writes
 //! the replies, and hands started operations to their workers. So a piped batch is committed
@@ -67,11 +70,15 @@ pub fn serve<S: Store>(
     mut output: impl Write,
     mut diagnostics: impl Write,
 ) -> Result<(), ServeError> {
+    let slow = session.take_slow_executors();
+    if slow.is_empty() {
+        return serve_inline(session, input, output, diagnostics);
+    }
     let (events, inbox) = mpsc::sync_channel::<Event>(CHUNKS_WAITING);
     let (used, recycled) = mpsc::channel::<Vec<u8>>();
     spawn_reader(input, events.clone(), recycled);
     let mut workers: [Option<Sender<Job>>; 3] = Default::default();
-    for (lane, executor) in session.take_slow_executors() {
+    for (lane, executor) in slow {
         workers[lane.index()] = Some(spawn_worker(lane, executor, events.clone()));
     }
     drop(events);
@@ -112,6 +119,36 @@ pub fn serve<S: Store>(
         if out.len() >= FLUSH_AT {
             quiet(&mut session, &mut out, &mut output, &workers)?;
         }
+    }
+}
+
+/// Every lane is instant (the simulated world at pace 0): nothing completes on its own, so the
+/// owner thread reads the input itself — no reader thread, no channel — and commits and writes
+/// the replies before each read that may block.
+fn serve_inline<S: Store>(
+    mut session: Session<S>,
+    mut input: impl Read,
+    mut output: impl Write,
+    mut diagnostics: impl Write,
+) -> Result<(), ServeError> {
+    let workers: [Option<Sender<Job>>; 3] = Default::default();
+    let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
+    let mut out = Vec::with_capacity(FLUSH_AT);
+    let mut chunk = vec![0; CHUNK];
+    loop {
+        let read = match input.read(&mut chunk) {
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if read == 0 {
+            splitter.finish(|piece| handle(&mut session, piece, &mut out, &mut diagnostics));
+            return quiet(&mut session, &mut out, &mut output, &workers);
+        }
+        splitter.push(&chunk[..read], |piece| {
+            handle(&mut session, piece, &mut out, &mut diagnostics)
+        });
+        quiet(&mut session, &mut out, &mut output, &workers)?;
     }
 }
 

@@ -258,6 +258,7 @@ impl<S: Store> Session<S> {
                     addressed: incoming.dest.as_deref(),
                     msg_id,
                     dry_run: incoming.dry_run,
+                    size: line.len(),
                 };
                 let mut sink = Self::outputs(
                     out,
