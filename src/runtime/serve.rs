@@ -12,7 +12,7 @@
 //! and written in large groups while an interactive caller sees each reply at once. At the end
 //! of input it waits for every running and queued operation, then returns.
 
-use crate::core::effects::{Completion, Lane, Operation};
+use crate::core::effects::{Completion, ExecError, Failure, Lane, Operation};
 use crate::exec::LaneExecutor;
 use crate::protocol::values::Progress;
 use crate::runtime::session::Session;
@@ -225,8 +225,27 @@ fn spawn_worker(lane: Lane, mut executor: LaneExecutor, events: SyncSender<Event
     thread::spawn(move || {
         for (seq, operation) in queue {
             let report = events.clone();
-            let completion = executor.perform(&operation, &mut |progress| {
-                let _ = report.send(Event::Progress(lane, seq, progress));
+            // An executor that panics must not leave its lane waiting forever: the operation
+            // fails as one that may have changed something part-way.
+            let performed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                executor.perform(&operation, &mut |progress| {
+                    let _ = report.send(Event::Progress(lane, seq, progress));
+                })
+            }));
+            let completion = performed.unwrap_or_else(|panic| {
+                let said = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".to_owned());
+                Completion::Failed(Failure {
+                    part_way: true,
+                    ..Failure::nothing_changed(ExecError::failed(
+                        format!("the {lane} executor"),
+                        None,
+                        format!("it stopped unexpectedly ({said}); check what it was doing"),
+                    ))
+                })
             });
             if events
                 .send(Event::Completed(lane, seq, Box::new(completion)))
