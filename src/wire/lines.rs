@@ -1,88 +1,6 @@
 //! Splitting input into lines with a cap on their length, so that one huge or endless line
 //! cannot exhaust memory: past the cap the rest of the line is read and dropped, and the caller
-//! learns how long it was. [`LineSplitter`] takes input in chunks as they arrive (the runtime's
-//! reader thread sends them); [`LineReader`] pulls from any [`Read`].
-
-use std::io::{self, BufRead, BufReader, Read};
-
-/// One line read by [`LineReader`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Line {
-    /// A whole line is in the buffer, without its `\n`.
-    Complete,
-    /// The line was longer than the cap; it held this many bytes and was dropped.
-    TooLong(usize),
-}
-
-/// Reads capped lines from any [`Read`], through a 64 KiB buffer.
-#[derive(Debug)]
-pub struct LineReader<R> {
-    inner: BufReader<R>,
-    cap: usize,
-}
-
-impl<R: Read> LineReader<R> {
-    /// Reads from `inner`; lines longer than `cap` bytes are dropped.
-    pub fn new(inner: R, cap: usize) -> Self {
-        Self::with_buffer(inner, cap, 1 << 16)
-    }
-
-    /// As [`LineReader::new`], with a read buffer of `buffer` bytes.
-    pub fn with_buffer(inner: R, cap: usize, buffer: usize) -> Self {
-        LineReader {
-            inner: BufReader::with_capacity(buffer, inner),
-            cap,
-        }
-    }
-
-    /// Reads the next line into `line` (cleared first). `None` at the end of input. A last line
-    /// without `\n` counts as a line.
-    ///
-    /// # Errors
-    /// The reader's error.
-    pub fn next_line(&mut self, line: &mut Vec<u8>) -> io::Result<Option<Line>> {
-        line.clear();
-        let mut seen = 0usize;
-        let mut any = false;
-        loop {
-            let available = match self.inner.fill_buf() {
-                Ok(buf) => buf,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if available.is_empty() {
-                return Ok(any.then(|| Self::finish(seen, self.cap)));
-            }
-            any = true;
-            let (chunk, done) = match memchr::memchr(b'\n', available) {
-                Some(at) => (&available[..at], Some(at + 1)),
-                None => (available, None),
-            };
-            let room = (self.cap + 1).saturating_sub(line.len());
-            line.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            seen += chunk.len();
-            let used = done.unwrap_or(chunk.len());
-            self.inner.consume(used);
-            if done.is_some() {
-                return Ok(Some(Self::finish(seen, self.cap)));
-            }
-        }
-    }
-
-    fn finish(seen: usize, cap: usize) -> Line {
-        if seen > cap {
-            Line::TooLong(seen)
-        } else {
-            Line::Complete
-        }
-    }
-
-    /// Whether input is already buffered: when not, the next read may block, so this is the
-    /// moment to flush replies.
-    pub fn has_buffered(&self) -> bool {
-        !self.inner.buffer().is_empty()
-    }
-}
+//! learns how long it was. [`LineSplitter`] takes input in chunks as they arrive.
 
 /// Splits chunks of input into capped lines. A line wholly inside one chunk is handed out
 /// without copying; a line that spans chunks is gathered (up to the cap).
@@ -162,6 +80,77 @@ impl LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{self, BufRead, BufReader, Read};
+
+    // A line reader pulling from any `Read`: the reference the splitter is checked against.
+    /// One line read by [`LineReader`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Line {
+        /// A whole line is in the buffer, without its `\n`.
+        Complete,
+        /// The line was longer than the cap; it held this many bytes and was dropped.
+        TooLong(usize),
+    }
+
+    /// Reads capped lines from any [`Read`], through a 64 KiB buffer.
+    #[derive(Debug)]
+    struct LineReader<R> {
+        inner: BufReader<R>,
+        cap: usize,
+    }
+
+    impl<R: Read> LineReader<R> {
+        /// Reads from `inner` through a buffer of `buffer` bytes; longer lines than `cap` are
+        /// dropped.
+        fn with_buffer(inner: R, cap: usize, buffer: usize) -> Self {
+            LineReader {
+                inner: BufReader::with_capacity(buffer, inner),
+                cap,
+            }
+        }
+
+        /// Reads the next line into `line` (cleared first). `None` at the end of input. A last line
+        /// without `\n` counts as a line.
+        ///
+        /// # Errors
+        /// The reader's error.
+        fn next_line(&mut self, line: &mut Vec<u8>) -> io::Result<Option<Line>> {
+            line.clear();
+            let mut seen = 0usize;
+            let mut any = false;
+            loop {
+                let available = match self.inner.fill_buf() {
+                    Ok(buf) => buf,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                if available.is_empty() {
+                    return Ok(any.then(|| Self::finish(seen, self.cap)));
+                }
+                any = true;
+                let (chunk, done) = match memchr::memchr(b'\n', available) {
+                    Some(at) => (&available[..at], Some(at + 1)),
+                    None => (available, None),
+                };
+                let room = (self.cap + 1).saturating_sub(line.len());
+                line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                seen += chunk.len();
+                let used = done.unwrap_or(chunk.len());
+                self.inner.consume(used);
+                if done.is_some() {
+                    return Ok(Some(Self::finish(seen, self.cap)));
+                }
+            }
+        }
+
+        fn finish(seen: usize, cap: usize) -> Line {
+            if seen > cap {
+                Line::TooLong(seen)
+            } else {
+                Line::Complete
+            }
+        }
+    }
 
     fn read_all(input: &[u8], cap: usize) -> Vec<(Line, Vec<u8>)> {
         let mut reader = LineReader::with_buffer(input, cap, 4);
