@@ -19,7 +19,7 @@ fn run(args: &[&str], input: &str, unprivileged: bool) -> Output {
     let root = unsafe { libc::geteuid() } == 0;
     let mut command = if unprivileged && root {
         let mut command = Command::new("runuser");
-        command.args(["-u", "nobody", "--", NODE]);
+        command.args(["-u", "nobody", "--"]).arg(node_for_anyone());
         command
     } else {
         Command::new(NODE)
@@ -38,6 +38,23 @@ fn run(args: &[&str], input: &str, unprivileged: bool) -> Output {
         .write_all(input.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// A copy of the binary that any user may run, whatever the permissions of the checkout it was
+/// built in.
+fn node_for_anyone() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("rollback-node-anyone-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("rollback-node");
+        std::fs::copy(NODE, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    })
+    .clone()
 }
 
 const CHANGES: &str = concat!(
