@@ -37,6 +37,37 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Writes the manifest of the backup just taken at `path` (named `name`, file `file`, in
+    /// `dir`): its checksum and size now, the tables and version inspected, why and when.
+    ///
+    /// # Errors
+    /// The file cannot be read, or the manifest cannot be written.
+    pub fn record(
+        dir: &Path,
+        name: &str,
+        file: String,
+        path: &Path,
+        why: &str,
+        schema_version: u64,
+        tables: BTreeMap<String, u64>,
+    ) -> Result<Manifest, String> {
+        let manifest = Manifest {
+            name: name.to_owned(),
+            file,
+            sha256: sha256_file(path)?,
+            size: fs::metadata(path)
+                .map_err(|e| format!("{}: cannot be read: {e}", path.display()))?
+                .len(),
+            taken_at: unix_now(),
+            why: why.to_owned(),
+            schema_version,
+            rows: application_rows(&tables),
+            tables,
+        };
+        manifest.write(dir)?;
+        Ok(manifest)
+    }
+
     /// The manifest's path for the backup `name` in `dir`.
     pub fn path(dir: &Path, name: &str) -> PathBuf {
         dir.join(format!("{name}{MANIFEST_SUFFIX}"))

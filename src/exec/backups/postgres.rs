@@ -5,9 +5,7 @@
 //! in one transaction, after its sessions are closed; the old database is kept as
 //! `<db>_before_restore_<unix>`.
 
-use super::manifest::{
-    application_rows, check_file, check_tables, sha256_file, sync_dir, unix_now, Manifest,
-};
+use super::manifest::{application_rows, check_file, check_tables, sync_dir, unix_now, Manifest};
 use super::sqlite::Inspection;
 use super::{RestoreError, Restored};
 use ::postgres::config::Host;
@@ -502,19 +500,13 @@ pub fn take(dir: &Path, url: &str, name: &str, why: &str) -> Result<Manifest, St
     let inspection = result.inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })?;
-    let manifest = Manifest {
-        name: name.to_owned(),
+    Manifest::record(
+        dir,
+        name,
         file,
-        sha256: sha256_file(&path)?,
-        size: std::fs::metadata(&path)
-            .map_err(|e| format!("{}: cannot be read: {e}", path.display()))?
-            .len(),
-        taken_at: unix_now(),
-        why: why.to_owned(),
-        schema_version: inspection.schema_version,
-        rows: application_rows(&inspection.tables),
-        tables: inspection.tables,
-    };
-    manifest.write(dir)?;
-    Ok(manifest)
+        &path,
+        why,
+        inspection.schema_version,
+        inspection.tables,
+    )
 }

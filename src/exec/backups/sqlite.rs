@@ -3,9 +3,7 @@
 //! one write transaction on the live database, so a reader in WAL mode sees the old content or
 //! the new, never an error or a half — and taking a backup the same way.
 
-use super::manifest::{
-    application_rows, check_file, check_tables, sha256_file, sync_dir, unix_now, Manifest,
-};
+use super::manifest::{application_rows, check_file, check_tables, sync_dir, Manifest};
 use super::{RestoreError, Restored};
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
@@ -292,19 +290,13 @@ pub fn take(dir: &Path, live: &Path, name: &str, why: &str) -> Result<Manifest, 
     let inspection = result.inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })?;
-    let manifest = Manifest {
-        name: name.to_owned(),
+    Manifest::record(
+        dir,
+        name,
         file,
-        sha256: sha256_file(&path)?,
-        size: std::fs::metadata(&path)
-            .map_err(|e| said(&path, "cannot be read", e))?
-            .len(),
-        taken_at: unix_now(),
-        why: why.to_owned(),
-        schema_version: inspection.schema_version,
-        rows: application_rows(&inspection.tables),
-        tables: inspection.tables,
-    };
-    manifest.write(dir)?;
-    Ok(manifest)
+        &path,
+        why,
+        inspection.schema_version,
+        inspection.tables,
+    )
 }
