@@ -34,8 +34,6 @@ use common::{
     cpu_model, grouped, mib, micros, other, percentile, workload_request, GNU_TIME, INIT, INIT_OK,
     NODE,
 };
-use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
@@ -54,7 +52,7 @@ const DURABLE_GOAL: f64 = 0.25;
 
 fn main() -> ExitCode {
     if let Ok(spec) = std::env::var(FLOOR_ENV) {
-        return match floor(&spec) {
+        return match common::floor(&spec) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
             Err(e) => {
@@ -78,96 +76,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("throughput: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The floor: a minimal serde_json envelope parse and a same-size reply, nothing else.
-
-#[derive(Deserialize)]
-struct FloorEnvelope<'a> {
-    #[serde(borrow)]
-    src: Cow<'a, str>,
-    #[serde(borrow)]
-    dest: Cow<'a, str>,
-    #[serde(borrow)]
-    body: FloorBody<'a>,
-}
-
-#[derive(Deserialize)]
-struct FloorBody<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    msg_id: u64,
-}
-
-#[derive(Serialize)]
-struct FloorReply<'a> {
-    src: &'a str,
-    dest: &'a str,
-    body: FloorReplyBody<'a>,
-}
-
-#[derive(Serialize)]
-struct FloorReplyBody<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    in_reply_to: u64,
-    pad: &'a str,
-}
-
-/// The floor's main loop. `spec` is `type=offset,…`: a reply to a line of that type is padded to
-/// the line's length plus the offset, the size of the node's reply.
-fn floor(spec: &str) -> io::Result<()> {
-    let offsets: Vec<(&str, isize)> = spec
-        .split(',')
-        .filter_map(|pair| {
-            let (kind, offset) = pair.split_once('=')?;
-            Some((kind, offset.parse().ok()?))
-        })
-        .collect();
-    let mut reader = BufReader::with_capacity(1 << 16, io::stdin().lock());
-    let mut stdout = io::stdout().lock();
-    let mut line = Vec::with_capacity(1024);
-    let mut out = Vec::with_capacity(1 << 17);
-    loop {
-        line.clear();
-        let read = reader.read_until(b'\n', &mut line)?;
-        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        if let Ok(envelope) = serde_json::from_slice::<FloorEnvelope>(text) {
-            let start = out.len();
-            let reply = FloorReply {
-                src: &envelope.dest,
-                dest: &envelope.src,
-                body: FloorReplyBody {
-                    kind: &envelope.body.kind,
-                    in_reply_to: envelope.body.msg_id,
-                    pad: "",
-                },
-            };
-            serde_json::to_writer(&mut out, &reply)?;
-            let offset = offsets
-                .iter()
-                .find(|(kind, _)| *kind == envelope.body.kind)
-                .map_or(0, |(_, offset)| *offset);
-            let target = text.len() as isize + offset;
-            let missing = target - (out.len() - start) as isize;
-            if missing > 0 {
-                // `…"pad":""}}` becomes `…"pad":"xxxx"}}`.
-                out.truncate(out.len() - 3);
-                out.resize(out.len() + missing as usize, b'x');
-                out.extend_from_slice(b"\"}}");
-            }
-            out.push(b'\n');
-        }
-        if read == 0 || out.len() >= 1 << 16 || reader.buffer().is_empty() {
-            stdout.write_all(&out)?;
-            stdout.flush()?;
-            out.clear();
-        }
-        if read == 0 {
-            return Ok(());
         }
     }
 }

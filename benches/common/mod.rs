@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fs;
-use std::io;
+use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -171,4 +173,95 @@ pub fn in_reply_to(line: &[u8]) -> Option<u64> {
             Some(n.unwrap_or(0) * 10 + u64::from(b - b'0'))
         });
     digits
+}
+
+// ---------------------------------------------------------------------------------------------
+// The floor: a minimal serde_json envelope parse and a same-size reply, nothing else; what the
+// node is measured against (`throughput`, `killswitch`).
+
+#[derive(Deserialize)]
+struct FloorEnvelope<'a> {
+    #[serde(borrow)]
+    src: Cow<'a, str>,
+    #[serde(borrow)]
+    dest: Cow<'a, str>,
+    #[serde(borrow)]
+    body: FloorBody<'a>,
+}
+
+#[derive(Deserialize)]
+struct FloorBody<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    msg_id: u64,
+}
+
+#[derive(Serialize)]
+struct FloorReply<'a> {
+    src: &'a str,
+    dest: &'a str,
+    body: FloorReplyBody<'a>,
+}
+
+#[derive(Serialize)]
+struct FloorReplyBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    in_reply_to: u64,
+    pad: &'a str,
+}
+
+/// The floor's main loop. `spec` is `type=offset,…`: a reply to a line of that type is padded to
+/// the line's length plus the offset, the size of the node's reply.
+pub fn floor(spec: &str) -> io::Result<()> {
+    let offsets: Vec<(&str, isize)> = spec
+        .split(',')
+        .filter_map(|pair| {
+            let (kind, offset) = pair.split_once('=')?;
+            Some((kind, offset.parse().ok()?))
+        })
+        .collect();
+    let mut reader = BufReader::with_capacity(1 << 16, io::stdin().lock());
+    let mut stdout = io::stdout().lock();
+    let mut line = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(1 << 17);
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line)?;
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if let Ok(envelope) = serde_json::from_slice::<FloorEnvelope>(text) {
+            let start = out.len();
+            let reply = FloorReply {
+                src: &envelope.dest,
+                dest: &envelope.src,
+                body: FloorReplyBody {
+                    kind: &envelope.body.kind,
+                    in_reply_to: envelope.body.msg_id,
+                    pad: "",
+                },
+            };
+            serde_json::to_writer(&mut out, &reply)?;
+            let offset = offsets
+                .iter()
+                .find(|(kind, _)| *kind == envelope.body.kind)
+                .map_or(0, |(_, offset)| *offset);
+            let target = text.len() as isize + offset;
+            let missing = target - (out.len() - start) as isize;
+            if missing > 0 {
+                // `…"pad":""}}` becomes `…"pad":"xxxx"}}`.
+                out.truncate(out.len() - 3);
+                out.resize(out.len() + missing as usize, b'x');
+                out.extend_from_slice(b"\"}}");
+            }
+            out.push(b'\n');
+        }
+        if read == 0 || out.len() >= 1 << 16 || reader.buffer().is_empty() {
+            stdout.write_all(&out)?;
+            stdout.flush()?;
+            out.clear();
+        }
+        if read == 0 {
+            return Ok(());
+        }
+    }
 }
