@@ -56,6 +56,7 @@ pub fn connect(estate: &Estate, base: &Path, pace: f64) -> Result<(Executors, Fo
         }
         None => Box::new(simulated.clone()),
     };
+    let mut lister = None;
     let backups: Box<dyn crate::exec::Backups> =
         match (&estate.systems.backups, &estate.systems.schema) {
             (Some(dir), Some(system)) => {
@@ -66,6 +67,7 @@ pub fn connect(estate: &Estate, base: &Path, pace: f64) -> Result<(Executors, Fo
                 )?
                 .keeping(estate.systems.keep_backups);
                 found.backups = backups.observe_backups();
+                lister = Some(backups.lister());
                 Box::new(backups)
             }
             _ => Box::new(simulated.clone()),
@@ -95,14 +97,8 @@ pub fn connect(estate: &Estate, base: &Path, pace: f64) -> Result<(Executors, Fo
         LaneExecutor::Traffic(traffic),
         LaneExecutor::Flags(flags),
     );
-    if let Some(dir) = &estate.systems.backups {
-        let dir = resolve(base, dir);
-        executors = executors.with_backups_lister(Box::new(move |_state| {
-            crate::exec::backups::list(&dir)
-                .into_iter()
-                .map(crate::exec::backups::executor::view)
-                .collect()
-        }));
+    if let Some(lister) = lister {
+        executors = executors.with_backups_lister(lister);
     }
     Ok((executors, found))
 }

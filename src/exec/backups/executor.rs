@@ -80,6 +80,13 @@ impl RealBackups {
         list(&self.dir)
     }
 
+    /// A lister of this directory for the owner thread (the `backups` message), while this
+    /// executor works in the schema lane's worker.
+    pub fn lister(&self) -> crate::exec::BackupsLister {
+        let dir = self.dir.clone();
+        Box::new(move |_state| list(&dir).into_iter().map(view).collect())
+    }
+
     /// The newest verified backup whose schema version is at or below `version`: the one to
     /// name when a rollback to `version` is irreversible.
     pub fn newest_at_or_below(&self, version: u64) -> Option<BackupInfo> {
@@ -193,7 +200,7 @@ impl RealBackups {
 }
 
 /// A backup as `backups` lists it.
-pub fn view(info: BackupInfo) -> BackupView {
+fn view(info: BackupInfo) -> BackupView {
     BackupView {
         name: info.name,
         taken_at: Some(info.taken_at),
