@@ -45,9 +45,9 @@ pub mod runtime;
 pub mod store;
 pub mod wire;
 
-pub use crate::core::estate::{Estate, EstateError, EXAMPLE_ESTATE};
 pub use crate::core::state::State;
 pub use crate::core::{Machine, Request};
+pub use crate::exec::estate::{Estate, EstateError, EXAMPLE_ESTATE};
 pub use exec::simulated::Simulated;
 pub use protocol::{Environment, Refusal, ReplyBody, Version};
 pub use runtime::{Diagnostic, Session};

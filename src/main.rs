@@ -6,7 +6,7 @@
 use clap::{Args, Parser, Subcommand};
 use rollback_node::core::effects::Found;
 use rollback_node::core::machine::Machine;
-use rollback_node::exec::connect::connect;
+use rollback_node::exec::systems::connect;
 use rollback_node::protocol::encode::BodyOut;
 use rollback_node::protocol::values::InFlightView;
 use rollback_node::runtime::ofrep::{FlagsView, OfrepServer};

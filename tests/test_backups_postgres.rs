@@ -9,8 +9,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use rollback_node::core::effects::{Completion, Failure};
+use rollback_node::core::FailureKind;
 use rollback_node::exec::backups::{list, retain, take, take_named, Database, RealBackups};
-use rollback_node::exec::Backups;
+use rollback_node::exec::Executor;
 use rollback_node::protocol::values::Progress;
 use tempfile::TempDir;
 
@@ -166,7 +167,7 @@ fn a_truncated_or_foreign_dump_is_refused_before_anything_changes() {
     // Without a manifest: read whole, the truncation found.
     truncate(&good, &f.backups().join("cut.dump"));
     let failure_cut = failure(f.executor().restore("cut", &mut |_| {}));
-    assert!(!failure_cut.refused && !failure_cut.part_way);
+    assert!(failure_cut.kind == FailureKind::NothingChanged);
     let text = failure_cut.error.to_string();
     assert!(text.contains("cut.dump"), "{text}");
     assert!(text.contains("not touched"), "{text}");
@@ -214,7 +215,7 @@ fn an_unknown_dump_is_refused_naming_the_known_ones() {
     f.backup("nightly", 1, 1);
     let failure = failure(f.executor().restore("weekly", &mut |_| {}));
     assert!(
-        failure.missing,
+        failure.kind == FailureKind::Missing,
         "an unknown backup is missing (20), not refused"
     );
     assert!(failure.error.to_string().contains("nightly"));

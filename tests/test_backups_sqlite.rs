@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rollback_node::core::effects::{Completion, Failure};
+use rollback_node::core::FailureKind;
 use rollback_node::exec::backups::{
     check_dir, list, retain, take, take_named, Database, RealBackups,
 };
-use rollback_node::exec::Backups;
+use rollback_node::exec::Executor;
 use rollback_node::protocol::values::Progress;
 use rusqlite::Connection;
 use tempfile::TempDir;
@@ -184,7 +185,7 @@ fn a_backup_with_flipped_bytes_is_refused_by_its_checksum_and_the_live_db_is_unt
     flip(&path, size / 2, 16);
     let before = fs::read(f.live()).unwrap();
     let failure = failure(f.executor().restore("nightly", &mut |_| {}));
-    assert!(!failure.refused && !failure.part_way && failure.completed == 0);
+    assert!(failure.kind == FailureKind::NothingChanged && failure.completed == 0);
     let text = failure.error.to_string();
     assert!(text.contains("nightly.db"), "{text}");
     assert!(text.contains("SHA-256"), "{text}");
@@ -202,7 +203,7 @@ fn a_damaged_backup_without_a_manifest_fails_quick_check_and_is_refused() {
     flip(&path, 4096, 3 * 4096);
     let failure = failure(f.executor().restore("by_hand", &mut |_| {}));
     let text = failure.error.to_string();
-    assert!(!failure.refused && !failure.part_way, "{failure:?}");
+    assert!(failure.kind == FailureKind::NothingChanged, "{failure:?}");
     assert!(text.contains("by_hand.db"), "{text}");
     assert!(
         text.contains("quick_check") || text.contains("malformed"),
@@ -242,7 +243,7 @@ fn an_unknown_backup_is_refused_naming_the_known_ones() {
     f.backup("nightly", 10, 1);
     let failure = failure(f.executor().restore("weekly", &mut |_| {}));
     assert!(
-        failure.missing,
+        failure.kind == FailureKind::Missing,
         "an unknown backup is missing (20), not refused"
     );
     let text = failure.error.to_string();

@@ -23,7 +23,7 @@ use proptest::sample::select;
 use proptest::strategy::Union;
 use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence};
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
-use rollback_node::core::effects::{Completion, Done, ExecError, Failure, Lane};
+use rollback_node::core::effects::{Completion, Done, ExecError, Failure, FailureKind, Lane};
 use rollback_node::protocol::values::{InFlightView, Progress, Seconds};
 use rollback_node::runtime::session::Performing;
 use rollback_node::store::{replay, MemoryStore, Store};
@@ -309,6 +309,8 @@ struct Waiting {
     msg_id: u64,
     req: Req,
     copies: usize,
+    /// A dry run: answered with its plan when it reaches the head, never started.
+    dry_run: bool,
 }
 
 /// The operation running in a lane.
@@ -454,30 +456,18 @@ impl Model {
             self.reply(src, msg_id, pred, false);
             return;
         };
-        if dry_run {
-            // Decided against the state now, whatever waits in the lane; nothing is remembered.
-            let pred = match decide(&self.world, &req) {
-                Ok(decided) => {
-                    let mut after = self.world.clone();
-                    let fin = Fin::Done {
-                        seconds: 0,
-                        rows: None,
-                    };
-                    finish(&mut after, &req, &decided, msg_id, fin);
-                    Pred::Body(json!({"type": "plan_ok", "in_reply_to": msg_id,
-                                      "effects": decided.effects,
-                                      "state_after": after.status_fields()}))
-                }
-                Err(code) => Pred::Code(code),
-            };
-            self.reply(src, msg_id, pred, false);
+        let busy = self.lanes[lane].running.is_some() || !self.lanes[lane].queue.is_empty();
+        if dry_run && !busy {
+            self.dry_run(src, msg_id, &req);
             return;
         }
-        self.sent.push((src, msg_id, req.clone()));
-        if self.sent.len() > 12 {
-            self.sent.remove(0);
+        if !dry_run {
+            self.sent.push((src, msg_id, req.clone()));
+            if self.sent.len() > 12 {
+                self.sent.remove(0);
+            }
         }
-        if let Some((earlier, pred)) = self.answered.get(&(src, msg_id)) {
+        if let (false, Some((earlier, pred))) = (dry_run, self.answered.get(&(src, msg_id))) {
             let (same, pred) = (*earlier == req, pred.clone());
             if same {
                 self.reply(src, msg_id, pred, true);
@@ -492,9 +482,9 @@ impl Model {
                 .map(|op| &mut op.waiting)
                 .into_iter()
                 .chain(l.queue.iter_mut())
-                .find(|w| w.src == src && w.msg_id == msg_id)
+                .find(|w| !w.dry_run && w.src == src && w.msg_id == msg_id)
         });
-        if let Some(waiting) = pending {
+        if let (false, Some(waiting)) = (dry_run, pending) {
             if waiting.req == req {
                 waiting.copies += 1;
             } else {
@@ -507,6 +497,7 @@ impl Model {
             msg_id,
             req,
             copies: 1,
+            dry_run,
         };
         let state = &mut self.lanes[lane];
         if state.running.is_none() && state.queue.is_empty() {
@@ -518,8 +509,34 @@ impl Model {
         }
     }
 
+    /// A dry run, decided against the state as it is now (its lane's predecessors done);
+    /// nothing is remembered.
+    fn dry_run(&mut self, src: &'static str, msg_id: u64, req: &Req) {
+        {
+            let pred = match decide(&self.world, req) {
+                Ok(decided) => {
+                    let mut after = self.world.clone();
+                    let fin = Fin::Done {
+                        seconds: 0,
+                        rows: None,
+                    };
+                    finish(&mut after, req, &decided, msg_id, fin);
+                    Pred::Body(json!({"type": "plan_ok", "in_reply_to": msg_id,
+                                      "effects": decided.effects,
+                                      "state_after": after.status_fields()}))
+                }
+                Err(code) => Pred::Code(code),
+            };
+            self.reply(src, msg_id, pred, false);
+        }
+    }
+
     /// Decides the request at the head of `lane`; returns whether it started.
     fn decide_head(&mut self, lane: usize, waiting: Waiting) -> bool {
+        if waiting.dry_run {
+            self.dry_run(waiting.src, waiting.msg_id, &waiting.req);
+            return false;
+        }
         self.seq += 1;
         match decide(&self.world, &waiting.req) {
             Ok(decided) => {
@@ -556,6 +573,7 @@ impl Model {
             msg_id,
             req,
             copies,
+            ..
         } = op.waiting;
         let pred = finish(&mut self.world, &req, &op.decided, msg_id, fin);
         self.answered.insert((src, msg_id), (req, pred.clone()));
@@ -873,9 +891,11 @@ fn lane_of(index: usize) -> Lane {
 fn failure(completed: usize, part_way: bool) -> Completion {
     Completion::Failed(Failure {
         completed,
-        part_way,
-        refused: false,
-        missing: false,
+        kind: if part_way {
+            FailureKind::PartWay
+        } else {
+            FailureKind::NothingChanged
+        },
         error: ExecError::failed(
             "running the step",
             Some("line 4".into()),

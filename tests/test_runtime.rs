@@ -1,9 +1,10 @@
 //! The concurrent runtime in process: a lane whose executor panics still answers (13) and the
 //! node still finishes at the end of input; a slow lane does not hold up a fast one.
 
+use rollback_node::core::effects::LayerKind;
 use rollback_node::core::effects::{Completion, Effect, Found};
 use rollback_node::exec::simulated::Simulated;
-use rollback_node::exec::{Executors, LaneExecutor, Report, Schema};
+use rollback_node::exec::{Executor, Executors, LaneExecutor, Report};
 use rollback_node::store::MemoryStore;
 use rollback_node::{Estate, Machine, Session, State};
 use std::io::Cursor;
@@ -14,8 +15,8 @@ struct Odd {
     sleep: Option<Duration>,
 }
 
-impl Schema for Odd {
-    fn run(&mut self, _steps: &[Effect], _report: Report<'_>) -> Completion {
+impl Executor for Odd {
+    fn perform(&mut self, _effects: &[Effect], _report: Report<'_>) -> Completion {
         match self.sleep {
             Some(pause) => {
                 std::thread::sleep(pause);
@@ -23,10 +24,6 @@ impl Schema for Odd {
             }
             None => panic!("the database driver fell over"),
         }
-    }
-
-    fn force(&mut self, _version: u64) -> Completion {
-        Completion::Done(Default::default())
     }
 
     fn observe(&mut self, believed: &State) -> Found {
@@ -41,12 +38,12 @@ fn serve(schema: Odd, input: &str) -> Vec<serde_json::Value> {
     let estate = Estate::example();
     let simulated = Simulated::new(estate.costs.clone(), &estate.state, 0.0);
     let executors = Executors::new(
-        LaneExecutor::Schema {
-            schema: Box::new(schema),
-            backups: Box::new(simulated.clone()),
-        },
-        LaneExecutor::Traffic(Box::new(simulated.clone())),
-        LaneExecutor::Flags(Box::new(simulated)),
+        LaneExecutor::new(vec![
+            (LayerKind::Schema, Box::new(schema)),
+            (LayerKind::Backups, simulated.of(LayerKind::Backups)),
+        ]),
+        LaneExecutor::new(vec![(LayerKind::Traffic, simulated.of(LayerKind::Traffic))]),
+        LaneExecutor::new(vec![(LayerKind::Flags, simulated.of(LayerKind::Flags))]),
     );
     let session = Session::new(Machine::new(estate.state), executors, MemoryStore::new());
     let mut output = Vec::new();

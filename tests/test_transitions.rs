@@ -7,7 +7,8 @@ mod common;
 
 use common::estate_with;
 use rollback_node::core::effects::{
-    Completion, Decision, Done, Effect, ExecError, Failure, Lane, Operation, Plan, ServerState,
+    Completion, Decision, Done, Effect, ExecError, Failure, FailureKind, Lane, Operation, Plan,
+    ServerState,
 };
 use rollback_node::core::machine::{Inbound, Record, Sink, QUEUE_LIMIT};
 use rollback_node::core::transitions::Reply;
@@ -45,7 +46,7 @@ fn done(seconds: u64) -> Completion {
 
 #[test]
 fn rollback_decides_one_down_per_version_and_finish_moves_the_schema() {
-    let machine = Machine::example();
+    let machine = Machine::new(rollback_node::Estate::example().state);
     let operation = accepted(&machine, &Request::Rollback { version: v(2) });
     assert_eq!(
         operation.effects,
@@ -98,7 +99,7 @@ fn rollback_refuses_whole_request_when_a_migration_is_irreversible() {
 
 #[test]
 fn migrate_decides_one_up_per_version() {
-    let machine = Machine::example();
+    let machine = Machine::new(rollback_node::Estate::example().state);
     refused(&machine, Request::Migrate { version: v(3) }, 22);
     refused(&machine, Request::Migrate { version: v(4) }, 20);
     let low = Machine::new(State {
@@ -122,7 +123,7 @@ fn migrate_decides_one_up_per_version() {
 
 #[test]
 fn flags_write_the_flag_store_and_unknown_flags_are_refused() {
-    let machine = Machine::example();
+    let machine = Machine::new(rollback_node::Estate::example().state);
     let operation = accepted(
         &machine,
         &Request::DisableFeature {
@@ -154,7 +155,7 @@ fn flags_write_the_flag_store_and_unknown_flags_are_refused() {
 
 #[test]
 fn switch_traffic_readies_the_target_then_drains_the_live_one() {
-    let machine = Machine::example();
+    let machine = Machine::new(rollback_node::Estate::example().state);
     let (blue, green) = (Environment::Blue, Environment::Green);
     refused(
         &machine,
@@ -209,7 +210,7 @@ fn switch_traffic_readies_the_target_then_drains_the_live_one() {
 
 #[test]
 fn restore_reports_the_rows_the_executor_restored() {
-    let machine = Machine::example();
+    let machine = Machine::new(rollback_node::Estate::example().state);
     refused(
         &machine,
         Request::Restore {
@@ -244,9 +245,11 @@ fn restore_reports_the_rows_the_executor_restored() {
 fn failure(completed: usize, part_way: bool) -> Completion {
     Completion::Failed(Failure {
         completed,
-        part_way,
-        refused: false,
-        missing: false,
+        kind: if part_way {
+            FailureKind::PartWay
+        } else {
+            FailureKind::NothingChanged
+        },
         error: ExecError::failed(
             "running 2_add_users_email_index.down.sql",
             Some("line 4".into()),
@@ -258,7 +261,7 @@ fn failure(completed: usize, part_way: bool) -> Completion {
 
 #[test]
 fn a_failure_before_any_change_is_an_abort_that_changes_nothing() {
-    let machine = Machine::example();
+    let machine = Machine::new(rollback_node::Estate::example().state);
     for request in [
         Request::Rollback { version: v(3) },
         Request::DisableFeature {
@@ -288,7 +291,7 @@ fn a_failure_before_any_change_is_an_abort_that_changes_nothing() {
 
 #[test]
 fn a_failure_part_way_is_a_crash_that_says_where_the_schema_is() {
-    let machine = Machine::example();
+    let machine = Machine::new(rollback_node::Estate::example().state);
     let operation = accepted(&machine, &Request::Rollback { version: v(1) });
     let mut state = machine.state().clone();
     let refusal = state.finish(&operation, &failure(1, false)).unwrap_err();
@@ -302,7 +305,7 @@ fn a_failure_part_way_is_a_crash_that_says_where_the_schema_is() {
 
 #[test]
 fn queries_and_init_decide_at_once() {
-    let machine = Machine::example();
+    let machine = Machine::new(rollback_node::Estate::example().state);
     let Ok(Decision::Reply(Reply::StatusOk(status))) = machine.decide(&Request::Status {}) else {
         panic!("status_ok expected")
     };
@@ -428,7 +431,7 @@ fn disable() -> Request {
 
 #[test]
 fn a_busy_lane_queues_and_other_lanes_do_not_wait() {
-    let mut machine = Machine::example();
+    let mut machine = Machine::new(rollback_node::Estate::example().state);
     let mut sink = Collect::default();
     send(&mut machine, &mut sink, 1, restore());
     send(
@@ -485,7 +488,7 @@ fn a_busy_lane_queues_and_other_lanes_do_not_wait() {
 
 #[test]
 fn a_retry_of_a_running_request_joins_it_and_runs_once() {
-    let mut machine = Machine::example();
+    let mut machine = Machine::new(rollback_node::Estate::example().state);
     let mut sink = Collect::default();
     send(&mut machine, &mut sink, 1, restore());
     send(&mut machine, &mut sink, 1, restore());
@@ -511,7 +514,7 @@ fn a_retry_of_a_running_request_joins_it_and_runs_once() {
 
 #[test]
 fn a_full_queue_refuses_with_11_and_remembers_nothing() {
-    let mut machine = Machine::example();
+    let mut machine = Machine::new(rollback_node::Estate::example().state);
     let mut sink = Collect::default();
     send(&mut machine, &mut sink, 0, restore());
     for id in 1..=QUEUE_LIMIT as u64 {
@@ -527,7 +530,7 @@ fn a_full_queue_refuses_with_11_and_remembers_nothing() {
 
 #[test]
 fn a_dry_run_shows_the_plan_and_changes_nothing() {
-    let mut machine = Machine::example();
+    let mut machine = Machine::new(rollback_node::Estate::example().state);
     let before = machine.clone();
     let mut sink = Collect::default();
     send_as(&mut machine, &mut sink, "admin", 1, restore(), true);

@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rollback_node::core::effects::{Completion, Done, ExecError, Failure, Lane};
+use rollback_node::core::effects::{Completion, Done, ExecError, Failure, FailureKind, Lane};
 use rollback_node::core::machine::QUEUE_LIMIT;
 use rollback_node::core::retries::{PER_SENDER, SENDERS};
 use rollback_node::protocol::values::{Progress, Seconds};
@@ -72,18 +72,20 @@ fn interleave(session: &mut Session, choice: u8, out: &mut Vec<u8>) {
             rows: Some(u64::from(choice)),
             ..Done::default()
         }),
-        10..=12 => Completion::Failed(Failure {
-            refused: choice % 2 == 0,
-            missing: false,
-            ..Failure::nothing_changed(ExecError::failed("fuzzing", None, "refused"))
-        }),
+        10..=12 => Completion::Failed(Failure::new(
+            if choice % 2 == 0 {
+                FailureKind::Refused
+            } else {
+                FailureKind::NothingChanged
+            },
+            ExecError::failed("fuzzing", None, "refused"),
+        )),
         13..=14 => Completion::Failed(Failure {
             completed: usize::from(choice % 3),
-            part_way: true,
-            refused: false,
-            missing: false,
-            error: ExecError::failed("fuzzing", Some("line 1".into()), "crashed"),
-            now: None,
+            ..Failure::new(
+                FailureKind::PartWay,
+                ExecError::failed("fuzzing", Some("line 1".into()), "crashed"),
+            )
         }),
         _ => {
             session.progress(

@@ -51,6 +51,59 @@ impl Lane {
     }
 }
 
+/// The four layers of an estate, each performed by one executor.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum LayerKind {
+    /// Migrations: `RunDown`, `RunUp`, `ForceVersion`.
+    Schema,
+    /// Backups: `TakeBackup`, `Restore`.
+    Backups,
+    /// Feature flags: `WriteFlags`.
+    Flags,
+    /// Blue-green traffic: `CheckHealthy`, `SetServerState`.
+    Traffic,
+}
+
+impl LayerKind {
+    /// Every layer.
+    pub const ALL: [LayerKind; 4] = [
+        LayerKind::Schema,
+        LayerKind::Backups,
+        LayerKind::Flags,
+        LayerKind::Traffic,
+    ];
+
+    /// The lane its operations run in.
+    pub fn lane(self) -> Lane {
+        match self {
+            LayerKind::Schema | LayerKind::Backups => Lane::Schema,
+            LayerKind::Flags => Lane::Flags,
+            LayerKind::Traffic => Lane::Traffic,
+        }
+    }
+
+    /// Its position in [`LayerKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// What a transition decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision<R> {
@@ -189,12 +242,38 @@ pub enum Effect {
     TakeBackup {
         /// Why, for its manifest.
         why: String,
+        /// The schema version it is taken at.
+        #[serde(default)]
+        from: u64,
+        /// The version the migration after it goes to (for its name).
+        #[serde(default)]
+        to: u64,
     },
     /// Set the database's recorded version and clear its dirty flag, running nothing.
     ForceVersion {
         /// The version.
         version: u64,
     },
+    /// Refuse, changing nothing, unless the load balancer's own health checks call `server`
+    /// healthy now (a real load balancer: its checks may have changed since the node read them).
+    CheckHealthy {
+        /// The server (environment).
+        server: Environment,
+    },
+}
+
+impl Effect {
+    /// The layer whose executor performs it.
+    pub fn layer(&self) -> LayerKind {
+        match self {
+            Effect::RunDown { .. } | Effect::RunUp { .. } | Effect::ForceVersion { .. } => {
+                LayerKind::Schema
+            }
+            Effect::Restore { .. } | Effect::TakeBackup { .. } => LayerKind::Backups,
+            Effect::WriteFlags { .. } => LayerKind::Flags,
+            Effect::SetServerState { .. } | Effect::CheckHealthy { .. } => LayerKind::Traffic,
+        }
+    }
 }
 
 /// A load-balancer server state.
@@ -250,6 +329,24 @@ impl Default for Done {
 }
 
 impl Done {
+    /// Two runs of one operation's effects, one after the other: durations add up, files run
+    /// are listed in order, and what the later one reports wins.
+    pub fn then(mut self, later: Done) -> Done {
+        fn take<T>(into: &mut Option<T>, from: Option<T>) {
+            if from.is_some() {
+                *into = from;
+            }
+        }
+        self.duration = self.duration.plus(later.duration);
+        self.ran.extend(later.ran);
+        take(&mut self.rows, later.rows);
+        take(&mut self.at, later.at);
+        take(&mut self.schema_version, later.schema_version);
+        take(&mut self.kept, later.kept);
+        take(&mut self.backups, later.backups);
+        self
+    }
+
     /// A completion that took `duration` and reports nothing else.
     pub fn took(duration: Seconds) -> Self {
         Done {
@@ -286,21 +383,28 @@ pub struct Ran {
     pub millis: u64,
 }
 
+/// How a failed effect left its system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// What it names does not exist (an unknown backup, say): nothing changed (20).
+    Missing,
+    /// The system refused it on a precondition it checks itself (an unhealthy target, say):
+    /// nothing changed (22).
+    Refused,
+    /// It failed and changed nothing (14, or 13 when effects before it completed).
+    NothingChanged,
+    /// It may have changed something part-way (13).
+    PartWay,
+}
+
 /// A failed operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Failure {
     /// How many effects completed before the failure.
     pub completed: usize,
-    /// Whether the failed effect may have changed something part-way.
-    pub part_way: bool,
-    /// Whether the system refused it on a precondition it checks itself (an unhealthy target,
-    /// say): nothing changed, and the reply is 22 rather than 14.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub refused: bool,
-    /// Whether what it names does not exist (an unknown backup, say): nothing changed, and the
-    /// reply is 20.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub missing: bool,
+    /// How the failed effect left its system.
+    pub kind: FailureKind,
     /// What went wrong.
     pub error: ExecError,
     /// What the executor found true after the failure, when it could tell.
@@ -308,17 +412,69 @@ pub struct Failure {
     pub now: Option<Box<Found>>,
 }
 
+/// A failure as journals have recorded it: `kind`, or the three booleans of earlier versions.
+#[derive(Deserialize)]
+struct FailureRecord {
+    completed: usize,
+    kind: Option<FailureKind>,
+    #[serde(default)]
+    part_way: bool,
+    #[serde(default)]
+    refused: bool,
+    #[serde(default)]
+    missing: bool,
+    error: ExecError,
+    #[serde(default)]
+    now: Option<Box<Found>>,
+}
+
+impl<'de> Deserialize<'de> for Failure {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let record = FailureRecord::deserialize(deserializer)?;
+        let kind = record.kind.unwrap_or(if record.missing {
+            FailureKind::Missing
+        } else if record.refused {
+            FailureKind::Refused
+        } else if record.part_way {
+            FailureKind::PartWay
+        } else {
+            FailureKind::NothingChanged
+        });
+        Ok(Failure {
+            completed: record.completed,
+            kind,
+            error: record.error,
+            now: record.now,
+        })
+    }
+}
+
 impl Failure {
-    /// A failure before anything changed.
+    /// A failure of the first effect, before anything changed.
     pub fn nothing_changed(error: ExecError) -> Self {
+        Failure::new(FailureKind::NothingChanged, error)
+    }
+
+    /// A failure of the first effect that left its system as `kind` says.
+    pub fn new(kind: FailureKind, error: ExecError) -> Self {
         Failure {
             completed: 0,
-            part_way: false,
-            refused: false,
-            missing: false,
+            kind,
             error,
             now: None,
         }
+    }
+
+    /// With what the executor found true after it.
+    pub fn found(mut self, now: Option<Found>) -> Self {
+        self.now = now.map(Box::new);
+        self
+    }
+
+    /// Whether the system may be part-way: the failed effect changed something, or effects
+    /// before it completed.
+    pub fn is_part_way(&self) -> bool {
+        self.kind == FailureKind::PartWay || self.completed > 0
     }
 }
 
@@ -352,6 +508,24 @@ pub struct Found {
 }
 
 impl Found {
+    /// What both say, `later` winning where both say something.
+    pub fn merge(mut self, later: Found) -> Found {
+        fn take<T>(into: &mut Option<T>, from: Option<T>) {
+            if from.is_some() {
+                *into = from;
+            }
+        }
+        take(&mut self.schema_version, later.schema_version);
+        take(&mut self.schema_health, later.schema_health);
+        take(&mut self.catalogue, later.catalogue);
+        take(&mut self.flags, later.flags);
+        take(&mut self.live_environment, later.live_environment);
+        take(&mut self.health, later.health);
+        take(&mut self.backups, later.backups);
+        take(&mut self.unknown, later.unknown);
+        self
+    }
+
     /// Makes `state` agree with what was found.
     pub fn apply(&self, state: &mut State) {
         if let Some(catalogue) = &self.catalogue {
@@ -414,6 +588,19 @@ fn at(place: &Option<String>) -> String {
 }
 
 impl ExecError {
+    /// The error as it follows "WHAT failed" in a reply: `: ` and the whole error, or, when its
+    /// action is `what` itself, only where and what the system said (so nothing is said twice).
+    pub fn after(&self, what: &str) -> String {
+        match self {
+            ExecError::Failed {
+                action,
+                place,
+                said,
+            } if action == what => format!("{}: {said}", at(place)),
+            other => format!(": {other}"),
+        }
+    }
+
     /// A failed action.
     pub fn failed(
         action: impl Into<String>,

@@ -55,6 +55,13 @@ pub trait Sink {
         Ok(simulated_backups(state))
     }
 
+    /// Takes the `backups` request `msg_id` from `to` to answer it itself, later and elsewhere
+    /// (listing a real directory hashes its files: not on the thread that owns the machine).
+    /// Returns whether it did; by default it does not, and [`Sink::backups`] answers now.
+    fn defer_backups(&mut self, _to: &str, _addressed: Option<&str>, _msg_id: u64) -> bool {
+        false
+    }
+
     /// The statements `effects` would run, in order, for a dry run (a real database's files
     /// read now); none by default.
     fn statements(&mut self, _effects: &[Effect]) -> Vec<StatementView> {
@@ -159,6 +166,8 @@ struct Pending {
     addressed: Option<Arc<str>>,
     /// Whom each retry that joined it was addressed to.
     joined: Vec<Option<Arc<str>>>,
+    /// A dry run: decided at the head of the lane, answered with its plan, never started.
+    dry_run: bool,
 }
 
 /// The operation running in a lane.
@@ -204,11 +213,6 @@ impl Machine {
             interrupted: VecDeque::new(),
             last_addressed: None,
         }
-    }
-
-    /// A machine over the built-in example estate.
-    pub fn example() -> Self {
-        Machine::new(crate::core::estate::Estate::example().state)
     }
 
     /// The estate's current state.
@@ -346,29 +350,30 @@ impl Machine {
                     request.type_name()
                 )))
             } else {
-                self.permit(src, &request)
+                match self
+                    .permit(src, &request)
                     .and_then(|()| self.decide(&request))
-                    .and_then(|decision| self.answer_now(decision, sink))
+                {
+                    Ok(Decision::Lookup(Lookup::Backups))
+                        if sink.defer_backups(src, addressed, msg_id) =>
+                    {
+                        return
+                    }
+                    decided => decided.and_then(|decision| self.answer_now(decision, sink)),
+                }
             };
             reply(sink, src, addressed, msg_id, &answer);
             return;
         };
-        if dry_run {
-            let plan = self
-                .permit(src, &request)
-                .and_then(|()| self.decide(&request))
-                .map(|decision| self.plan(decision))
-                .map(|mut plan| {
-                    plan.statements = sink.statements(&plan.effects);
-                    plan
-                });
-            match plan {
-                Ok(plan) => sink.reply(src, addressed, &body_string(Some(msg_id), &plan)),
-                Err(refusal) => reply(sink, src, addressed, msg_id, &Err::<Reply, _>(refusal)),
-            }
+        let lane_busy = {
+            let state = &self.lanes[lane.index()];
+            state.running.is_some() || !state.queue.is_empty()
+        };
+        if dry_run && !lane_busy {
+            self.answer_dry_run(src, addressed, msg_id, &request, sink);
             return;
         }
-        if let Some(answer) = self.answered.get(src, msg_id) {
+        if let Some(answer) = self.answered.get(src, msg_id).filter(|_| !dry_run) {
             if answer.request == request {
                 let body = answer.body.clone();
                 sink.reply(src, addressed, &body);
@@ -379,7 +384,7 @@ impl Machine {
             return;
         }
         let addressed = addressed.map(|a| self.intern(a));
-        if let Some(pending) = self.pending_mut(src, msg_id) {
+        if let (false, Some(pending)) = (dry_run, self.pending_mut(src, msg_id)) {
             if pending.request == request {
                 pending.joined.push(addressed);
             } else {
@@ -404,6 +409,7 @@ impl Machine {
             size,
             addressed,
             joined: Vec::new(),
+            dry_run,
         };
         let state = &mut self.lanes[lane.index()];
         if state.running.is_none() && state.queue.is_empty() {
@@ -444,7 +450,7 @@ impl Machine {
             running
                 .into_iter()
                 .chain(lane.queue.iter_mut())
-                .find(|p| p.msg_id == msg_id && &*p.src == src)
+                .find(|p| !p.dry_run && p.msg_id == msg_id && &*p.src == src)
         })
     }
 
@@ -479,6 +485,29 @@ impl Machine {
         }
     }
 
+    /// Answers a dry run against the state as it is now (its lane's predecessors done).
+    fn answer_dry_run(
+        &self,
+        src: &str,
+        addressed: Option<&str>,
+        msg_id: u64,
+        request: &Request,
+        sink: &mut impl Sink,
+    ) {
+        let plan = self
+            .permit(src, request)
+            .and_then(|()| self.decide(request))
+            .map(|decision| self.plan(decision))
+            .map(|mut plan| {
+                plan.statements = sink.statements(&plan.effects);
+                plan
+            });
+        match plan {
+            Ok(plan) => sink.reply(src, addressed, &body_string(Some(msg_id), &plan)),
+            Err(refusal) => reply(sink, src, addressed, msg_id, &Err::<Reply, _>(refusal)),
+        }
+    }
+
     /// What a dry run answers: the effects, and the state if they all succeed.
     fn plan(&self, decision: Decision<Reply>) -> PlanOk {
         match decision {
@@ -503,6 +532,17 @@ impl Machine {
     /// Decides a request at the head of its lane: a refusal is remembered and answered; an
     /// accepted operation is recorded as an intent and starts. Returns whether it started.
     fn decide_pending(&mut self, lane: Lane, pending: Pending, sink: &mut impl Sink) -> bool {
+        if pending.dry_run {
+            let addressed = pending.addressed.clone();
+            self.answer_dry_run(
+                &pending.src,
+                addressed.as_deref(),
+                pending.msg_id,
+                &pending.request,
+                sink,
+            );
+            return false;
+        }
         self.seq += 1;
         let seq = self.seq;
         let decision = self
@@ -537,6 +577,7 @@ impl Machine {
             size,
             addressed,
             joined,
+            ..
         } = pending;
         let answer = Arc::new(encode_answer(request, Some(size), msg_id, &answer));
         sink.record(Record::Refused {
@@ -585,6 +626,7 @@ impl Machine {
             size,
             addressed,
             joined,
+            ..
         } = pending;
         let reply = self.state.finish(&operation, &completion);
         let answer = Arc::new(encode_answer(request, Some(size), msg_id, &reply));

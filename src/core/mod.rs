@@ -1,4 +1,4 @@
-//! The pure core: the estate's [`state`] and how [`estate`] files describe it, the
+//! The pure core: the estate's [`state`], the
 //! [`transitions`] that decide each message, the decisions and effects as data ([`effects`]),
 //! the retry memory ([`retries`]) and the sans-I/O [`machine`] that holds lanes and queues.
 //!
@@ -6,14 +6,14 @@
 //! [`crate::protocol`].
 
 pub mod effects;
-pub mod estate;
 pub mod machine;
 pub mod retries;
 pub mod state;
 pub mod transitions;
 
 pub use effects::{
-    Completion, Decision, Done, Effect, ExecError, Failure, Found, Lane, Lookup, Operation, Plan,
+    Completion, Decision, Done, Effect, ExecError, Failure, FailureKind, Found, Lane, LayerKind,
+    Lookup, Operation, Plan,
 };
 pub use machine::{Inbound, Machine, Record, Sink, Snapshot};
 pub use transitions::{Reply, Request};

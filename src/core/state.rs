@@ -71,28 +71,111 @@ pub struct Backup {
     pub schema_version: u64,
 }
 
-/// Which layers of the estate the node manages: a request for a layer the estate does not
-/// describe is refused.
+/// How the node manages one layer of the estate.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Layer {
+    /// The estate does not describe it: requests for it are refused.
+    #[default]
+    Absent,
+    /// The simulated world performs it (the estate's cost model).
+    Simulated,
+    /// A real system performs it; the text says which and where (a database URL with its
+    /// password hidden, a flag file, a load balancer's socket and backend).
+    Real(String),
+}
+
+impl Layer {
+    /// Whether the estate describes it.
+    pub fn is_present(&self) -> bool {
+        !matches!(self, Layer::Absent)
+    }
+
+    /// Whether a real system performs it.
+    pub fn is_real(&self) -> bool {
+        matches!(self, Layer::Real(_))
+    }
+
+    /// The real system, if any.
+    pub fn real(&self) -> Option<&str> {
+        match self {
+            Layer::Real(place) => Some(place),
+            _ => None,
+        }
+    }
+}
+
+/// Written as snapshots have always held it: `null`, `"simulated"` or the real system's text.
+impl Serialize for Layer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Layer::Absent => serializer.serialize_none(),
+            Layer::Simulated => serializer.serialize_str(SIMULATED),
+            Layer::Real(place) => serializer.serialize_str(place),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Layer {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match Option::<String>::deserialize(deserializer)? {
+            None => Layer::Absent,
+            Some(text) if text == SIMULATED => Layer::Simulated,
+            Some(place) => Layer::Real(place),
+        })
+    }
+}
+
+const SIMULATED: &str = "simulated";
+
+/// Which layers of the estate the node manages, and how: a request for a layer the estate does
+/// not describe is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layers {
-    /// Migrations (rollback, migrate): what manages them, such as `simulated` or a database URL.
-    pub schema: Option<String>,
-    /// Restores: `simulated`, or a backups directory.
-    pub backups: Option<String>,
-    /// Feature flags: `simulated`, or a flag file.
-    pub flags: Option<String>,
-    /// Blue-green traffic: `simulated`, or a load balancer.
-    pub traffic: Option<String>,
+    /// Migrations (rollback, migrate, force_version).
+    #[serde(default)]
+    pub schema: Layer,
+    /// Restores and backups.
+    #[serde(default)]
+    pub backups: Layer,
+    /// Feature flags.
+    #[serde(default)]
+    pub flags: Layer,
+    /// Blue-green traffic.
+    #[serde(default)]
+    pub traffic: Layer,
 }
 
 impl Default for Layers {
     fn default() -> Self {
-        let simulated = || Some("simulated".to_owned());
         Layers {
-            schema: simulated(),
-            backups: simulated(),
-            flags: simulated(),
-            traffic: simulated(),
+            schema: Layer::Simulated,
+            backups: Layer::Simulated,
+            flags: Layer::Simulated,
+            traffic: Layer::Simulated,
+        }
+    }
+}
+
+impl Layers {
+    /// The layer of `kind`.
+    pub fn get(&self, kind: crate::core::effects::LayerKind) -> &Layer {
+        use crate::core::effects::LayerKind;
+        match kind {
+            LayerKind::Schema => &self.schema,
+            LayerKind::Backups => &self.backups,
+            LayerKind::Flags => &self.flags,
+            LayerKind::Traffic => &self.traffic,
+        }
+    }
+
+    /// The layer of `kind`, to set.
+    pub fn get_mut(&mut self, kind: crate::core::effects::LayerKind) -> &mut Layer {
+        use crate::core::effects::LayerKind;
+        match kind {
+            LayerKind::Schema => &mut self.schema,
+            LayerKind::Backups => &mut self.backups,
+            LayerKind::Flags => &mut self.flags,
+            LayerKind::Traffic => &mut self.traffic,
         }
     }
 }

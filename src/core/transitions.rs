@@ -10,9 +10,10 @@
 //! and `dry_run` is the same decision with nothing performed.
 
 use crate::core::effects::{
-    Completion, Decision, Done, Effect, Failure, Lane, Lookup, Operation, Plan, ServerState,
+    Completion, Decision, Done, Effect, Failure, FailureKind, Lane, Lookup, Operation, Plan,
+    ServerState,
 };
-use crate::core::state::{join, Health, State};
+use crate::core::state::{join, Health, Layer, State};
 use crate::protocol;
 use crate::protocol::replies::*;
 use crate::protocol::values::{DatabaseView, Environment, RestoreRecord, Version};
@@ -106,14 +107,11 @@ impl State {
                 format!("migration {target} is already applied (the schema is at version {current}); migrate needs {}", versions(state, current, last))
             }));
         }
-        let backup_first = state
-            .layers
-            .backups
-            .as_deref()
-            .is_some_and(|b| b != "simulated")
-            .then(|| Effect::TakeBackup {
-                why: format!("before migrate from {current} to {target}"),
-            });
+        let backup_first = state.layers.backups.is_real().then(|| Effect::TakeBackup {
+            why: format!("before migrate from {current} to {target}"),
+            from: current,
+            to: target,
+        });
         let effects = backup_first
             .into_iter()
             .chain(
@@ -192,18 +190,28 @@ impl State {
                 "{to} is unhealthy; switch_traffic needs a healthy target, so traffic stays on {from}"
             )));
         }
+        // A real load balancer's checks may have changed since the node read them: it checks
+        // the target again, changing nothing if it is not healthy now.
+        let check = self
+            .layers
+            .traffic
+            .is_real()
+            .then_some(Effect::CheckHealthy { server: to });
         Ok(Decision::Accept(Operation {
             plan: Plan::SwitchTraffic { from, to },
-            effects: vec![
-                Effect::SetServerState {
-                    server: to,
-                    state: ServerState::Ready,
-                },
-                Effect::SetServerState {
-                    server: from,
-                    state: ServerState::Drain,
-                },
-            ],
+            effects: check
+                .into_iter()
+                .chain([
+                    Effect::SetServerState {
+                        server: to,
+                        state: ServerState::Ready,
+                    },
+                    Effect::SetServerState {
+                        server: from,
+                        state: ServerState::Drain,
+                    },
+                ])
+                .collect(),
         }))
     }
 
@@ -217,7 +225,7 @@ impl State {
             "backups",
             "[[backups]], or [backups] dir = DIR",
         )?;
-        let real = state.layers.backups.as_deref() != Some("simulated");
+        let real = state.layers.backups.is_real();
         let (schema_version, rows) = match state.backup(&backup) {
             Some(found) => (found.schema_version, found.rows),
             // A real backups directory is read when the restore runs: a file put there since
@@ -312,10 +320,10 @@ pub fn status_of(state: &State) -> StatusOk {
         state.flags.clone(),
         state.last_restore.clone(),
     );
-    if state.layers.traffic.is_none() {
+    if !state.layers.traffic.is_present() {
         status.live_environment = None;
     }
-    if let Some(managed) = state.layers.schema.as_deref().filter(|l| *l != "simulated") {
+    if let Some(managed) = state.layers.schema.real() {
         status.database = Some(DatabaseView {
             url: managed.to_owned(),
             dirty: state.schema_health.dirty.is_some(),
@@ -460,7 +468,7 @@ impl State {
                 Some(failure) => Err(failed(
                     &format!("switching traffic from {from} to {to}"),
                     failure,
-                    if failure.completed == 0 && !failure.part_way {
+                    if !failure.is_part_way() {
                         format!("traffic stays on {from}")
                     } else {
                         format!("{to} was made ready but {from} may still take traffic; check the load balancer")
@@ -551,10 +559,10 @@ fn check_catalogued(state: &State, version: u64) -> Result<(), Refusal> {
 }
 
 /// Refuses a request for a layer the estate does not describe.
-fn layer(managed: &Option<String>, kind: &str, what: &str, keys: &str) -> Result<(), Refusal> {
+fn layer(managed: &Layer, kind: &str, what: &str, keys: &str) -> Result<(), Refusal> {
     match managed {
-        Some(_) => Ok(()),
-        None => Err(Refusal::NotSupported(format!(
+        Layer::Simulated | Layer::Real(_) => Ok(()),
+        Layer::Absent => Err(Refusal::NotSupported(format!(
             "this estate does not describe {what}, so {kind} has nothing to act on; describe them in the estate file ({keys})"
         ))),
     }
@@ -608,20 +616,18 @@ fn schema_failure(
 /// The refusal for a failed effect: 22 when the system refused it on a precondition of its own,
 /// 14 when nothing changed, 13 when the system may be part-way.
 fn failed(what: &str, failure: &Failure, standing: String) -> Refusal {
-    if failure.missing {
-        Refusal::KeyDoesNotExist(format!("{what} failed: {}; nothing changed", failure.error))
-    } else if failure.refused {
-        Refusal::PreconditionFailed(format!(
-            "{what} was refused: {}; nothing changed, {standing}",
-            failure.error
-        ))
-    } else if failure.completed == 0 && !failure.part_way {
-        Refusal::Abort(format!(
-            "{what} failed: {}; nothing changed, {standing}",
-            failure.error
-        ))
-    } else {
-        Refusal::Crash(format!("{what} failed: {}; {standing}", failure.error))
+    let error = failure.error.after(what);
+    match failure.kind {
+        FailureKind::Missing => {
+            Refusal::KeyDoesNotExist(format!("{what} failed{error}; nothing changed"))
+        }
+        FailureKind::Refused => Refusal::PreconditionFailed(format!(
+            "{what} was refused{error}; nothing changed, {standing}"
+        )),
+        _ if !failure.is_part_way() => {
+            Refusal::Abort(format!("{what} failed{error}; nothing changed, {standing}"))
+        }
+        _ => Refusal::Crash(format!("{what} failed{error}; {standing}")),
     }
 }
 

@@ -1000,27 +1000,79 @@ fn append_flag(text: &str, key: &str, value: &Value, raws: &[&str]) -> String {
     }
 }
 
-/// The flag file as the node's [`Flags`](crate::exec::Flags) executor: each change is a durable
-/// read-modify-write of the file as it is on disk; the file is the truth at start.
-impl crate::exec::Flags for FlagFile {
-    fn set(&mut self, flag: &str, enabled: bool) -> crate::core::effects::Completion {
-        use crate::core::effects::{Completion, Done, ExecError, Failure};
-        match FlagFile::set(self, flag, enabled) {
-            Ok(report) => Completion::Done(Done {
-                duration: crate::protocol::values::Seconds::measured(report.duration),
-                rows: None,
-                ..Done::default()
-            }),
-            Err(e) => Completion::Failed(Failure::nothing_changed(ExecError::failed(
-                format!("writing flag {flag}"),
-                Some(self.path().display().to_string()),
-                e,
-            ))),
-        }
+/// `[flagd] file = PATH`: a flagd flag-definition file (`[flags]` then gives the flags a new
+/// file starts with).
+pub const SYSTEM: System = System {
+    section: "flagd",
+    layer: LayerKind::Flags,
+    applies: crate::exec::systems::any_value,
+    conflict: None,
+    needs: None,
+    read: |section| Ok(Box::new(section.parse::<FlagdConfig>()?)),
+};
+
+/// `[flagd]`: `file = PATH`, relative to the estate file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagdConfig {
+    /// The flag file.
+    pub file: String,
+}
+
+impl Config for FlagdConfig {
+    fn describe(&self) -> String {
+        self.file.clone()
     }
 
-    fn observe(&mut self, _believed: &crate::core::state::State) -> crate::core::effects::Found {
-        use crate::core::effects::Found;
+    fn connect(&self, with: &Connecting<'_>) -> Result<Connected, String> {
+        let file = FlagFile::open(with.resolve(&self.file), &with.state.flags)
+            .map_err(|e| e.to_string())?;
+        let flags = file.read().map_err(|e| e.to_string())?;
+        Ok(Connected {
+            executor: Box::new(file),
+            found: Found {
+                flags: Some(flags),
+                ..Found::default()
+            },
+            reader: None,
+        })
+    }
+}
+
+/// The flag file as the flags layer's [`Executor`]: each `WriteFlags` is a durable
+/// read-modify-write of the file as it is on disk; the file is the truth at start.
+impl Executor for FlagFile {
+    fn perform(&mut self, effects: &[Effect], _report: Report<'_>) -> Completion {
+        let mut done = Done::default();
+        for (i, effect) in effects.iter().enumerate() {
+            let Effect::WriteFlags { flag, enabled } = effect else {
+                return Completion::Failed(Failure {
+                    completed: i,
+                    ..Failure::nothing_changed(ExecError::failed(
+                        "performing a flags effect",
+                        None,
+                        format!("{effect:?} is not one"),
+                    ))
+                });
+            };
+            match FlagFile::set(self, flag, *enabled) {
+                Ok(report) => done = done.then(Done::took(Seconds::measured(report.duration))),
+                Err(e) => {
+                    return Completion::Failed(Failure {
+                        completed: i,
+                        ..Failure::nothing_changed(ExecError::failed(
+                            format!("writing flag {flag}"),
+                            Some(self.path().display().to_string()),
+                            e,
+                        ))
+                    })
+                }
+            }
+        }
+        Completion::Done(done)
+    }
+
+    fn observe(&mut self, _believed: &State) -> Found {
         match self.read() {
             Ok(flags) => Found {
                 flags: Some(flags),
@@ -1033,3 +1085,9 @@ impl crate::exec::Flags for FlagFile {
         }
     }
 }
+
+use crate::core::effects::{Completion, Done, Effect, ExecError, Failure, Found, LayerKind};
+use crate::core::state::State;
+use crate::exec::systems::{Config, Connected, Connecting, System};
+use crate::exec::{Executor, Report};
+use crate::protocol::values::Seconds;

@@ -18,58 +18,13 @@
 //! keyword in the configuration), `srv_check_state` (0x02 configured, 0x04 enabled, 0x08 paused)
 //! and `srv_check_result` (2 failed, 3 passed, 4 conditionally passed).
 
+use crate::protocol::Environment;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
-
-/// One of the two servers of the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Colour {
-    /// The server named `blue`.
-    Blue,
-    /// The server named `green`.
-    Green,
-}
-
-impl Colour {
-    /// The server's name in the backend.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Colour::Blue => "blue",
-            Colour::Green => "green",
-        }
-    }
-
-    /// The other colour.
-    pub fn other(self) -> Colour {
-        match self {
-            Colour::Blue => Colour::Green,
-            Colour::Green => Colour::Blue,
-        }
-    }
-}
-
-impl fmt::Display for Colour {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Colour {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "blue" => Ok(Colour::Blue),
-            "green" => Ok(Colour::Green),
-            other => Err(format!("{other:?} is neither \"blue\" nor \"green\"")),
-        }
-    }
-}
 
 /// Why HAProxy could not be asked or did not do what was asked. One line each.
 #[derive(Debug, thiserror::Error)]
@@ -150,36 +105,14 @@ pub enum HaproxyError {
         states: String,
     },
     /// The switch's source is not the live server (and the target is not live either).
-    #[error("cannot switch from {from}: it is not live in HAProxy ({states})")]
-    FromNotLive {
-        /// The server that should be live.
-        from: Colour,
-        /// The two servers' states as read.
-        states: String,
-    },
-    /// HAProxy's health checks do not call the target healthy: the switch is refused.
     #[error("refusing to switch to {to}: HAProxy's health checks say {health} ({detail})")]
     Unhealthy {
         /// The target.
-        to: Colour,
+        to: Environment,
         /// HAProxy's verdict.
-        health: Health,
+        health: CheckVerdict,
         /// The server's check status as HAProxy reports it, e.g. `L4CON`.
         detail: String,
-    },
-    /// The switch started but did not finish; says where traffic stands as read back.
-    #[error("switch from {from} to {to} stopped at \"{step}\": {cause}; traffic now: {traffic}")]
-    Incomplete {
-        /// The source.
-        from: Colour,
-        /// The target.
-        to: Colour,
-        /// The step that failed.
-        step: &'static str,
-        /// Why.
-        cause: Box<HaproxyError>,
-        /// The servers' states read back afterwards, or why they could not be read.
-        traffic: String,
     },
 }
 
@@ -187,16 +120,14 @@ impl HaproxyError {
     /// Whether this is a refusal for a precondition (unhealthy target, source not live): the
     /// switch did nothing.
     pub fn is_precondition(&self) -> bool {
-        matches!(
-            self,
-            HaproxyError::Unhealthy { .. } | HaproxyError::FromNotLive { .. }
-        )
+        matches!(self, HaproxyError::Unhealthy { .. })
     }
 }
 
-/// HAProxy's health-check verdict on a server.
+/// HAProxy's health-check verdict on a server (the node's own [`crate::core::state::Health`]
+/// is whether it may take traffic: only [`CheckVerdict::Up`] is healthy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
+pub enum CheckVerdict {
     /// Up, and its last check passed.
     Up,
     /// Still up, but its last check failed (it goes down after `fall` failures).
@@ -211,29 +142,29 @@ pub enum Health {
     Unchecked,
 }
 
-impl Health {
-    /// Only [`Health::Up`] is healthy enough to take traffic.
+impl CheckVerdict {
+    /// Only [`CheckVerdict::Up`] is healthy enough to take traffic.
     pub fn is_healthy(self) -> bool {
-        self == Health::Up
+        self == CheckVerdict::Up
     }
 }
 
-impl fmt::Display for Health {
+impl fmt::Display for CheckVerdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Health::Up => "up",
-            Health::Failing => "up but failing its last check",
-            Health::Down => "down",
-            Health::Transitioning => "starting or stopping",
-            Health::Paused => "checks paused (maintenance)",
-            Health::Unchecked => "no health check configured",
+            CheckVerdict::Up => "up",
+            CheckVerdict::Failing => "up but failing its last check",
+            CheckVerdict::Down => "down",
+            CheckVerdict::Transitioning => "starting or stopping",
+            CheckVerdict::Paused => "checks paused (maintenance)",
+            CheckVerdict::Unchecked => "no health check configured",
         })
     }
 }
 
 /// One server's row of `show servers state`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerState {
+pub struct ServerRow {
     /// `srv_name`.
     pub name: String,
     /// `srv_op_state`: 0 stopped, 1 starting, 2 running, 3 stopping.
@@ -246,7 +177,7 @@ pub struct ServerState {
     pub check_result: u32,
 }
 
-impl ServerState {
+impl ServerRow {
     /// In maintenance (forced, inherited or for address resolution).
     pub fn in_maintenance(&self) -> bool {
         self.admin_state & 0x23 != 0
@@ -268,18 +199,18 @@ impl ServerState {
     }
 
     /// HAProxy's health-check verdict.
-    pub fn health(&self) -> Health {
+    pub fn health(&self) -> CheckVerdict {
         if self.check_state & 0x02 == 0 || self.check_state & 0x04 == 0 {
-            return Health::Unchecked;
+            return CheckVerdict::Unchecked;
         }
         if self.check_state & 0x08 != 0 || self.in_maintenance() {
-            return Health::Paused;
+            return CheckVerdict::Paused;
         }
         match (self.op_state, self.check_result) {
-            (2, 2) => Health::Failing,
-            (2, _) => Health::Up,
-            (0, _) => Health::Down,
-            _ => Health::Transitioning,
+            (2, 2) => CheckVerdict::Failing,
+            (2, _) => CheckVerdict::Up,
+            (0, _) => CheckVerdict::Down,
+            _ => CheckVerdict::Transitioning,
         }
     }
 
@@ -301,21 +232,6 @@ impl ServerState {
         };
         format!("{admin}, {op}, health {}", self.health())
     }
-}
-
-/// What a successful [`Haproxy::switch`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SwitchReport {
-    /// The server drained.
-    pub from: Colour,
-    /// The server now live.
-    pub to: Colour,
-    /// `false` if `to` already was live and `from` not (nothing was sent).
-    pub changed: bool,
-    /// From the start of the call until the new states were read back.
-    pub duration: Duration,
-    /// The two servers' states as read back, e.g. `blue: drain, up, health up; green: …`.
-    pub states: String,
 }
 
 /// A client of one HAProxy backend through the runtime API's admin socket.
@@ -414,7 +330,7 @@ impl Haproxy {
     }
 
     /// Every server of the backend, by name, from `show servers state BACKEND`.
-    pub fn servers(&self) -> Result<BTreeMap<String, ServerState>, HaproxyError> {
+    pub fn servers(&self) -> Result<BTreeMap<String, ServerRow>, HaproxyError> {
         check_name(&self.backend)?;
         let command = format!("show servers state {}", self.backend);
         let answer = self.command(&command)?;
@@ -469,7 +385,7 @@ impl Haproxy {
                     .and_then(|f| f.parse().ok())
                     .ok_or_else(|| unexpected(format!("bad row {line:?}")))
             };
-            let server = ServerState {
+            let server = ServerRow {
                 name: fields
                     .get(name)
                     .ok_or_else(|| unexpected(format!("bad row {line:?}")))?
@@ -485,7 +401,7 @@ impl Haproxy {
     }
 
     /// The states of `blue` and `green`.
-    pub fn states(&self) -> Result<[ServerState; 2], HaproxyError> {
+    pub fn states(&self) -> Result<[ServerRow; 2], HaproxyError> {
         let mut servers = self.servers()?;
         match (servers.remove("blue"), servers.remove("green")) {
             (Some(blue), Some(green)) => Ok([blue, green]),
@@ -503,11 +419,11 @@ impl Haproxy {
 
     /// Which of blue and green takes new traffic, as HAProxy says. Both or neither is an error
     /// naming the states.
-    pub fn live(&self) -> Result<Colour, HaproxyError> {
+    pub fn live(&self) -> Result<Environment, HaproxyError> {
         let [blue, green] = self.states()?;
         match (blue.live(), green.live()) {
-            (true, false) => Ok(Colour::Blue),
-            (false, true) => Ok(Colour::Green),
+            (true, false) => Ok(Environment::Blue),
+            (false, true) => Ok(Environment::Green),
             (both, _) => Err(HaproxyError::NotExactlyOneLive {
                 backend: self.backend.clone(),
                 both,
@@ -517,94 +433,16 @@ impl Haproxy {
     }
 
     /// HAProxy's health-check verdict on `server`.
-    pub fn health(&self, server: Colour) -> Result<Health, HaproxyError> {
+    pub fn health(&self, server: Environment) -> Result<CheckVerdict, HaproxyError> {
         let [blue, green] = self.states()?;
         Ok(match server {
-            Colour::Blue => blue.health(),
-            Colour::Green => green.health(),
-        })
-    }
-
-    /// Moves new traffic from `from` to `to`: refuses if HAProxy's checks do not call `to`
-    /// healthy or `from` is not live; sets `to` ready, then `from` drain; reads back and verifies.
-    pub fn switch(&self, from: Colour, to: Colour) -> Result<SwitchReport, HaproxyError> {
-        let start = Instant::now();
-        let [blue, green] = self.states()?;
-        let (f, t) = match from {
-            Colour::Blue => (&blue, &green),
-            Colour::Green => (&green, &blue),
-        };
-        if from == to && !f.live() {
-            return Err(HaproxyError::FromNotLive {
-                from,
-                states: describe(&blue, &green),
-            });
-        }
-        if from == to || (t.live() && !f.live()) {
-            return Ok(SwitchReport {
-                from,
-                to,
-                changed: false,
-                duration: start.elapsed(),
-                states: describe(&blue, &green),
-            });
-        }
-        if !f.live() {
-            return Err(HaproxyError::FromNotLive {
-                from,
-                states: describe(&blue, &green),
-            });
-        }
-        let health = t.health();
-        if !health.is_healthy() {
-            return Err(HaproxyError::Unhealthy {
-                to,
-                health,
-                detail: self.check_status(to),
-            });
-        }
-        let incomplete = |step: &'static str, cause: HaproxyError| HaproxyError::Incomplete {
-            from,
-            to,
-            step,
-            cause: Box::new(cause),
-            traffic: self.traffic(),
-        };
-        // A refusal of the first command changed nothing: report it as it is.
-        self.set_state(to, "ready").map_err(|e| match e {
-            HaproxyError::NotAdmin { .. } | HaproxyError::Rejected { .. } => e,
-            e => incomplete("set the target ready", e),
-        })?;
-        self.set_state(from, "drain")
-            .map_err(|e| incomplete("set the source drain", e))?;
-        let [blue, green] = self
-            .states()
-            .map_err(|e| incomplete("read back the states", e))?;
-        let (f, t) = match from {
-            Colour::Blue => (&blue, &green),
-            Colour::Green => (&green, &blue),
-        };
-        if !t.live() || f.live() {
-            let states = describe(&blue, &green);
-            return Err(incomplete(
-                "verify",
-                HaproxyError::Unexpected {
-                    command: format!("show servers state {}", self.backend),
-                    problem: format!("expected {to} live and {from} not: {states}"),
-                },
-            ));
-        }
-        Ok(SwitchReport {
-            from,
-            to,
-            changed: true,
-            duration: start.elapsed(),
-            states: describe(&blue, &green),
+            Environment::Blue => blue.health(),
+            Environment::Green => green.health(),
         })
     }
 
     /// `set server BACKEND/SERVER state STATE`; any answer is a rejection.
-    fn set_state(&self, server: Colour, state: &str) -> Result<(), HaproxyError> {
+    pub fn set_state(&self, server: Environment, state: &str) -> Result<(), HaproxyError> {
         let command = format!("set server {}/{server} state {state}", self.backend);
         let answer = self.command(&command)?;
         let answer = answer.trim();
@@ -623,16 +461,8 @@ impl Haproxy {
         }
     }
 
-    /// Where traffic stands, as read back now, or why it could not be read.
-    fn traffic(&self) -> String {
-        match self.states() {
-            Ok([blue, green]) => describe(&blue, &green),
-            Err(e) => format!("could not be read back ({e})"),
-        }
-    }
-
     /// The server's `check_status`, `check_code` and `check_desc` from `show stat`, for messages.
-    fn check_status(&self, server: Colour) -> String {
+    fn check_status(&self, server: Environment) -> String {
         let Ok(stat) = self.command("show stat") else {
             return "check status unavailable".into();
         };
@@ -647,7 +477,7 @@ impl Haproxy {
         for line in lines {
             let f: Vec<&str> = line.split(',').collect();
             let get = |name: &str| col(name).and_then(|i| f.get(i)).copied().unwrap_or("");
-            if get("pxname") == self.backend && get("svname") == server.as_str() {
+            if get("pxname") == self.backend && get("svname") == <&str>::from(server) {
                 let mut out = format!("status {}, check {}", get("status"), get("check_status"));
                 if !get("check_code").is_empty() {
                     out.push_str(&format!(" {}", get("check_code")));
@@ -662,7 +492,7 @@ impl Haproxy {
     }
 }
 
-fn describe(blue: &ServerState, green: &ServerState) -> String {
+fn describe(blue: &ServerRow, green: &ServerRow) -> String {
     format!("blue: {}; green: {}", blue.describe(), green.describe())
 }
 
@@ -681,22 +511,6 @@ fn check_name(name: &str) -> Result<(), HaproxyError> {
     Ok(())
 }
 
-/// An environment as the server of the same name.
-fn colour(environment: crate::protocol::Environment) -> Colour {
-    match environment {
-        crate::protocol::Environment::Blue => Colour::Blue,
-        crate::protocol::Environment::Green => Colour::Green,
-    }
-}
-
-/// A server as the environment of the same name.
-fn environment(colour: Colour) -> crate::protocol::Environment {
-    match colour {
-        Colour::Blue => crate::protocol::Environment::Blue,
-        Colour::Green => crate::protocol::Environment::Green,
-    }
-}
-
 impl Haproxy {
     /// What HAProxy says: the live environment and the health of both.
     ///
@@ -712,58 +526,173 @@ impl Haproxy {
             })
         };
         Ok(crate::core::effects::Found {
-            live_environment: Some(environment(self.live()?)),
-            health: Some((health(Colour::Blue)?, health(Colour::Green)?)),
+            live_environment: Some(self.live()?),
+            health: Some((health(Environment::Blue)?, health(Environment::Green)?)),
             ..crate::core::effects::Found::default()
         })
     }
 }
 
-/// HAProxy as the node's [`Traffic`](crate::exec::Traffic) executor: the target must be healthy
-/// by HAProxy's own checks (else the switch is refused, 22), it is made ready, the old one
-/// drained, and the result read back before the reply.
-impl crate::exec::Traffic for Haproxy {
-    fn switch(
-        &mut self,
-        from: crate::protocol::Environment,
-        to: crate::protocol::Environment,
-    ) -> crate::core::effects::Completion {
-        use crate::core::effects::{Completion, Done, ExecError, Failure};
-        match Haproxy::switch(self, colour(from), colour(to)) {
-            Ok(report) => Completion::Done(Done {
-                duration: crate::protocol::values::Seconds::measured(report.duration),
-                rows: None,
-                ..Done::default()
-            }),
-            Err(e) => {
-                let place = Some(format!(
-                    "{} backend {}",
-                    self.socket().display(),
-                    self.backend()
-                ));
-                let refused = e.is_precondition();
-                let part_way = matches!(e, HaproxyError::Incomplete { .. });
-                Completion::Failed(Failure {
-                    completed: 0,
-                    part_way,
-                    refused,
-                    missing: false,
-                    error: ExecError::failed(
-                        format!("switching traffic from {from} to {to}"),
-                        place,
-                        e,
-                    ),
-                    now: self.found().ok().map(Box::new),
-                })
-            }
-        }
+/// `[haproxy] socket = PATH, backend = NAME`: HAProxy's runtime API over its admin socket,
+/// a backend with servers `blue` and `green`.
+pub const SYSTEM: System = System {
+    section: "haproxy",
+    layer: LayerKind::Traffic,
+    applies: crate::exec::systems::any_value,
+    conflict: Some("[haproxy] names a real load balancer, so [traffic] must not be given too: HAProxy's server states are the truth"),
+    needs: None,
+    read: |section| Ok(Box::new(section.parse::<HaproxyConfig>()?)),
+};
+
+/// `[haproxy]`: `socket = PATH` (the admin socket, relative to the estate file), `backend =
+/// NAME` (with servers `blue` and `green`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxyConfig {
+    /// The admin socket.
+    pub socket: String,
+    /// The backend holding the `blue` and `green` servers.
+    pub backend: String,
+}
+
+impl Config for HaproxyConfig {
+    fn describe(&self) -> String {
+        format!("haproxy {} backend {}", self.socket, self.backend)
     }
 
-    fn observe(&mut self, _believed: &crate::core::state::State) -> crate::core::effects::Found {
-        self.found()
-            .unwrap_or_else(|e| crate::core::effects::Found {
-                unknown: Some(e.to_string()),
-                ..crate::core::effects::Found::default()
-            })
+    fn connect(&self, with: &Connecting<'_>) -> Result<Connected, String> {
+        let haproxy = Haproxy::connect(with.resolve(&self.socket), &self.backend)
+            .map_err(|e| e.to_string())?;
+        let found = haproxy.found().map_err(|e| e.to_string())?;
+        Ok(Connected {
+            executor: Box::new(haproxy),
+            found,
+            reader: None,
+        })
     }
 }
+
+/// HAProxy as the traffic layer's [`Executor`]. `CheckHealthy` asks HAProxy's own checks and
+/// refuses (22, nothing changed) a server they do not call up; `SetServerState` reads the
+/// server's state, sends `set server BE/SRV state ready|drain` unless it already is so, and reads
+/// it back. A failure reports where traffic stands, as read back.
+impl Executor for Haproxy {
+    fn perform(&mut self, effects: &[Effect], _report: Report<'_>) -> Completion {
+        let started = Instant::now();
+        for (i, effect) in effects.iter().enumerate() {
+            let result = match effect {
+                Effect::CheckHealthy { server } => self.check_healthy(*server),
+                Effect::SetServerState { server, state } => self.set_server(*server, *state),
+                other => Err((
+                    FailureKind::NothingChanged,
+                    HaproxyError::Unexpected {
+                        command: String::new(),
+                        problem: format!("{other:?} is not a traffic effect"),
+                    },
+                )),
+            };
+            if let Err((kind, error)) = result {
+                let place = Some(format!(
+                    "{} backend {}",
+                    self.socket.display(),
+                    self.backend
+                ));
+                return Completion::Failed(Failure {
+                    completed: i,
+                    ..Failure::new(
+                        kind,
+                        ExecError::failed(describe_effect(effect), place, error),
+                    )
+                    .found(self.found().ok())
+                });
+            }
+        }
+        Completion::Done(Done::took(Seconds::measured(started.elapsed())))
+    }
+
+    fn observe(&mut self, _believed: &State) -> Found {
+        self.found().unwrap_or_else(|e| Found {
+            unknown: Some(e.to_string()),
+            ..Found::default()
+        })
+    }
+}
+
+fn describe_effect(effect: &Effect) -> String {
+    match effect {
+        Effect::CheckHealthy { server } => format!("checking {server}'s health"),
+        Effect::SetServerState { server, state } => format!("setting {server} {state}"),
+        other => format!("{other:?}"),
+    }
+}
+
+impl Haproxy {
+    /// `server` must be up by HAProxy's own checks.
+    fn check_healthy(&self, server: Environment) -> Result<(), (FailureKind, HaproxyError)> {
+        let verdict = self
+            .health(server)
+            .map_err(|e| (FailureKind::NothingChanged, e))?;
+        if verdict.is_healthy() {
+            return Ok(());
+        }
+        Err((
+            FailureKind::Refused,
+            HaproxyError::Unhealthy {
+                to: server,
+                health: verdict,
+                detail: self.check_status(server),
+            },
+        ))
+    }
+
+    /// Sets `server` to `state` unless it already is, and reads it back.
+    fn set_server(
+        &self,
+        server: Environment,
+        state: TargetState,
+    ) -> Result<(), (FailureKind, HaproxyError)> {
+        let row = |rows: [ServerRow; 2]| match server {
+            Environment::Blue => rows[0].clone(),
+            Environment::Green => rows[1].clone(),
+        };
+        let is_so = |row: &ServerRow| match state {
+            TargetState::Ready => row.ready(),
+            TargetState::Drain => row.draining() && !row.in_maintenance(),
+        };
+        let before = self
+            .states()
+            .map_err(|e| (FailureKind::NothingChanged, e))?;
+        if is_so(&row(before)) {
+            return Ok(());
+        }
+        // A refusal changed nothing; a lost answer may have.
+        self.set_state(server, &state.to_string())
+            .map_err(|e| match e {
+                HaproxyError::NotAdmin { .. } | HaproxyError::Rejected { .. } => {
+                    (FailureKind::NothingChanged, e)
+                }
+                e => (FailureKind::PartWay, e),
+            })?;
+        let after = self.states().map_err(|e| (FailureKind::PartWay, e))?;
+        let after = row(after);
+        if !is_so(&after) {
+            return Err((
+                FailureKind::PartWay,
+                HaproxyError::Unexpected {
+                    command: format!("show servers state {}", self.backend),
+                    problem: format!("expected {server} {state}, read back {}", after.describe()),
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
+use crate::core::effects::{
+    Completion, Done, Effect, ExecError, Failure, FailureKind, Found, LayerKind,
+    ServerState as TargetState,
+};
+use crate::core::state::State;
+use crate::exec::systems::{Config, Connected, Connecting, System};
+use crate::exec::{Executor, Report};
+use crate::protocol::values::Seconds;

@@ -1,205 +1,157 @@
-//! Executors: what performs the effects the core decides. One small trait per capability —
-//! [`Schema`] (run migrations), [`Backups`] (restore), [`Flags`] (write flags), [`Traffic`]
-//! (move the load balancer) — each with the [`simulated`] implementation that owns the estate's
-//! cost model. An executor reports a [`Completion`] (measurements, or a structured failure) and,
-//! for long effects, [`Progress`]; at start it says what is true now ([`Found`]) so that an
-//! operation a crash interrupted can be reconciled.
+//! Executors: what performs the effects the core decides. The contract is the effects
+//! themselves: an [`Executor`] is given a run of its layer's effects, performs them in order and
+//! reports what happened (a [`Completion`]: measurements, or a structured [`Failure`] saying
+//! how many completed) and, for long effects, [`Progress`]. It decides nothing — which effects,
+//! in which order, under which preconditions, is the transition's — and at start it says what
+//! is true now ([`Found`]) so that an operation a crash interrupted can be reconciled.
 //!
-//! [`LaneExecutor`] groups the capabilities one lane needs; the runtime gives each lane's to its
-//! worker, or runs it inline when it is instant.
+//! Each layer (schema, backups, flags, traffic) has one executor: the [`simulated`] world with
+//! the estate's cost model, or a real system chosen from the estate by [`systems`]. A lane's
+//! [`LaneExecutor`] holds the executors of its layers and walks an operation's effects,
+//! handing each consecutive run to the executor of its layer, stopping at the first failure.
+//!
+//! Adding a real system is one file (its estate section, how it connects, its [`Executor`])
+//! plus one line in [`systems::SYSTEMS`].
 
 pub mod backups;
-pub mod connect;
+pub mod database;
+pub mod estate;
 pub mod flagd;
 pub mod haproxy;
 pub mod migrations;
 pub mod simulated;
+pub mod systems;
 
-use crate::core::effects::Found;
-use crate::core::effects::{
-    Completion, Effect, ExecError, Failure, Lane, Operation, Plan, StatementView,
-};
+use crate::core::effects::{Completion, Effect, Found, Lane, LayerKind, Operation, StatementView};
 use crate::core::state::State;
-use crate::protocol::values::{BackupView, Environment, Progress};
+use crate::protocol::values::{BackupView, Progress};
 
 /// Reports progress of a long effect.
 pub type Report<'a> = &'a mut dyn FnMut(Progress);
 
-/// Runs migrations.
-pub trait Schema: Send {
-    /// Runs the `RunDown`/`RunUp` effects in order.
-    fn run(&mut self, steps: &[Effect], report: Report<'_>) -> Completion;
-    /// Records `version` and clears the dirty flag, running nothing.
-    fn force(&mut self, version: u64) -> Completion;
-    /// The statements the `RunDown`/`RunUp` effects would run, in order (for a dry run); none
-    /// where there are no files.
-    fn statements(&mut self, _steps: &[Effect]) -> Vec<StatementView> {
-        Vec::new()
-    }
-    /// The database was replaced under it (a restore): connect again.
-    fn after_restore(&mut self) {}
-    /// The schema version the database is at.
+/// Performs one layer's effects.
+pub trait Executor: Send {
+    /// Performs `effects` — consecutive effects of its layer from one operation — in order,
+    /// stopping at the first that fails, and reports what happened. A [`Failure`]'s
+    /// `completed` counts within `effects`.
+    fn perform(&mut self, effects: &[Effect], report: Report<'_>) -> Completion;
+
+    /// What is true now in its system (at start, and to reconcile an interrupted operation).
     fn observe(&mut self, believed: &State) -> Found;
-    /// Whether it completes at once without touching anything outside the node (so it may run
-    /// inline, its intent and outcome committed together).
+
+    /// Whether it completes at once without touching anything outside the node (so its lane
+    /// may run inline, an operation's intent and outcome committed together).
     fn is_instant(&self) -> bool {
         false
     }
+
+    /// Another executor of its lane performed `effects` (say, a restore replaced the database
+    /// under it): it may have to connect again.
+    fn notice(&mut self, _effects: &[Effect]) {}
 }
 
-/// Restores backups.
-pub trait Backups: Send {
-    /// Restores `backup` into the live database.
-    fn restore(&mut self, backup: &str, report: Report<'_>) -> Completion;
-    /// The verified backups with a known schema version, oldest first (a real directory, read
-    /// now); `None` where the state's own list is the truth.
-    fn verified(&mut self) -> Option<Vec<crate::core::state::Backup>> {
-        None
-    }
-    /// Takes a backup of the live database before a migration from `from` to `to`.
+/// Lists what an executor's system holds without the executor (which may be busy on its lane's
+/// worker): backups, and the statements migration files would run. Serves look-ups off the
+/// owner thread.
+pub trait Reader: Send + Sync {
+    /// The backups, newest first, as the system holds them now.
     ///
     /// # Errors
-    /// The backup could not be taken: the migration must not run.
-    fn take(&mut self, _why: &str, _from: u64, _to: u64) -> Result<(), ExecError> {
-        Ok(())
+    /// They could not be read; the text says why.
+    fn backups(&self, state: &State) -> Result<Vec<BackupView>, String> {
+        Ok(crate::core::machine::simulated_backups(state))
     }
 
-    /// The schema version the live database is at.
-    fn observe(&mut self, believed: &State) -> Found;
-    /// As [`Schema::is_instant`].
-    fn is_instant(&self) -> bool {
+    /// Whether it lists backups (a real backups directory); otherwise the state's are listed.
+    fn lists_backups(&self) -> bool {
         false
+    }
+
+    /// The statements `effects` would run, in order, for a dry run; none where there are no
+    /// files.
+    fn statements(&self, _effects: &[Effect]) -> Vec<StatementView> {
+        Vec::new()
     }
 }
 
-/// Writes feature flags.
-pub trait Flags: Send {
-    /// Sets `flag` to `enabled` in the flag store, durably.
-    fn set(&mut self, flag: &str, enabled: bool) -> Completion;
-    /// The flags as the flag store holds them.
-    fn observe(&mut self, believed: &State) -> Found;
-    /// As [`Schema::is_instant`].
-    fn is_instant(&self) -> bool {
-        false
-    }
-}
-
-/// Moves traffic between the blue and green environments.
-pub trait Traffic: Send {
-    /// Makes `to` ready, then drains `from`, and verifies.
-    fn switch(&mut self, from: Environment, to: Environment) -> Completion;
-    /// The live environment as the load balancer says.
-    fn observe(&mut self, believed: &State) -> Found;
-    /// As [`Schema::is_instant`].
-    fn is_instant(&self) -> bool {
-        false
-    }
-}
-
-/// The capabilities one lane needs.
-pub enum LaneExecutor {
-    /// rollback, migrate, restore.
-    Schema {
-        /// Migrations.
-        schema: Box<dyn Schema>,
-        /// Restores.
-        backups: Box<dyn Backups>,
-    },
-    /// switch_traffic.
-    Traffic(Box<dyn Traffic>),
-    /// disable_feature, enable_feature.
-    Flags(Box<dyn Flags>),
+/// The executors of one lane's layers.
+pub struct LaneExecutor {
+    layers: Vec<(LayerKind, Box<dyn Executor>)>,
 }
 
 impl LaneExecutor {
-    /// Performs an operation's effects.
+    /// A lane performed by these executors, one per layer.
+    pub fn new(layers: Vec<(LayerKind, Box<dyn Executor>)>) -> Self {
+        LaneExecutor { layers }
+    }
+
+    fn executor(&mut self, layer: LayerKind) -> Option<&mut Box<dyn Executor>> {
+        self.layers
+            .iter_mut()
+            .find(|(l, _)| *l == layer)
+            .map(|(_, e)| e)
+    }
+
+    /// Performs an operation's effects in order: each consecutive run of one layer's effects
+    /// goes to that layer's executor; the first failure ends the operation, counting every
+    /// effect completed before it.
     pub fn perform(&mut self, operation: &Operation, report: Report<'_>) -> Completion {
-        match (self, &operation.plan) {
-            (LaneExecutor::Schema { schema, backups }, Plan::Migrate { from, to }) => {
-                let mut effects = operation.effects.as_slice();
-                let mut taken = 0;
-                if let Some(Effect::TakeBackup { why }) = effects.first() {
-                    if let Err(error) = backups.take(why, *from, *to) {
-                        return Completion::Failed(Failure::nothing_changed(error));
-                    }
-                    effects = &effects[1..];
-                    taken = 1;
+        let mut done = crate::core::effects::Done::default();
+        let mut completed = 0;
+        for run in operation.effects.chunk_by(|a, b| a.layer() == b.layer()) {
+            let layer = run[0].layer();
+            let Some(executor) = self.executor(layer) else {
+                return Completion::Failed(crate::core::effects::Failure {
+                    completed,
+                    ..crate::core::effects::Failure::nothing_changed(
+                        crate::core::effects::ExecError::failed(
+                            format!("performing {layer} effects"),
+                            None,
+                            "no executor of this lane performs them",
+                        ),
+                    )
+                });
+            };
+            match executor.perform(run, report) {
+                Completion::Done(more) => done = done.then(more),
+                Completion::Failed(mut failure) => {
+                    failure.completed += completed;
+                    return Completion::Failed(failure);
                 }
-                match schema.run(effects, report) {
-                    Completion::Failed(mut failure) => {
-                        failure.completed += taken;
-                        Completion::Failed(failure)
-                    }
-                    Completion::Done(mut done) => {
-                        if taken == 1 {
-                            done.backups = backups.verified();
-                        }
-                        Completion::Done(done)
-                    }
+            }
+            completed += run.len();
+            for (other, executor) in &mut self.layers {
+                if *other != layer {
+                    executor.notice(run);
                 }
             }
-            (LaneExecutor::Schema { schema, .. }, Plan::Rollback { .. }) => {
-                schema.run(&operation.effects, report)
-            }
-            (LaneExecutor::Schema { schema, backups }, Plan::Restore { backup, .. }) => {
-                let completion = backups.restore(backup, report);
-                schema.after_restore();
-                completion
-            }
-            (LaneExecutor::Schema { schema, .. }, Plan::ForceVersion { to, .. }) => {
-                schema.force(*to)
-            }
-            (LaneExecutor::Traffic(traffic), Plan::SwitchTraffic { from, to }) => {
-                traffic.switch(*from, *to)
-            }
-            (LaneExecutor::Flags(flags), Plan::SetFlag { feature, enabled }) => {
-                flags.set(feature, *enabled)
-            }
-            (_, plan) => Completion::Failed(Failure::nothing_changed(ExecError::failed(
-                "routing an operation",
-                None,
-                format!("no executor of this lane performs {plan:?}"),
-            ))),
         }
+        Completion::Done(done)
     }
 
-    /// What is true now for the part of the estate `operation` touches.
+    /// What is true now for the layers `operation` touches.
     pub fn observe(&mut self, operation: &Operation, believed: &State) -> Found {
-        match (self, &operation.plan) {
-            (LaneExecutor::Schema { backups, .. }, Plan::Restore { .. }) => {
-                backups.observe(believed)
+        let mut found = Found::default();
+        for (layer, executor) in &mut self.layers {
+            if operation.effects.iter().any(|e| e.layer() == *layer) || operation.effects.is_empty()
+            {
+                found = found.merge(executor.observe(believed));
             }
-            (LaneExecutor::Schema { schema, .. }, _) => schema.observe(believed),
-            (LaneExecutor::Traffic(traffic), _) => traffic.observe(believed),
-            (LaneExecutor::Flags(flags), _) => flags.observe(believed),
         }
+        found
     }
 
-    /// The statements an operation's effects would run (for a dry run).
-    pub fn statements(&mut self, effects: &[Effect]) -> Vec<StatementView> {
-        match self {
-            LaneExecutor::Schema { schema, .. } => schema.statements(effects),
-            _ => Vec::new(),
-        }
-    }
-
-    /// Whether every capability of the lane is instant.
+    /// Whether every executor of the lane is instant.
     pub fn is_instant(&self) -> bool {
-        match self {
-            LaneExecutor::Schema { schema, backups } => schema.is_instant() && backups.is_instant(),
-            LaneExecutor::Traffic(traffic) => traffic.is_instant(),
-            LaneExecutor::Flags(flags) => flags.is_instant(),
-        }
+        self.layers.iter().all(|(_, e)| e.is_instant())
     }
 }
 
-/// Lists backups from the owner thread while the schema lane's executor works elsewhere.
-pub type BackupsLister = Box<dyn Fn(&State) -> Vec<BackupView> + Send>;
-
-/// One executor per lane, indexed by [`Lane::index`]; a lane's may be taken out for a worker.
+/// One executor per lane, indexed by [`Lane::index`] (a lane's may be taken out for a worker),
+/// and the [`Reader`] of look-ups.
 pub struct Executors {
     lanes: [Option<LaneExecutor>; 3],
-    lister: Option<BackupsLister>,
+    reader: Option<std::sync::Arc<dyn Reader>>,
 }
 
 impl Executors {
@@ -207,22 +159,19 @@ impl Executors {
     pub fn new(schema: LaneExecutor, traffic: LaneExecutor, flags: LaneExecutor) -> Self {
         Executors {
             lanes: [Some(schema), Some(traffic), Some(flags)],
-            lister: None,
+            reader: None,
         }
     }
 
-    /// Lists backups with `lister` (a real backups directory, read at each call).
-    pub fn with_backups_lister(mut self, lister: BackupsLister) -> Self {
-        self.lister = Some(lister);
+    /// With a reader of the real systems' look-ups (a real backups directory, migration files).
+    pub fn with_reader(mut self, reader: std::sync::Arc<dyn Reader>) -> Self {
+        self.reader = Some(reader);
         self
     }
 
-    /// The backups, newest first: the directory as it is now, or the simulated ones.
-    pub fn list_backups(&self, state: &State) -> Vec<BackupView> {
-        match &self.lister {
-            Some(lister) => lister(state),
-            None => crate::core::machine::simulated_backups(state),
-        }
+    /// The reader of look-ups, when a real system has one.
+    pub fn reader(&self) -> Option<&std::sync::Arc<dyn Reader>> {
+        self.reader.as_ref()
     }
 
     /// The executor of `lane`, unless it was taken.

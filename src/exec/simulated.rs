@@ -7,24 +7,53 @@
 //! It touches nothing outside the node, so what is "true now" at reconciliation is what the node
 //! believes.
 
-use crate::core::effects::Found;
-use crate::core::effects::{Completion, Done, Effect};
-use crate::core::estate::CostModel;
+use crate::core::effects::{Completion, Done, Effect, Found, LayerKind};
 use crate::core::state::State;
-use crate::exec::{Backups, Executors, Flags, LaneExecutor, Report, Schema, Traffic};
-use crate::protocol::values::{Environment, Progress, Seconds};
+use crate::exec::{Executor, Executors, LaneExecutor, Report};
+use crate::protocol::values::{Progress, Seconds};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How many progress reports a paced effect gives.
 const STEPS: u64 = 10;
 
-/// The simulated executor of every capability, sharing one cost model.
+/// What the simulated executor charges for each change, in whole seconds (from the estate's
+/// `up_seconds`, `down_seconds` and `restore_seconds`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CostModel {
+    /// up() seconds by version.
+    pub up: BTreeMap<u64, u64>,
+    /// down() seconds by version.
+    pub down: BTreeMap<u64, u64>,
+    /// Restore seconds by backup name.
+    pub restore: BTreeMap<String, u64>,
+}
+
+impl CostModel {
+    /// What up() of `version` costs.
+    pub fn up_seconds(&self, version: u64) -> u64 {
+        self.up.get(&version).copied().unwrap_or(0)
+    }
+
+    /// What down() of `version` costs.
+    pub fn down_seconds(&self, version: u64) -> u64 {
+        self.down.get(&version).copied().unwrap_or(0)
+    }
+
+    /// What restoring `backup` costs.
+    pub fn restore_seconds(&self, backup: &str) -> u64 {
+        self.restore.get(backup).copied().unwrap_or(0)
+    }
+}
+
+/// The simulated executor of one layer, sharing one cost model with the others.
 #[derive(Debug, Clone)]
 pub struct Simulated {
     costs: Arc<CostModel>,
     pace: f64,
-    backup_rows: Arc<std::collections::BTreeMap<String, u64>>,
+    backup_rows: Arc<BTreeMap<String, u64>>,
+    layer: LayerKind,
 }
 
 impl Simulated {
@@ -45,18 +74,27 @@ impl Simulated {
                     .map(|b| (b.name.clone(), b.rows))
                     .collect(),
             ),
+            layer: LayerKind::Schema,
         }
+    }
+
+    /// The simulated executor of `layer`.
+    pub fn of(&self, layer: LayerKind) -> Box<dyn Executor> {
+        Box::new(Simulated {
+            layer,
+            ..self.clone()
+        })
     }
 
     /// One executor per lane, all simulated.
     pub fn executors(&self) -> Executors {
+        let lane = |layers: &[LayerKind]| {
+            LaneExecutor::new(layers.iter().map(|l| (*l, self.of(*l))).collect())
+        };
         Executors::new(
-            LaneExecutor::Schema {
-                schema: Box::new(self.clone()),
-                backups: Box::new(self.clone()),
-            },
-            LaneExecutor::Traffic(Box::new(self.clone())),
-            LaneExecutor::Flags(Box::new(self.clone())),
+            lane(&[LayerKind::Schema, LayerKind::Backups]),
+            lane(&[LayerKind::Traffic]),
+            lane(&[LayerKind::Flags]),
         )
     }
 
@@ -77,108 +115,71 @@ impl Simulated {
     }
 }
 
-impl Schema for Simulated {
-    fn run(&mut self, steps: &[Effect], report: Report<'_>) -> Completion {
-        let mut total = Seconds::ZERO;
-        let count = steps.len() as u64;
-        for (i, step) in steps.iter().enumerate() {
-            let seconds = match step {
+impl Executor for Simulated {
+    fn perform(&mut self, effects: &[Effect], report: Report<'_>) -> Completion {
+        let mut done = Done::default();
+        let migrations = effects
+            .iter()
+            .filter(|e| matches!(e, Effect::RunDown { .. } | Effect::RunUp { .. }))
+            .count() as u64;
+        let mut migrated = 0;
+        for effect in effects {
+            let seconds = match effect {
                 Effect::RunDown { version, .. } => self.costs.down_seconds(*version),
                 Effect::RunUp { version, .. } => self.costs.up_seconds(*version),
-                _ => 0,
+                Effect::Restore { backup } => {
+                    let seconds = self.costs.restore_seconds(backup);
+                    let rows = self.backup_rows.get(backup).copied().unwrap_or(0);
+                    self.wait(seconds, "rows", rows, report);
+                    done = done.then(Done {
+                        rows: Some(rows),
+                        ..Done::took(Seconds::Modelled(seconds))
+                    });
+                    continue;
+                }
+                Effect::ForceVersion { .. }
+                | Effect::TakeBackup { .. }
+                | Effect::WriteFlags { .. }
+                | Effect::SetServerState { .. }
+                | Effect::CheckHealthy { .. } => 0,
             };
             self.wait(seconds, "seconds", seconds, &mut |_| {});
-            total = total.plus(Seconds::Modelled(seconds));
-            if self.pace > 0.0 {
-                report(Progress {
-                    done: i as u64 + 1,
-                    total: count,
-                    unit: "migrations".to_owned(),
-                });
+            done = done.then(Done::took(Seconds::Modelled(seconds)));
+            if matches!(effect, Effect::RunDown { .. } | Effect::RunUp { .. }) {
+                migrated += 1;
+                if self.pace > 0.0 {
+                    report(Progress {
+                        done: migrated,
+                        total: migrations,
+                        unit: "migrations".to_owned(),
+                    });
+                }
             }
         }
-        Completion::Done(Done {
-            duration: total,
-            rows: None,
-            ..Done::default()
-        })
-    }
-
-    fn force(&mut self, _version: u64) -> Completion {
-        Completion::Done(Done::default())
+        Completion::Done(done)
     }
 
     fn observe(&mut self, believed: &State) -> Found {
-        Found {
-            schema_version: Some(believed.schema_version),
-            ..Found::default()
+        match self.layer {
+            LayerKind::Schema | LayerKind::Backups => Found {
+                schema_version: Some(believed.schema_version),
+                ..Found::default()
+            },
+            LayerKind::Flags => Found {
+                flags: Some(believed.flags.clone()),
+                ..Found::default()
+            },
+            LayerKind::Traffic => Found {
+                live_environment: Some(believed.traffic.live),
+                ..Found::default()
+            },
         }
     }
 
     fn is_instant(&self) -> bool {
-        self.pace == 0.0
-    }
-}
-
-impl Backups for Simulated {
-    fn restore(&mut self, backup: &str, report: Report<'_>) -> Completion {
-        let seconds = self.costs.restore_seconds(backup);
-        let rows = self.backup_rows.get(backup).copied().unwrap_or(0);
-        self.wait(seconds, "rows", rows, report);
-        Completion::Done(Done {
-            duration: Seconds::Modelled(seconds),
-            rows: Some(rows),
-            ..Done::default()
-        })
-    }
-
-    fn observe(&mut self, believed: &State) -> Found {
-        Schema::observe(self, believed)
-    }
-
-    fn is_instant(&self) -> bool {
-        self.pace == 0.0
-    }
-}
-
-impl Flags for Simulated {
-    fn set(&mut self, _flag: &str, _enabled: bool) -> Completion {
-        Completion::Done(Done {
-            duration: Seconds::ZERO,
-            rows: None,
-            ..Done::default()
-        })
-    }
-
-    fn observe(&mut self, believed: &State) -> Found {
-        Found {
-            flags: Some(believed.flags.clone()),
-            ..Found::default()
+        match self.layer {
+            LayerKind::Schema | LayerKind::Backups => self.pace == 0.0,
+            LayerKind::Flags | LayerKind::Traffic => true,
         }
-    }
-
-    fn is_instant(&self) -> bool {
-        true
-    }
-}
-
-impl Traffic for Simulated {
-    fn switch(&mut self, _from: Environment, _to: Environment) -> Completion {
-        Completion::Done(Done {
-            duration: Seconds::ZERO,
-            rows: None,
-            ..Done::default()
-        })
-    }
-
-    fn observe(&mut self, believed: &State) -> Found {
-        Found {
-            live_environment: Some(believed.traffic.live),
-            ..Found::default()
-        }
-    }
-
-    fn is_instant(&self) -> bool {
-        true
     }
 }

@@ -12,10 +12,10 @@
 //! and written in large groups while an interactive caller sees each reply at once. At the end
 //! of input it waits for every running and queued operation, then returns.
 
-use crate::core::effects::{Completion, ExecError, Failure, Lane, Operation};
+use crate::core::effects::{Completion, ExecError, Failure, FailureKind, Lane, Operation};
 use crate::exec::LaneExecutor;
 use crate::protocol::values::Progress;
-use crate::runtime::session::Session;
+use crate::runtime::session::{Lookup, Session};
 use crate::store::{Store, StoreError};
 use crate::wire::lines::{LineSplitter, Piece};
 use crate::wire::MAX_LINE_BYTES;
@@ -46,6 +46,8 @@ pub enum Event {
     Progress(Lane, u64, Progress),
     /// A worker's operation ended.
     Completed(Lane, u64, Box<Completion>),
+    /// A look-up answered off the owner thread: its reply line.
+    Answered(Vec<u8>),
 }
 
 /// Why serving stopped early.
@@ -81,6 +83,10 @@ pub fn serve<S: Store>(
     for (lane, executor) in slow {
         workers[lane.index()] = Some(spawn_worker(lane, executor, events.clone()));
     }
+    let lookups = session
+        .defer_lookups()
+        .map(|reader| spawn_reader_of_lookups(reader, events.clone()));
+    let mut looking_up = 0usize;
     drop(events);
     let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
     let mut out = Vec::with_capacity(FLUSH_AT);
@@ -90,7 +96,7 @@ pub fn serve<S: Store>(
             Ok(event) => event,
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
                 quiet(&mut session, &mut out, &mut output, &workers)?;
-                if ended && session.machine().is_idle() {
+                if ended && session.machine().is_idle() && looking_up == 0 {
                     return Ok(());
                 }
                 match inbox.recv() {
@@ -114,6 +120,16 @@ pub fn serve<S: Store>(
             Event::Progress(lane, seq, progress) => session.progress(lane, seq, progress),
             Event::Completed(lane, seq, completion) => {
                 session.complete(lane, seq, *completion, &mut out)
+            }
+            Event::Answered(line) => {
+                looking_up -= 1;
+                out.extend_from_slice(&line);
+            }
+        }
+        if let Some(lookups) = &lookups {
+            for lookup in session.take_lookups() {
+                looking_up += 1;
+                let _ = lookups.send((lookup, session.machine().state().clone()));
             }
         }
         if out.len() >= FLUSH_AT {
@@ -220,6 +236,26 @@ fn spawn_reader(
     });
 }
 
+/// Answers look-ups (`backups`: a real directory, its files hashed) with `reader`, off the
+/// owner thread, so that no lane waits behind them.
+fn spawn_reader_of_lookups(
+    reader: std::sync::Arc<dyn crate::exec::Reader>,
+    events: SyncSender<Event>,
+) -> Sender<(Lookup, crate::core::state::State)> {
+    let (jobs, queue) = mpsc::channel::<(Lookup, crate::core::state::State)>();
+    thread::spawn(move || {
+        for (lookup, state) in queue {
+            if events
+                .send(Event::Answered(lookup.answer(&*reader, &state)))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    jobs
+}
+
 fn spawn_worker(lane: Lane, mut executor: LaneExecutor, events: SyncSender<Event>) -> Sender<Job> {
     let (jobs, queue): (Sender<Job>, Receiver<Job>) = mpsc::channel();
     thread::spawn(move || {
@@ -238,14 +274,14 @@ fn spawn_worker(lane: Lane, mut executor: LaneExecutor, events: SyncSender<Event
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "no message".to_owned());
-                Completion::Failed(Failure {
-                    part_way: true,
-                    ..Failure::nothing_changed(ExecError::failed(
+                Completion::Failed(Failure::new(
+                    FailureKind::PartWay,
+                    ExecError::failed(
                         format!("the {lane} executor"),
                         None,
                         format!("it stopped unexpectedly ({said}); check what it was doing"),
-                    ))
-                })
+                    ),
+                ))
             });
             if events
                 .send(Event::Completed(lane, seq, Box::new(completion)))

@@ -7,9 +7,9 @@
 //! diagnostic (for stderr) whenever a line gets no reply.
 
 use crate::core::effects::{Completion, Effect, Lane, Operation, StatementView};
-use crate::core::estate::Estate;
 use crate::core::machine::{Inbound, Machine, Record, Sink};
 use crate::core::transitions::Request;
+use crate::exec::estate::Estate;
 use crate::exec::simulated::Simulated;
 use crate::exec::{Executors, LaneExecutor};
 use crate::protocol::encode::{write_reply, write_reply_raw};
@@ -58,6 +58,8 @@ pub struct Session<S: Store = MemoryStore> {
     starts: Vec<(Lane, u64)>,
     performing: Performing,
     flags_view: Option<FlagsView>,
+    /// `Some` when look-ups are answered off the owner thread: those waiting to be taken.
+    lookups: Option<Vec<Lookup>>,
 }
 
 impl Session<MemoryStore> {
@@ -73,6 +75,47 @@ impl Session<MemoryStore> {
     }
 }
 
+/// A `backups` request whose answer is read off the owner thread ([`Session::take_lookups`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// The reply's `src`.
+    pub from: String,
+    /// The reply's `dest`.
+    pub to: String,
+    /// The request's msg_id.
+    pub msg_id: u64,
+}
+
+impl Lookup {
+    /// The reply line (with its `\n`) to this look-up, from what `reader` lists now.
+    pub fn answer(
+        &self,
+        reader: &dyn crate::exec::Reader,
+        state: &crate::core::state::State,
+    ) -> Vec<u8> {
+        let mut line = Vec::new();
+        match reader.backups(state) {
+            Ok(backups) => write_reply(
+                &mut line,
+                &self.from,
+                &self.to,
+                Some(self.msg_id),
+                &crate::protocol::replies::BackupsOk { backups },
+            ),
+            Err(e) => write_reply(
+                &mut line,
+                &self.from,
+                &self.to,
+                Some(self.msg_id),
+                &crate::protocol::Refusal::TemporarilyUnavailable(format!(
+                    "the backups cannot be read: {e}"
+                )),
+            ),
+        }
+        line
+    }
+}
+
 /// The sink the machine writes to while the session handles one input.
 struct Outputs<'a, S> {
     out: &'a mut Vec<u8>,
@@ -80,6 +123,7 @@ struct Outputs<'a, S> {
     node_id: Option<&'a str>,
     starts: &'a mut Vec<(Lane, u64)>,
     executors: &'a mut Executors,
+    deferred: Option<&'a mut Vec<Lookup>>,
 }
 
 impl<S: Store> Sink for Outputs<'_, S> {
@@ -101,12 +145,35 @@ impl<S: Store> Sink for Outputs<'_, S> {
     }
 
     fn backups(&mut self, state: &crate::core::state::State) -> Result<Vec<BackupView>, String> {
-        Ok(self.executors.list_backups(state))
+        match self.executors.reader() {
+            Some(reader) => reader.backups(state),
+            None => Ok(crate::core::machine::simulated_backups(state)),
+        }
+    }
+
+    fn defer_backups(&mut self, to: &str, addressed: Option<&str>, msg_id: u64) -> bool {
+        let (Some(deferred), Some(reader)) = (self.deferred.as_mut(), self.executors.reader())
+        else {
+            return false;
+        };
+        if !reader.lists_backups() {
+            return false;
+        }
+        deferred.push(Lookup {
+            from: self
+                .node_id
+                .or(addressed)
+                .unwrap_or(DEFAULT_NODE_ID)
+                .to_owned(),
+            to: to.to_owned(),
+            msg_id,
+        });
+        true
     }
 
     fn statements(&mut self, effects: &[Effect]) -> Vec<StatementView> {
-        match self.executors.lane(Lane::Schema) {
-            Some(executor) => executor.statements(effects),
+        match self.executors.reader() {
+            Some(reader) => reader.statements(effects),
             None => Vec::new(),
         }
     }
@@ -124,6 +191,7 @@ impl<S: Store> Session<S> {
             starts: Vec::new(),
             performing: Performing::Instant,
             flags_view: None,
+            lookups: None,
         }
     }
 
@@ -189,6 +257,7 @@ impl<S: Store> Session<S> {
         node_id: Option<&'a str>,
         starts: &'a mut Vec<(Lane, u64)>,
         executors: &'a mut Executors,
+        deferred: Option<&'a mut Vec<Lookup>>,
     ) -> Outputs<'a, S> {
         Outputs {
             out,
@@ -196,7 +265,27 @@ impl<S: Store> Session<S> {
             node_id,
             starts,
             executors,
+            deferred,
         }
+    }
+
+    /// Answers `backups` look-ups off the owner thread from now on: they wait in
+    /// [`Session::take_lookups`] for [`Lookup::answer`] with the reader it returns (none when no
+    /// real system lists backups, and look-ups stay inline).
+    pub fn defer_lookups(&mut self) -> Option<std::sync::Arc<dyn crate::exec::Reader>> {
+        let reader = self.executors.reader()?.clone();
+        reader.lists_backups().then(|| {
+            self.lookups = Some(Vec::new());
+            reader
+        })
+    }
+
+    /// The look-ups waiting to be answered off the owner thread.
+    pub fn take_lookups(&mut self) -> Vec<Lookup> {
+        self.lookups
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Handles one input line (without `\n`; a trailing `\r` is ignored). Appends the reply
@@ -266,6 +355,7 @@ impl<S: Store> Session<S> {
                     self.node_id.as_deref(),
                     &mut self.starts,
                     &mut self.executors,
+                    self.lookups.as_mut(),
                 );
                 self.machine.receive(inbound, request, &mut sink);
                 self.perform_instant(out);
@@ -301,6 +391,7 @@ impl<S: Store> Session<S> {
                 self.node_id.as_deref(),
                 &mut self.starts,
                 &mut self.executors,
+                self.lookups.as_mut(),
             );
             self.machine.complete(lane, seq, completion, &mut sink);
             self.flags_changed(lane);
@@ -332,6 +423,7 @@ impl<S: Store> Session<S> {
             self.node_id.as_deref(),
             &mut self.starts,
             &mut self.executors,
+            self.lookups.as_mut(),
         );
         self.machine.complete(lane, seq, completion, &mut sink);
         self.flags_changed(lane);

@@ -2,12 +2,85 @@
 //! into the estate's live database, measured, with progress; the live database's version after.
 
 use super::{find, list, BackupInfo, Database, Manifest, RestoreError, Restored};
-use crate::core::effects::{Completion, Done, ExecError, Failure, Found};
+use crate::core::effects::LayerKind;
+use crate::core::effects::{Completion, Done, Effect, ExecError, Failure, FailureKind, Found};
 use crate::core::state::{Backup, State};
 use crate::exec::migrations::executor::Migrations;
-use crate::exec::{Backups, Report};
+use crate::exec::systems::{Config, Connected, Connecting, System};
+use crate::exec::{Executor, Reader, Report};
 use crate::protocol::values::{BackupView, Progress, Seconds};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// `[backups]` as a table: a directory of real backups of the `[schema]` database.
+pub const SYSTEM: System = System {
+    section: "backups",
+    layer: LayerKind::Backups,
+    applies: toml::Value::is_table,
+    conflict: None,
+    needs: Some((
+        LayerKind::Schema,
+        "[backups] dir needs a real database ([schema] database = ...) to restore into",
+    )),
+    read: |section| Ok(Box::new(section.parse::<BackupsConfig>()?)),
+};
+
+/// `[backups]`: `dir = DIR` and, optionally, `keep = N` (how many of the backups the node takes
+/// are kept).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupsConfig {
+    /// The directory.
+    pub dir: String,
+    /// How many taken backups are kept.
+    pub keep: Option<usize>,
+}
+
+impl Config for BackupsConfig {
+    fn describe(&self) -> String {
+        self.dir.clone()
+    }
+
+    fn connect(&self, with: &Connecting<'_>) -> Result<Connected, String> {
+        let Some((database, migrations)) = &with.database else {
+            return Err(
+                "[backups] dir needs a real database ([schema] database = ...) to restore into"
+                    .to_owned(),
+            );
+        };
+        let backups =
+            RealBackups::open(&with.resolve(&self.dir), &database.url(), Some(migrations))?
+                .keeping(self.keep);
+        let found = Found {
+            backups: backups.observe_backups(),
+            ..Found::default()
+        };
+        let reader = Arc::new(DirectoryReader {
+            dir: backups.dir.clone(),
+        });
+        Ok(Connected {
+            executor: Box::new(backups),
+            found,
+            reader: Some(reader),
+        })
+    }
+}
+
+/// Lists a backups directory for `backups`, apart from the executor (so the listing, which
+/// hashes files, runs off the owner thread and never waits for a restore).
+struct DirectoryReader {
+    dir: PathBuf,
+}
+
+impl Reader for DirectoryReader {
+    fn backups(&self, _state: &State) -> Result<Vec<BackupView>, String> {
+        Ok(list(&self.dir).into_iter().map(view).collect())
+    }
+
+    fn lists_backups(&self) -> bool {
+        true
+    }
+}
 
 /// A backups directory and the live database its backups restore into.
 pub struct RealBackups {
@@ -78,13 +151,6 @@ impl RealBackups {
     /// Every backup in the directory, read now, newest first.
     pub fn list(&self) -> Vec<BackupInfo> {
         list(&self.dir)
-    }
-
-    /// A lister of this directory for the owner thread (the `backups` message), while this
-    /// executor works in the schema lane's worker.
-    pub fn lister(&self) -> crate::exec::BackupsLister {
-        let dir = self.dir.clone();
-        Box::new(move |_state| list(&dir).into_iter().map(view).collect())
     }
 
     /// The newest verified backup whose schema version is at or below `version`: the one to
@@ -212,57 +278,30 @@ fn view(info: BackupInfo) -> BackupView {
     }
 }
 
-impl Backups for RealBackups {
-    fn take(&mut self, why: &str, from: u64, to: u64) -> Result<(), ExecError> {
-        RealBackups::take(self, why, (from, to), self.keep)
-            .map(|_| ())
-            .map_err(|e| {
-                ExecError::failed(
-                    "taking a backup before the migration",
-                    Some(self.dir.display().to_string()),
-                    e,
-                )
-            })
-    }
-
-    fn restore(&mut self, backup: &str, report: Report<'_>) -> Completion {
-        let known = find(&self.dir, &self.database, backup).is_some();
-        match self.restore_named(backup, report) {
-            Ok(restored) => Completion::Done(Done {
-                duration: Seconds::measured(restored.duration),
-                rows: Some(restored.rows),
-                schema_version: Some(restored.schema_version),
-                kept: restored.kept.clone(),
-                ..Done::default()
-            }),
-            Err(RestoreError::Refused(said)) if !known => Completion::Failed(Failure {
-                missing: true,
-                ..Failure::nothing_changed(ExecError::failed(
-                    "restoring a backup",
-                    Some(self.dir.display().to_string()),
-                    said,
-                ))
-            }),
-            Err(e @ (RestoreError::Refused(_) | RestoreError::NothingChanged(_))) => {
-                Completion::Failed(Failure::nothing_changed(ExecError::failed(
-                    format!("restoring {backup}"),
+/// The backups directory as the backups layer's [`Executor`]: `TakeBackup` (verified, with
+/// its manifest, then retention) and `Restore`.
+impl Executor for RealBackups {
+    fn perform(&mut self, effects: &[Effect], report: Report<'_>) -> Completion {
+        let mut done = Done::default();
+        for (i, effect) in effects.iter().enumerate() {
+            let completion = match effect {
+                Effect::TakeBackup { why, from, to } => self.take_before(why, *from, *to),
+                Effect::Restore { backup } => self.restore_effect(backup, report),
+                other => Completion::Failed(Failure::nothing_changed(ExecError::failed(
+                    "performing a backups effect",
                     None,
-                    e,
-                )))
+                    format!("{other:?} is not one"),
+                ))),
+            };
+            match completion {
+                Completion::Done(more) => done = done.then(more),
+                Completion::Failed(mut failure) => {
+                    failure.completed += i;
+                    return Completion::Failed(failure);
+                }
             }
-            Err(e @ RestoreError::PartWay(_)) => Completion::Failed(Failure {
-                completed: 0,
-                part_way: true,
-                refused: false,
-                missing: false,
-                error: ExecError::failed(format!("restoring {backup}"), None, e),
-                now: self.read().ok().map(Box::new),
-            }),
         }
-    }
-
-    fn verified(&mut self) -> Option<Vec<Backup>> {
-        self.observe_backups()
+        Completion::Done(done)
     }
 
     fn observe(&mut self, _believed: &State) -> Found {
@@ -272,5 +311,52 @@ impl Backups for RealBackups {
         });
         found.backups = self.observe_backups();
         found
+    }
+}
+
+impl RealBackups {
+    fn take_before(&mut self, why: &str, from: u64, to: u64) -> Completion {
+        let started = std::time::Instant::now();
+        match RealBackups::take(self, why, (from, to), self.keep) {
+            Ok(_) => Completion::Done(Done {
+                backups: self.observe_backups(),
+                ..Done::took(Seconds::measured(started.elapsed()))
+            }),
+            Err(e) => Completion::Failed(Failure::nothing_changed(ExecError::failed(
+                "taking a backup before the migration",
+                Some(self.dir.display().to_string()),
+                e,
+            ))),
+        }
+    }
+
+    /// Restores `backup` (the `Restore` effect): verified before and after, with progress.
+    pub fn restore(&mut self, backup: &str, report: Report<'_>) -> Completion {
+        self.restore_effect(backup, report)
+    }
+
+    fn restore_effect(&mut self, backup: &str, report: Report<'_>) -> Completion {
+        let known = find(&self.dir, &self.database, backup).is_some();
+        let action = format!("restoring {backup}");
+        match self.restore_named(backup, report) {
+            Ok(restored) => Completion::Done(Done {
+                duration: Seconds::measured(restored.duration),
+                rows: Some(restored.rows),
+                schema_version: Some(restored.schema_version),
+                kept: restored.kept.clone(),
+                ..Done::default()
+            }),
+            Err(RestoreError::Refused(said)) if !known => Completion::Failed(Failure::new(
+                FailureKind::Missing,
+                ExecError::failed(action, Some(self.dir.display().to_string()), said),
+            )),
+            Err(e @ (RestoreError::Refused(_) | RestoreError::NothingChanged(_))) => {
+                Completion::Failed(Failure::nothing_changed(ExecError::failed(action, None, e)))
+            }
+            Err(e @ RestoreError::PartWay(_)) => Completion::Failed(
+                Failure::new(FailureKind::PartWay, ExecError::failed(action, None, e))
+                    .found(self.read().ok()),
+            ),
+        }
     }
 }

@@ -41,44 +41,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The live database a backup is restored into, from the estate's `[schema] database`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Database {
-    /// A SQLite file.
-    Sqlite(PathBuf),
-    /// A PostgreSQL database, by URL.
-    Postgres(String),
-}
-
-impl Database {
-    /// From a URL as `[schema] database` gives it (relative paths already resolved).
-    ///
-    /// # Errors
-    /// An unknown scheme or an empty path.
-    pub fn from_url(url: &str) -> Result<Database, String> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Database::Postgres(url.to_owned()));
-        }
-        match ["sqlite3://", "sqlite://", "sqlite3:", "sqlite:"]
-            .iter()
-            .find_map(|p| url.strip_prefix(p))
-        {
-            Some("") => Err(format!("{url}: no file path")),
-            Some(path) => Ok(Database::Sqlite(PathBuf::from(path))),
-            None => Err(format!(
-                "{}: unknown scheme; expected sqlite:PATH or postgres://...",
-                crate::exec::migrations::postgres::redact(url)
-            )),
-        }
-    }
-
-    /// The extension of its backups: `db` or `dump`.
-    pub fn extension(&self) -> &'static str {
-        match self {
-            Database::Sqlite(_) => "db",
-            Database::Postgres(_) => "dump",
-        }
-    }
-}
+pub use crate::exec::database::Database;
 
 /// A backup in the directory, as a `backups` message lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,13 +6,97 @@ use super::catalogue::Catalogue;
 use super::schema::{DbState, Direction, Dirty, RunFailure, SchemaDb, Step};
 use super::sql::SqlFile;
 use super::url::open;
+use crate::core::effects::LayerKind;
 use crate::core::effects::{
-    Completion, Done, Effect, ExecError, Failure, Found, Ran, StatementView,
+    Completion, Done, Effect, ExecError, Failure, FailureKind, Found, Ran, StatementView,
 };
 use crate::core::state::{Migration, SchemaHealth, State};
-use crate::exec::{Report, Schema};
+use crate::exec::database::Database;
+use crate::exec::systems::{Config, Connected, Connecting, System};
+use crate::exec::{Executor, Reader, Report};
 use crate::protocol::values::{Progress, Seconds};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// `[schema]`: a real database and its golang-migrate directory.
+pub const SYSTEM: System = System {
+    section: "schema",
+    layer: LayerKind::Schema,
+    applies: crate::exec::systems::any_value,
+    conflict: Some("[schema] names a real database, so schema_version and [[migrations]] must not be given too: the database and its migrations directory are the truth"),
+    needs: None,
+    read: |section| Ok(Box::new(section.parse::<SchemaConfig>()?)),
+};
+
+/// `[schema]`: `database = "sqlite:PATH"` or `"postgres://USER@/DB?host=SOCKETDIR"`, and
+/// `migrations = DIR` (paths relative to the estate file).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// The database URL.
+    pub database: String,
+    /// The golang-migrate directory.
+    pub migrations: String,
+}
+
+impl Config for SchemaConfig {
+    fn describe(&self) -> String {
+        crate::exec::database::redact(&self.database)
+    }
+
+    fn connect(&self, with: &Connecting<'_>) -> Result<Connected, String> {
+        let (database, directory) = self
+            .database(with.base)
+            .ok_or_else(|| Database::in_estate(&self.database, with.base).unwrap_err())?;
+        let (migrations, found) = Migrations::open(&database.url(), &directory)?;
+        Ok(Connected {
+            executor: Box::new(migrations),
+            found,
+            reader: Some(Arc::new(MigrationFiles { directory })),
+        })
+    }
+
+    fn database(&self, base: &Path) -> Option<(Database, PathBuf)> {
+        let database = Database::in_estate(&self.database, base).ok()?;
+        Some((
+            database,
+            crate::exec::systems::resolve(base, &self.migrations),
+        ))
+    }
+}
+
+/// Reads a migrations directory's files for dry runs, apart from the executor.
+struct MigrationFiles {
+    directory: PathBuf,
+}
+
+impl Reader for MigrationFiles {
+    fn statements(&self, steps: &[Effect]) -> Vec<StatementView> {
+        let Ok(catalogue) = Catalogue::read(&self.directory) else {
+            return Vec::new();
+        };
+        let mut statements = Vec::new();
+        for step in steps {
+            let (version, direction) = match step {
+                Effect::RunDown { version, .. } => (*version, Direction::Down),
+                Effect::RunUp { version, .. } => (*version, Direction::Up),
+                _ => continue,
+            };
+            let Some(path) = catalogue.get(version).and_then(|m| m.file(direction)) else {
+                continue;
+            };
+            let Ok(file) = SqlFile::load(path) else {
+                continue;
+            };
+            statements.extend(file.statements.iter().map(|s| StatementView {
+                file: file_name(path),
+                line: s.line as u64,
+                statement: s.text.clone(),
+            }));
+        }
+        statements
+    }
+}
 
 /// A real database and its golang-migrate directory.
 pub struct Migrations {
@@ -110,7 +194,34 @@ fn file_name(path: &Path) -> String {
     )
 }
 
-impl Schema for Migrations {
+/// The database as the schema layer's [`Executor`]: consecutive `RunDown`/`RunUp` effects are
+/// one all-or-nothing run; `ForceVersion` records a version running nothing.
+impl Executor for Migrations {
+    fn perform(&mut self, effects: &[Effect], report: Report<'_>) -> Completion {
+        match effects {
+            [Effect::ForceVersion { version }] => self.force(*version),
+            steps => self.run(steps, report),
+        }
+    }
+
+    fn notice(&mut self, effects: &[Effect]) {
+        if effects.iter().any(|e| matches!(e, Effect::Restore { .. })) {
+            // The database was replaced under it: connect again.
+            if let Ok(db) = open(&self.url) {
+                self.db = db;
+            }
+        }
+    }
+
+    fn observe(&mut self, _believed: &State) -> Found {
+        self.read().unwrap_or_else(|e| Found {
+            unknown: Some(e),
+            ..Found::default()
+        })
+    }
+}
+
+impl Migrations {
     fn run(&mut self, effects: &[Effect], report: Report<'_>) -> Completion {
         let catalogue = match self.catalogue() {
             Ok(catalogue) => catalogue,
@@ -202,46 +313,12 @@ impl Schema for Migrations {
                     },
                     RunFailure::PartWay { completed, .. } => Failure {
                         completed: completed.len(),
-                        part_way: true,
-                        refused: false,
-                        missing: false,
+                        kind: FailureKind::PartWay,
                         error,
                         now,
                     },
                 })
             }
-        }
-    }
-
-    fn statements(&mut self, steps: &[Effect]) -> Vec<StatementView> {
-        let Ok(catalogue) = self.catalogue() else {
-            return Vec::new();
-        };
-        let mut statements = Vec::new();
-        for step in steps {
-            let (version, direction) = match step {
-                Effect::RunDown { version, .. } => (*version, Direction::Down),
-                Effect::RunUp { version, .. } => (*version, Direction::Up),
-                _ => continue,
-            };
-            let Some(path) = catalogue.get(version).and_then(|m| m.file(direction)) else {
-                continue;
-            };
-            let Ok(file) = SqlFile::load(path) else {
-                continue;
-            };
-            statements.extend(file.statements.iter().map(|s| StatementView {
-                file: file_name(path),
-                line: s.line as u64,
-                statement: s.text.clone(),
-            }));
-        }
-        statements
-    }
-
-    fn after_restore(&mut self) {
-        if let Ok(db) = open(&self.url) {
-            self.db = db;
         }
     }
 
@@ -259,12 +336,5 @@ impl Schema for Migrations {
                 e,
             ))),
         }
-    }
-
-    fn observe(&mut self, _believed: &State) -> Found {
-        self.read().unwrap_or_else(|e| Found {
-            unknown: Some(e),
-            ..Found::default()
-        })
     }
 }

@@ -1,89 +1,28 @@
-//! Estate files (TOML, see `estates/example.toml`): what an estate is made of and what its
-//! changes cost in the simulated world. [`Estate::from_toml`] reads and validates one and splits
-//! it into the formal [`State`] and the [`CostModel`] that only the simulated executor reads.
+//! Estate files (TOML, see `estates/example.toml`): what an estate is made of. [`Estate::from_toml`]
+//! reads and validates one whole — the formal [`State`] the core decides over, the
+//! [`CostModel`] only the simulated executor reads, and the sections of the real systems
+//! ([`crate::exec::systems`]) — so that a start that refuses it has touched nothing.
 
-use crate::core::state::{Backup, Health, Layers, Migration, SchemaHealth, State, Traffic};
+use crate::core::effects::LayerKind;
+use crate::core::state::{Backup, Health, Layer, Layers, Migration, SchemaHealth, State, Traffic};
+use crate::exec::simulated::CostModel;
+use crate::exec::systems::{Configured, Section, SYSTEMS};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// The built-in example estate, embedded at compile time.
 pub const EXAMPLE_ESTATE: &str = include_str!("../../estates/example.toml");
 
-/// What the simulated executor charges for each change, in whole seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct CostModel {
-    /// up() seconds by version.
-    pub up: BTreeMap<u64, u64>,
-    /// down() seconds by version.
-    pub down: BTreeMap<u64, u64>,
-    /// Restore seconds by backup name.
-    pub restore: BTreeMap<String, u64>,
-}
-
-impl CostModel {
-    /// What up() of `version` costs.
-    pub fn up_seconds(&self, version: u64) -> u64 {
-        self.up.get(&version).copied().unwrap_or(0)
-    }
-
-    /// What down() of `version` costs.
-    pub fn down_seconds(&self, version: u64) -> u64 {
-        self.down.get(&version).copied().unwrap_or(0)
-    }
-
-    /// What restoring `backup` costs.
-    pub fn restore_seconds(&self, backup: &str) -> u64 {
-        self.restore.get(backup).copied().unwrap_or(0)
-    }
-}
-
-/// The real systems an estate names (paths as written: relative to the estate file).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-pub struct Systems {
-    /// `[schema]`: a real database and its golang-migrate directory.
-    pub schema: Option<SchemaSystem>,
-    /// `[backups] dir`: a directory of real backups.
-    pub backups: Option<String>,
-    /// `[backups] keep`: how many of the backups the node takes are kept.
-    pub keep_backups: Option<usize>,
-    /// `[flagd] file`: a flagd flag-definition file.
-    pub flagd: Option<String>,
-    /// `[haproxy]`: a load balancer's runtime API.
-    pub haproxy: Option<HaproxySystem>,
-}
-
-/// `[schema]`: `database = "sqlite:PATH"` or `"postgres://USER@/DB?host=SOCKETDIR"`, and
-/// `migrations = DIR`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SchemaSystem {
-    /// The database URL.
-    pub database: String,
-    /// The golang-migrate directory.
-    pub migrations: String,
-}
-
-/// `[haproxy]`: `socket = PATH` (the admin socket), `backend = NAME` (with servers `blue` and
-/// `green`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HaproxySystem {
-    /// The admin socket.
-    pub socket: String,
-    /// The backend holding the `blue` and `green` servers.
-    pub backend: String,
-}
-
 /// A whole estate: its state, its cost model and the real systems it names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Estate {
     /// The formal state it starts from (for a real layer, what the system says replaces it at
     /// start).
     pub state: State,
     /// What changes cost in the simulated world.
     pub costs: CostModel,
-    /// The real systems.
-    pub systems: Systems,
+    /// The real systems, read from their sections, in the order of [`SYSTEMS`].
+    pub systems: Vec<Configured>,
 }
 
 /// Why an estate description was rejected.
@@ -96,8 +35,17 @@ pub struct EstateError {
     pub problem: String,
 }
 
+/// The sections the estate itself reads; any other top-level key must be a real system's.
+const OWN_KEYS: [&str; 6] = [
+    "schema_version",
+    "migrations",
+    "flags",
+    "traffic",
+    "backups",
+    "permissions",
+];
+
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct File {
     schema_version: Option<u64>,
     #[serde(default)]
@@ -107,21 +55,12 @@ struct File {
     backups: Option<FileBackups>,
     #[serde(default)]
     permissions: BTreeMap<String, Vec<String>>,
-    schema: Option<SchemaSystem>,
-    flagd: Option<FlagdSystem>,
-    haproxy: Option<HaproxySystem>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FlagdSystem {
-    file: String,
-}
-
-/// `[[backups]]` (simulated backups) or `[backups] dir = DIR` (real ones).
+/// `[[backups]]` (simulated backups) or a `[backups]` table (real ones: read by its system).
 enum FileBackups {
     Simulated(Vec<FileBackup>),
-    Real(RealBackups),
+    Real,
 }
 
 /// By shape: an array of tables or one table, so that an error inside either is reported as
@@ -145,18 +84,12 @@ impl<'de> Deserialize<'de> for FileBackups {
                 self,
                 map: A,
             ) -> Result<FileBackups, A::Error> {
-                RealBackups::deserialize(MapAccessDeserializer::new(map)).map(FileBackups::Real)
+                serde::de::IgnoredAny::deserialize(MapAccessDeserializer::new(map))
+                    .map(|_| FileBackups::Real)
             }
         }
         deserializer.deserialize_any(Shape)
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RealBackups {
-    dir: String,
-    keep: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -206,7 +139,64 @@ impl Estate {
             problem,
         };
         let file: File = toml::from_str(text).map_err(|e| error(one_line(&e, text)))?;
-        file.validate().map_err(error)?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| error(one_line(&e, text)))?;
+        let mut systems = Vec::new();
+        let mut layers = Layers {
+            schema: Layer::Absent,
+            backups: Layer::Absent,
+            flags: Layer::Absent,
+            traffic: Layer::Absent,
+        };
+        for (key, value) in &table {
+            let section = Section::new(text, key, value);
+            let system = SYSTEMS
+                .iter()
+                .find(|s| s.section == key && (s.applies)(value));
+            match system {
+                Some(system) => {
+                    let config = (system.read)(&section).map_err(error)?;
+                    *layers.get_mut(system.layer) = Layer::Real(config.describe());
+                    systems.push(Configured::new(system, config));
+                }
+                None if OWN_KEYS.contains(&key.as_str()) => {}
+                None => {
+                    let mut known: Vec<&str> = OWN_KEYS.to_vec();
+                    known.extend(SYSTEMS.iter().map(|s| s.section));
+                    known.sort_unstable();
+                    known.dedup();
+                    return Err(error(section.problem(&format!(
+                        "unknown field `{key}`, expected one of {}",
+                        known
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))));
+                }
+            }
+        }
+        systems.sort_by_key(|c| SYSTEMS.iter().position(|s| s.section == c.system().section));
+        let simulated = file.simulated_layers();
+        for configured in &systems {
+            let system = configured.system();
+            if let Some(conflict) = system.conflict {
+                if simulated.contains(&system.layer) {
+                    return Err(error(conflict.to_owned()));
+                }
+            }
+            if let Some((layer, why)) = system.needs {
+                if !layers.get(layer).is_real() {
+                    return Err(error(why.to_owned()));
+                }
+            }
+        }
+        for layer in simulated {
+            let slot = layers.get_mut(layer);
+            if !slot.is_real() {
+                *slot = Layer::Simulated;
+            }
+        }
+        file.validate(layers.schema.is_real()).map_err(error)?;
         let simulated_backups = match &file.backups {
             Some(FileBackups::Simulated(backups)) => backups.as_slice(),
             _ => &[],
@@ -226,42 +216,6 @@ impl Estate {
                 .iter()
                 .map(|b| (b.name.clone(), b.restore_seconds))
                 .collect(),
-        };
-        let simulated = |present: bool| present.then(|| "simulated".to_owned());
-        let layers = Layers {
-            schema: match &file.schema {
-                Some(system) => Some(system.database.clone()),
-                None => simulated(file.schema_version.is_some() || !file.migrations.is_empty()),
-            },
-            backups: match &file.backups {
-                Some(FileBackups::Real(real)) => Some(real.dir.clone()),
-                Some(FileBackups::Simulated(_)) => simulated(true),
-                None => None,
-            },
-            flags: match &file.flagd {
-                Some(flagd) => Some(flagd.file.clone()),
-                None => simulated(file.flags.is_some()),
-            },
-            traffic: match &file.haproxy {
-                Some(haproxy) => Some(format!(
-                    "haproxy {} backend {}",
-                    haproxy.socket, haproxy.backend
-                )),
-                None => simulated(file.traffic.is_some()),
-            },
-        };
-        let systems = Systems {
-            schema: file.schema.clone(),
-            backups: match &file.backups {
-                Some(FileBackups::Real(real)) => Some(real.dir.clone()),
-                _ => None,
-            },
-            keep_backups: match &file.backups {
-                Some(FileBackups::Real(real)) => real.keep,
-                _ => None,
-            },
-            flagd: file.flagd.as_ref().map(|f| f.file.clone()),
-            haproxy: file.haproxy.clone(),
         };
         let state = State {
             schema_version: file.schema_version.unwrap_or(0),
@@ -305,7 +259,7 @@ impl Estate {
 
 /// A TOML error on one line: `line L (the line's text): what was wrong`, with type names said
 /// in words.
-fn one_line(error: &toml::de::Error, text: &str) -> String {
+pub(crate) fn one_line(error: &toml::de::Error, text: &str) -> String {
     let mut message = error.message().trim().replace('\n', " ");
     for (name, words) in [
         ("u64", "a whole number from 0 to 18446744073709551615"),
@@ -329,24 +283,25 @@ fn one_line(error: &toml::de::Error, text: &str) -> String {
 }
 
 impl File {
-    fn validate(&self) -> Result<(), String> {
-        if self.schema.is_some() && (self.schema_version.is_some() || !self.migrations.is_empty()) {
-            return Err("[schema] names a real database, so schema_version and [[migrations]] must not be given too: the database and its migrations directory are the truth".to_owned());
+    /// The layers the file describes in the simulated world.
+    fn simulated_layers(&self) -> Vec<LayerKind> {
+        let mut layers = Vec::new();
+        if self.schema_version.is_some() || !self.migrations.is_empty() {
+            layers.push(LayerKind::Schema);
         }
-        if self.flagd.is_some() && self.flags.is_some() {
-            // [flags] then gives the flags a new flag file starts with.
+        if let Some(FileBackups::Simulated(_)) = &self.backups {
+            layers.push(LayerKind::Backups);
         }
-        if self.haproxy.is_some() && self.traffic.is_some() {
-            return Err("[haproxy] names a real load balancer, so [traffic] must not be given too: HAProxy's server states are the truth".to_owned());
+        if self.flags.is_some() {
+            layers.push(LayerKind::Flags);
         }
-        if let Some(FileBackups::Real(_)) = &self.backups {
-            if self.schema.is_none() {
-                return Err(
-                    "[backups] dir needs a real database ([schema] database = ...) to restore into"
-                        .to_owned(),
-                );
-            }
+        if self.traffic.is_some() {
+            layers.push(LayerKind::Traffic);
         }
+        layers
+    }
+
+    fn validate(&self, real_schema: bool) -> Result<(), String> {
         for (index, migration) in self.migrations.iter().enumerate() {
             let expected = index as u64 + 1;
             if migration.version != expected {
@@ -398,7 +353,7 @@ impl File {
                     backup.name
                 ));
             }
-            if self.schema.is_none() && backup.schema_version > last {
+            if !real_schema && backup.schema_version > last {
                 return Err(format!(
                     "backups[{index}] (\"{}\") is at schema_version {}, beyond the last migration ({last})",
                     backup.name, backup.schema_version
