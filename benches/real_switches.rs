@@ -17,9 +17,12 @@ mod pyclient;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use rollback_node::core::effects::{Completion, Effect, ServerState};
 use rollback_node::exec::flagd::FlagFile;
 use rollback_node::exec::haproxy::Haproxy;
+use rollback_node::exec::Executor;
 use rollback_node::runtime::ofrep::{FlagsView, OfrepServer};
+use rollback_node::Environment;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -79,11 +82,28 @@ fn ofrep() {
     summary("publish -> Python OFREP client's next evaluation", samples);
 }
 
+/// Performs the effects `switch_traffic` emits for a real traffic layer: check the target, ready
+/// it, drain the source.
+fn switch(hx: &mut Haproxy, from: Environment, to: Environment) -> Completion {
+    let effects = [
+        Effect::CheckHealthy { server: to },
+        Effect::SetServerState {
+            server: to,
+            state: ServerState::Ready,
+        },
+        Effect::SetServerState {
+            server: from,
+            state: ServerState::Drain,
+        },
+    ];
+    hx.perform(&effects, &mut |_| {})
+}
+
 fn haproxy() {
     let blue = haproxy_support::ColourServer::start("blue");
     let green = haproxy_support::ColourServer::start("green");
     let proc = haproxy_support::HaproxyProc::start(blue.port, green.port);
-    let hx = Haproxy::connect(&proc.admin, "app").unwrap();
+    let mut hx = Haproxy::connect(&proc.admin, "app").unwrap();
     let load = haproxy_support::Load::start(
         proc.frontend,
         4,
@@ -96,7 +116,13 @@ fn haproxy() {
     let mut samples = Vec::new();
     for _ in 0..50 {
         let to = from.other();
-        samples.push(hx.switch(from, to).unwrap().duration);
+        let start = Instant::now();
+        match switch(&mut hx, from, to) {
+            Completion::Done(_) => samples.push(start.elapsed()),
+            Completion::Failed(failure) => {
+                panic!("switch {from} -> {to} failed: {}", failure.error)
+            }
+        }
         std::thread::sleep(Duration::from_millis(20));
         from = to;
     }

@@ -1,17 +1,33 @@
 //! The blue-green switch against a real HAProxy: zero failed requests under keep-alive load while
 //! switching back and forth, new requests on the target as soon as a switch returns, refusal of
-//! an unhealthy target, and clear errors for a missing socket, a user-level socket, a backend
-//! without both servers, something that is not HAProxy, and HAProxy going away mid-switch.
+//! an unhealthy target, idempotent server states, the core's refusals of a switch that makes no
+//! sense, and clear errors for a missing socket, a user-level socket, a backend without both
+//! servers, something that is not HAProxy, and HAProxy going away mid-switch.
+//!
+//! The node decides a switch (`switch_traffic`, in the core) and the HAProxy executor performs
+//! the effects decided: [`switch`] performs exactly the effects the transition emits for a real
+//! traffic layer, which one test checks against the transition itself.
 
 #[path = "support/haproxy.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rollback_node::exec::haproxy::{Colour, Haproxy, HaproxyError, Health};
+use rollback_node::core::effects::{
+    Completion, Decision, Done, Effect, Failure, FailureKind, Plan, ServerState,
+};
+use rollback_node::core::state::{Health, Layer};
+use rollback_node::exec::haproxy::{CheckVerdict, Haproxy, HaproxyError};
+use rollback_node::exec::Executor;
+use rollback_node::{Environment, Estate, Refusal, Request, State};
 use support::{get_once, wait_until, ColourServer, HaproxyProc, Load};
+
+const BLUE: Environment = Environment::Blue;
+const GREEN: Environment = Environment::Green;
 
 struct Rig {
     blue: ColourServer,
@@ -30,12 +46,93 @@ fn rig() -> Rig {
     }
 }
 
+/// The effects `switch_traffic` emits for a real traffic layer: check the target, ready it,
+/// drain the source.
+fn switch_effects(from: Environment, to: Environment) -> Vec<Effect> {
+    vec![
+        Effect::CheckHealthy { server: to },
+        Effect::SetServerState {
+            server: to,
+            state: ServerState::Ready,
+        },
+        Effect::SetServerState {
+            server: from,
+            state: ServerState::Drain,
+        },
+    ]
+}
+
+/// Performs a switch's effects with the HAProxy executor.
+fn switch(hx: &mut Haproxy, from: Environment, to: Environment) -> Completion {
+    hx.perform(&switch_effects(from, to), &mut |_| {})
+}
+
+fn done(completion: Completion) -> Done {
+    match completion {
+        Completion::Done(done) => done,
+        Completion::Failed(failure) => panic!("expected the switch to complete: {failure:?}"),
+    }
+}
+
+fn failed(completion: Completion) -> Failure {
+    match completion {
+        Completion::Failed(failure) => failure,
+        Completion::Done(done) => panic!("expected the switch to fail, it completed: {done:?}"),
+    }
+}
+
+fn name(environment: Environment) -> &'static str {
+    environment.into()
+}
+
+/// What the node believes when its traffic layer is this HAProxy: an estate whose traffic is
+/// real, with what HAProxy says applied (as the node does at start).
+fn believed(hx: &Haproxy) -> State {
+    let mut state = Estate::example().state;
+    state.layers.traffic = Layer::Real(format!(
+        "haproxy {} backend {}",
+        hx.socket().display(),
+        hx.backend()
+    ));
+    hx.found().unwrap().apply(&mut state);
+    state
+}
+
+fn switch_request(from: Environment, to: Environment) -> Request {
+    Request::SwitchTraffic { from, to }
+}
+
+/// A socket at `path` that passes each runtime-API command on to the real socket `to` and
+/// records it. Serves until the test process ends.
+fn recording_proxy(path: PathBuf, to: PathBuf) -> Arc<Mutex<Vec<String>>> {
+    let listener = UnixListener::bind(&path).unwrap();
+    let commands = Arc::new(Mutex::new(Vec::new()));
+    let seen = commands.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            let mut reader = BufReader::new(conn);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            seen.lock().unwrap().push(line.trim().to_owned());
+            let mut upstream = UnixStream::connect(&to).unwrap();
+            upstream.write_all(line.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            upstream.read_to_end(&mut answer).unwrap();
+            let _ = reader.get_mut().write_all(&answer);
+        }
+    });
+    commands
+}
+
 #[test]
 fn switches_back_and_forth_under_load_without_a_failed_request() {
     let rig = rig();
-    let hx = Haproxy::connect(&rig.haproxy.admin, "app").unwrap();
-    assert_eq!(hx.live().unwrap(), Colour::Blue);
-    assert_eq!(hx.health(Colour::Green).unwrap(), Health::Up);
+    let mut hx = Haproxy::connect(&rig.haproxy.admin, "app").unwrap();
+    assert_eq!(hx.live().unwrap(), BLUE);
+    assert_eq!(hx.health(GREEN).unwrap(), CheckVerdict::Up);
 
     let load = Load::start(
         rig.haproxy.frontend,
@@ -46,20 +143,22 @@ fn switches_back_and_forth_under_load_without_a_failed_request() {
     );
     std::thread::sleep(Duration::from_millis(200));
     let mut switches = Vec::new();
-    let mut from = Colour::Blue;
+    let mut from = BLUE;
     for _ in 0..10 {
         let to = from.other();
         let started = Instant::now();
-        let report = hx.switch(from, to).unwrap();
+        let report = done(switch(&mut hx, from, to));
         let returned = Instant::now();
-        assert!(report.changed);
         assert_eq!(hx.live().unwrap(), to);
         // A new request right after the switch returns reaches the target.
         let (status, body) = get_once(rig.haproxy.frontend).expect("a request after the switch");
-        assert_eq!((status, body.as_str()), (200, to.as_str()));
+        assert_eq!((status, body.as_str()), (200, name(to)));
+        let [blue, green] = hx.states().unwrap();
         eprintln!(
-            "switch {from} -> {to}: {:?} ({})",
-            report.duration, report.states
+            "switch {from} -> {to}: {:?} (blue: {}; green: {})",
+            report.duration,
+            blue.describe(),
+            green.describe()
         );
         switches.push((started, returned, to));
         std::thread::sleep(Duration::from_millis(100));
@@ -84,7 +183,7 @@ fn switches_back_and_forth_under_load_without_a_failed_request() {
                 checked += 1;
                 assert_eq!(
                     s.colour.as_deref(),
-                    Some(to.as_str()),
+                    Some(name(*to)),
                     "a request after switch {i} went elsewhere"
                 );
             }
@@ -103,52 +202,143 @@ fn switches_back_and_forth_under_load_without_a_failed_request() {
 #[test]
 fn an_unhealthy_target_is_refused_and_traffic_stays() {
     let mut rig = rig();
-    let hx = Haproxy::connect(&rig.haproxy.admin, "app").unwrap();
+    let mut hx = Haproxy::connect(&rig.haproxy.admin, "app").unwrap();
+    // The node read both healthy; then green goes down.
+    let stale = believed(&hx);
     rig.green.stop();
     assert!(
-        wait_until(Duration::from_secs(10), || hx
-            .health(Colour::Green)
-            .unwrap()
-            == Health::Down),
+        wait_until(Duration::from_secs(10), || hx.health(GREEN).unwrap()
+            == CheckVerdict::Down),
         "haproxy never saw green go down"
     );
-    let err = hx.switch(Colour::Blue, Colour::Green).unwrap_err();
-    assert!(err.is_precondition(), "{err}");
-    match &err {
-        HaproxyError::Unhealthy { to, health, detail } => {
-            assert_eq!((*to, *health), (Colour::Green, Health::Down));
-            assert!(detail.contains("L4CON"), "{detail}");
-        }
-        other => panic!("expected Unhealthy, got {other}"),
-    }
+    // The node still believes green healthy and decides the switch; the executor's health check
+    // asks HAProxy again and refuses, changing nothing.
+    let Ok(Decision::Accept(operation)) = stale.decide(&switch_request(BLUE, GREEN)) else {
+        panic!("a node that believes green healthy decides the switch")
+    };
+    assert_eq!(operation.effects, switch_effects(BLUE, GREEN));
+    let failure = failed(hx.perform(&operation.effects, &mut |_| {}));
+    assert_eq!(failure.kind, FailureKind::Refused, "{failure:?}");
+    assert_eq!(failure.completed, 0);
+    assert!(!failure.is_part_way());
+    let text = failure.error.to_string();
     assert!(
-        err.to_string().starts_with("refusing to switch to green"),
-        "{err}"
+        text.contains("refusing to switch to green: HAProxy's health checks say down"),
+        "{text}"
     );
-    assert_eq!(hx.live().unwrap(), Colour::Blue);
+    assert!(text.contains("L4CON"), "{text}");
+    assert!(!text.contains('\n'), "one line: {text}");
+    let now = failure.now.expect("HAProxy says where traffic stands");
+    assert_eq!(now.live_environment, Some(BLUE));
+    assert_eq!(now.health, Some((Health::Healthy, Health::Unhealthy)));
+
+    // Nothing changed.
+    assert_eq!(hx.live().unwrap(), BLUE);
     assert_eq!(get_once(rig.haproxy.frontend).unwrap().1, "blue");
+    let [_, green] = hx.states().unwrap();
+    assert!(
+        green.draining(),
+        "green stays drained: {}",
+        green.describe()
+    );
+
+    // A node that has read the health since refuses the switch itself.
+    match believed(&hx).decide(&switch_request(BLUE, GREEN)) {
+        Err(refusal @ Refusal::PreconditionFailed(_)) => {
+            assert_eq!(refusal.code(), 22);
+            assert!(
+                refusal.text().starts_with("green is unhealthy"),
+                "{refusal}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     drop(rig.blue);
 }
 
 #[test]
-fn switching_to_the_live_server_changes_nothing_and_a_dead_source_is_refused() {
+fn performing_a_switch_again_changes_nothing() {
     let rig = rig();
-    let hx = Haproxy::connect(&rig.haproxy.admin, "app").unwrap();
-    hx.switch(Colour::Blue, Colour::Green).unwrap();
-    let again = hx.switch(Colour::Blue, Colour::Green).unwrap();
-    assert!(!again.changed);
-    assert_eq!(hx.live().unwrap(), Colour::Green);
-    let err = hx.switch(Colour::Blue, Colour::Blue).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            HaproxyError::FromNotLive {
-                from: Colour::Blue,
-                ..
-            }
-        ),
-        "{err}"
+    let via = rig.haproxy.dir.path().join("recorded.sock");
+    let commands = recording_proxy(via.clone(), rig.haproxy.admin.clone());
+    let mut hx = Haproxy::connect(&via, "app").unwrap();
+    commands.lock().unwrap().clear();
+
+    done(switch(&mut hx, BLUE, GREEN));
+    let sets = |commands: &Arc<Mutex<Vec<String>>>| -> Vec<String> {
+        let all = std::mem::take(&mut *commands.lock().unwrap());
+        all.into_iter().filter(|c| c.starts_with("set ")).collect()
+    };
+    assert_eq!(
+        sets(&commands),
+        [
+            "set server app/green state ready",
+            "set server app/blue state drain"
+        ]
     );
+    assert_eq!(hx.live().unwrap(), GREEN);
+    let before = hx.states().unwrap();
+
+    // The same effects again: both servers already are so, nothing is sent, and it succeeds.
+    done(switch(&mut hx, BLUE, GREEN));
+    assert_eq!(sets(&commands), Vec::<String>::new());
+    assert_eq!(hx.states().unwrap(), before);
+    assert_eq!(hx.live().unwrap(), GREEN);
+    assert_eq!(get_once(rig.haproxy.frontend).unwrap().1, "green");
+}
+
+#[test]
+fn the_core_refuses_a_switch_to_the_live_server_and_from_a_server_not_live() {
+    let rig = rig();
+    let mut hx = Haproxy::connect(&rig.haproxy.admin, "app").unwrap();
+    let state = believed(&hx);
+    assert_eq!(state.traffic.live, BLUE);
+
+    // What the transition decides for a real HAProxy is what `switch` performs.
+    let Ok(Decision::Accept(operation)) = state.decide(&switch_request(BLUE, GREEN)) else {
+        panic!("blue to green is decided")
+    };
+    assert_eq!(
+        operation.plan,
+        Plan::SwitchTraffic {
+            from: BLUE,
+            to: GREEN
+        }
+    );
+    assert_eq!(operation.effects, switch_effects(BLUE, GREEN));
+    done(hx.perform(&operation.effects, &mut |_| {}));
+    assert_eq!(hx.live().unwrap(), GREEN);
+
+    // Now green is live, as HAProxy says.
+    let state = believed(&hx);
+    assert_eq!(state.traffic.live, GREEN);
+    match state.decide(&switch_request(BLUE, GREEN)) {
+        Err(refusal @ Refusal::PreconditionFailed(_)) => {
+            assert_eq!(refusal.code(), 22);
+            assert_eq!(
+                refusal.text(),
+                "blue is not live (green is); switch_traffic needs from = the live environment"
+            );
+        }
+        other => panic!("expected a refusal of a source not live, got {other:?}"),
+    }
+    for same in [BLUE, GREEN] {
+        match state.decide(&switch_request(same, same)) {
+            Err(refusal @ Refusal::MalformedRequest(_)) => {
+                assert_eq!(refusal.code(), 12);
+                assert!(
+                    refusal
+                        .text()
+                        .starts_with(&format!("from and to are both {same}")),
+                    "{refusal}"
+                );
+            }
+            other => panic!("expected a refusal of from == to, got {other:?}"),
+        }
+    }
+    // Refusals touch nothing.
+    assert_eq!(hx.live().unwrap(), GREEN);
+    assert_eq!(get_once(rig.haproxy.frontend).unwrap().1, "green");
 }
 
 #[test]
@@ -186,13 +376,28 @@ fn missing_socket_user_socket_and_bad_backends_are_clear_errors() {
     let err = Haproxy::connect(&rig.haproxy.user, "app").unwrap_err();
     assert!(matches!(err, HaproxyError::NotAdmin { .. }), "{err}");
     assert!(err.to_string().contains("level user"), "{err}");
-    // Without the upfront check, the switch itself is refused by HAProxy and nothing moves.
-    let err = Haproxy::unchecked(&rig.haproxy.user, "app")
-        .switch(Colour::Blue, Colour::Green)
-        .unwrap_err();
-    assert!(matches!(err, HaproxyError::NotAdmin { .. }), "{err}");
+    // Without the upfront check, HAProxy itself refuses the switch and nothing moves.
+    let failure = failed(switch(
+        &mut Haproxy::unchecked(&rig.haproxy.user, "app"),
+        BLUE,
+        GREEN,
+    ));
+    assert_eq!(failure.kind, FailureKind::NothingChanged, "{failure:?}");
+    let text = failure.error.to_string();
+    // A user-level socket may read the states (the health check passes), not set them.
+    assert_eq!(failure.completed, 1, "{failure:?}");
+    assert!(text.contains("setting green ready failed"), "{text}");
+    assert!(
+        text.contains("not an admin socket (level Permission denied)"),
+        "{text}"
+    );
+    assert!(text.contains("user.sock level admin"), "{text}");
+    let now = failure.now.expect("HAProxy says where traffic stands");
+    assert_eq!(now.live_environment, Some(BLUE));
     let hx = Haproxy::connect(&rig.haproxy.admin, "app").unwrap();
-    assert_eq!(hx.live().unwrap(), Colour::Blue);
+    assert_eq!(hx.live().unwrap(), BLUE);
+    let [_, green] = hx.states().unwrap();
+    assert!(green.draining(), "{}", green.describe());
 
     let err = Haproxy::connect(&rig.haproxy.admin, "nope").unwrap_err();
     assert!(matches!(err, HaproxyError::NoBackend { .. }), "{err}");
@@ -208,6 +413,7 @@ fn missing_socket_user_socket_and_bad_backends_are_clear_errors() {
         }
         .to_string(),
         err.to_string(),
+        text,
     ] {
         assert!(!e.contains('\n'), "one line: {e}");
     }
@@ -216,14 +422,21 @@ fn missing_socket_user_socket_and_bad_backends_are_clear_errors() {
 #[test]
 fn haproxy_gone_is_an_error_not_a_hang() {
     let mut rig = rig();
-    let hx = Haproxy::connect(&rig.haproxy.admin, "app").unwrap();
+    let mut hx = Haproxy::connect(&rig.haproxy.admin, "app").unwrap();
     rig.haproxy.kill();
-    let err = hx.switch(Colour::Blue, Colour::Green).unwrap_err();
-    assert!(matches!(err, HaproxyError::Io { .. }), "{err}");
-    assert!(err.to_string().contains("cannot connect"), "{err}");
+    let started = Instant::now();
+    let failure = failed(switch(&mut hx, BLUE, GREEN));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(failure.kind, FailureKind::NothingChanged, "{failure:?}");
+    assert_eq!(failure.completed, 0);
+    assert_eq!(failure.now, None, "nothing to read back");
+    let text = failure.error.to_string();
+    assert!(text.contains("checking green's health"), "{text}");
+    assert!(text.contains("cannot connect"), "{text}");
 }
 
-/// A fake runtime API that answers like HAProxy for `answers.len()` connections, then goes away.
+/// A fake runtime API that answers like HAProxy for `answers.len()` connections, then goes away
+/// (its socket is gone before the last connection closes). Returns the commands it was sent.
 fn fake_haproxy(
     path: std::path::PathBuf,
     answers: Vec<&'static str>,
@@ -231,16 +444,18 @@ fn fake_haproxy(
     let listener = UnixListener::bind(&path).unwrap();
     std::thread::spawn(move || {
         let mut commands = Vec::new();
-        for answer in answers {
+        let last = answers.len();
+        for (i, answer) in answers.into_iter().enumerate() {
             let (conn, _) = listener.accept().unwrap();
             let mut reader = BufReader::new(conn);
             let mut line = String::new();
             reader.read_line(&mut line).unwrap();
             commands.push(line.trim().to_owned());
             reader.get_mut().write_all(answer.as_bytes()).unwrap();
+            if i + 1 == last {
+                std::fs::remove_file(&path).unwrap();
+            }
         }
-        drop(listener);
-        std::fs::remove_file(&path).unwrap();
         commands
     })
 }
@@ -252,53 +467,104 @@ const STATES_BLUE_LIVE: &str = "1
 
 ";
 
-#[test]
-fn haproxy_stopping_mid_switch_says_traffic_could_not_be_read_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("admin.sock");
-    // Answers the state read and `set green ready`, then is gone before `set blue drain`.
-    let fake = fake_haproxy(path.clone(), vec![STATES_BLUE_LIVE, ""]);
-    let err = Haproxy::unchecked(&path, "app")
-        .switch(Colour::Blue, Colour::Green)
-        .unwrap_err();
-    assert_eq!(
-        fake.join().unwrap(),
-        ["show servers state app", "set server app/green state ready"]
-    );
-    match &err {
-        HaproxyError::Incomplete { step, traffic, .. } => {
-            assert_eq!(*step, "set the source drain");
-            assert!(traffic.starts_with("could not be read back"), "{traffic}");
-        }
-        other => panic!("expected Incomplete, got {other}"),
-    }
-    assert!(!err.to_string().contains('\n'), "{err}");
-}
-
-#[test]
-fn a_rejected_drain_reports_where_traffic_stands() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("admin.sock");
-    const BOTH_LIVE: &str = "1
+const BOTH_LIVE: &str = "1
 # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state
 3 app 1 blue 127.0.0.1 2 0 1 1 10 15 3 4 6 0
 3 app 2 green 127.0.0.1 2 0 1 1 10 15 3 4 6 0
 ";
+
+const SHOW: &str = "show servers state app";
+
+#[test]
+fn haproxy_stopping_mid_switch_says_the_switch_is_part_way() {
+    // Gone right after `set green ready` (its read-back fails: one effect completed), or right
+    // after `set blue drain` (two completed).
+    let cases: [(&[&'static str], &[&str], usize, &str); 2] = [
+        (
+            &[STATES_BLUE_LIVE, STATES_BLUE_LIVE, ""],
+            &[SHOW, SHOW, "set server app/green state ready"],
+            1,
+            "setting green ready failed",
+        ),
+        (
+            &[
+                STATES_BLUE_LIVE,
+                STATES_BLUE_LIVE,
+                "",
+                BOTH_LIVE,
+                BOTH_LIVE,
+                "",
+            ],
+            &[
+                SHOW,
+                SHOW,
+                "set server app/green state ready",
+                SHOW,
+                SHOW,
+                "set server app/blue state drain",
+            ],
+            2,
+            "setting blue drain failed",
+        ),
+    ];
+    for (answers, sent, completed, action) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let fake = fake_haproxy(path.clone(), answers.to_vec());
+        let failure = failed(switch(&mut Haproxy::unchecked(&path, "app"), BLUE, GREEN));
+        assert_eq!(fake.join().unwrap(), sent);
+        assert_eq!(failure.kind, FailureKind::PartWay, "{failure:?}");
+        assert_eq!(failure.completed, completed, "{failure:?}");
+        assert!(failure.is_part_way());
+        assert_eq!(failure.now, None, "traffic could not be read back");
+        let text = failure.error.to_string();
+        assert!(text.contains(action), "{text}");
+        assert!(text.contains("does not exist"), "{text}");
+        assert!(!text.contains('\n'), "one line: {text}");
+    }
+}
+
+#[test]
+fn a_rejected_drain_says_what_haproxy_answered_after_the_target_went_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.sock");
     let fake = fake_haproxy(
         path.clone(),
-        vec![STATES_BLUE_LIVE, "", "No such server.\n", BOTH_LIVE],
+        vec![
+            STATES_BLUE_LIVE,
+            STATES_BLUE_LIVE,
+            "",
+            BOTH_LIVE,
+            BOTH_LIVE,
+            "No such server.\n",
+            BOTH_LIVE,
+        ],
     );
-    let err = Haproxy::unchecked(&path, "app")
-        .switch(Colour::Blue, Colour::Green)
-        .unwrap_err();
-    fake.join().unwrap();
-    let msg = err.to_string();
-    assert!(msg.contains("stopped at \"set the source drain\""), "{msg}");
-    assert!(msg.contains("No such server."), "{msg}");
+    let failure = failed(switch(&mut Haproxy::unchecked(&path, "app"), BLUE, GREEN));
+    assert_eq!(
+        fake.join().unwrap(),
+        [
+            SHOW,
+            SHOW,
+            "set server app/green state ready",
+            SHOW,
+            SHOW,
+            "set server app/blue state drain",
+            SHOW
+        ]
+    );
+    // The drain itself changed nothing, but green went ready before it: part-way.
+    assert_eq!(failure.kind, FailureKind::NothingChanged, "{failure:?}");
+    assert_eq!(failure.completed, 2);
+    assert!(failure.is_part_way());
+    let text = failure.error.to_string();
+    assert!(text.contains("setting blue drain failed"), "{text}");
     assert!(
-        msg.contains("traffic now: blue: ready, up, health up; green: ready, up, health up"),
-        "{msg}"
+        text.contains("HAProxy rejected \"set server app/blue state drain\": No such server."),
+        "{text}"
     );
+    // Read back after the failure, both take traffic: HAProxy gives no one live environment.
+    assert_eq!(failure.now, None);
 }
 
 #[test]

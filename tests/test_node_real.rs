@@ -669,3 +669,68 @@ fn a_kill_during_a_real_restore_leaves_the_old_or_the_new_database() {
     );
     node.finish();
 }
+
+#[test]
+fn a_dry_run_through_the_binary_lists_every_statement_its_files_would_run() {
+    let dir = example("sqlite");
+    let mut node = Node::start(&["--estate", "estate.toml"], dir.path());
+    let plan = node
+        .ask(serde_json::json!({"type": "migrate", "version": 20250811090000u64, "dry_run": true}));
+    assert_eq!(plan["type"], "plan_ok", "{plan}");
+    let statements = plan["statements"]
+        .as_array()
+        .expect("statements are listed");
+    let up = |name: &str| {
+        let text = std::fs::read_to_string(dir.path().join("migrations").join(name)).unwrap();
+        text.matches(';').count()
+    };
+    assert_eq!(
+        statements.len(),
+        up("20250810144214_create_users.up.sql") + up("20250811090000_users_email_index.up.sql"),
+        "one entry per statement of both up files: {plan}"
+    );
+    assert_eq!(statements[0]["file"], "20250810144214_create_users.up.sql");
+    assert_eq!(
+        statements.last().unwrap()["file"],
+        "20250811090000_users_email_index.up.sql"
+    );
+    assert!(statements
+        .iter()
+        .all(|s| s["line"].as_u64().unwrap() >= 1 && !s["statement"].as_str().unwrap().is_empty()));
+    // Nothing ran.
+    let status = node.ask(serde_json::json!({"type": "status"}));
+    assert_eq!(status["schema_version"], 0, "{status}");
+    node.finish();
+}
+
+#[test]
+fn a_dry_run_behind_queued_work_is_decided_against_the_state_its_predecessors_leave() {
+    let dir = example("sqlite");
+    let mut node = Node::start(&["--estate", "estate.toml"], dir.path());
+    // Pipelined: the migrate is still running when the dry run arrives.
+    node.send(
+        1,
+        serde_json::json!({"type": "migrate", "version": 20250902101500u64}),
+    );
+    node.send(
+        2,
+        serde_json::json!({"type": "rollback", "version": 20250811090000u64, "dry_run": true}),
+    );
+    node.next = 2;
+    // The migrate's reply comes first: the dry run waited for it.
+    let done = node.read(1);
+    assert_eq!(done["type"], "migrate_complete", "{done}");
+    let plan = node.read(2);
+    assert_eq!(
+        plan["type"], "plan_ok",
+        "decided after the migrate, not before it: {plan}"
+    );
+    assert_eq!(plan["state_after"]["schema_version"], 20250810144214u64);
+    assert_eq!(plan["effects"].as_array().unwrap().len(), 2, "{plan}");
+    // The dry run did not hold the lane or change anything.
+    assert_eq!(
+        sqlite_version(&dir.path().join("app.db")),
+        (20250902101500, false)
+    );
+    node.finish();
+}

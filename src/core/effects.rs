@@ -263,6 +263,11 @@ pub enum Effect {
 }
 
 impl Effect {
+    /// Whether performing it may change its system (a check does not).
+    pub fn changes_something(&self) -> bool {
+        !matches!(self, Effect::CheckHealthy { .. })
+    }
+
     /// The layer whose executor performs it.
     pub fn layer(&self) -> LayerKind {
         match self {
@@ -471,10 +476,14 @@ impl Failure {
         self
     }
 
-    /// Whether the system may be part-way: the failed effect changed something, or effects
-    /// before it completed.
-    pub fn is_part_way(&self) -> bool {
-        self.kind == FailureKind::PartWay || self.completed > 0
+    /// Whether the system may be part-way: the failed effect changed something, or effects of
+    /// `effects` (the operation's) that change something completed before it.
+    pub fn is_part_way(&self, effects: &[Effect]) -> bool {
+        self.kind == FailureKind::PartWay
+            || effects
+                .iter()
+                .take(self.completed)
+                .any(Effect::changes_something)
     }
 }
 

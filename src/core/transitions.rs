@@ -415,6 +415,7 @@ impl State {
                 }
                 Some(failure) => Err(failed(
                     &format!("forcing version {to}"),
+                    operation,
                     failure,
                     format!("the recorded version stays {}", state.schema_version),
                 )),
@@ -437,6 +438,7 @@ impl State {
                 }
                 Some(failure) => Err(failed(
                     &format!("setting flag {feature}"),
+                    operation,
                     failure,
                     format!(
                         "the flag keeps its value ({})",
@@ -451,6 +453,7 @@ impl State {
                     }
                     Err(failed(
                         &format!("switching traffic from {from} to {to}"),
+                        operation,
                         failure,
                         format!(
                             "{} is live, as read back from the load balancer",
@@ -467,8 +470,9 @@ impl State {
                 }
                 Some(failure) => Err(failed(
                     &format!("switching traffic from {from} to {to}"),
+                    operation,
                     failure,
-                    if !failure.is_part_way() {
+                    if !failure.is_part_way(&operation.effects) {
                         format!("traffic stays on {from}")
                     } else {
                         format!("{to} was made ready but {from} may still take traffic; check the load balancer")
@@ -497,6 +501,7 @@ impl State {
                 }
                 (_, failure) => Err(failed(
                     &format!("restoring {backup}"),
+                    operation,
                     failure.expect("a failed completion"),
                     format!(
                         "the schema is at version {} as before",
@@ -610,12 +615,17 @@ fn schema_failure(
     } else {
         format!("the schema is now at version {now} (it was at {from})")
     };
-    failed(&format!("{step} of migration {at}"), failure, standing)
+    failed(
+        &format!("{step} of migration {at}"),
+        operation,
+        failure,
+        standing,
+    )
 }
 
 /// The refusal for a failed effect: 22 when the system refused it on a precondition of its own,
 /// 14 when nothing changed, 13 when the system may be part-way.
-fn failed(what: &str, failure: &Failure, standing: String) -> Refusal {
+fn failed(what: &str, operation: &Operation, failure: &Failure, standing: String) -> Refusal {
     let error = failure.error.after(what);
     match failure.kind {
         FailureKind::Missing => {
@@ -624,7 +634,7 @@ fn failed(what: &str, failure: &Failure, standing: String) -> Refusal {
         FailureKind::Refused => Refusal::PreconditionFailed(format!(
             "{what} was refused{error}; nothing changed, {standing}"
         )),
-        _ if !failure.is_part_way() => {
+        _ if !failure.is_part_way(&operation.effects) => {
             Refusal::Abort(format!("{what} failed{error}; nothing changed, {standing}"))
         }
         _ => Refusal::Crash(format!("{what} failed{error}; {standing}")),
