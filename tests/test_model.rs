@@ -23,7 +23,8 @@ const MAX_TRANSITIONS: usize = 40;
 
 /// A second estate, to reach what the example cannot: an irreversible migration, other costs, a
 /// schema not at the last version, an unhealthy environment, two backups, a disabled flag, and
-/// guard rails restricting two change types to some of the generated senders.
+/// guard rails restricting three change types to some of the generated senders (`force_version`
+/// is refused from everyone unless the estate names who may send it, as the example does not).
 const VARIANT_TOML: &str = r#"
 schema_version = 1
 
@@ -64,6 +65,7 @@ green = "unhealthy"
 [permissions]
 restore = ["c1"]
 migrate = ["c2", "c3"]
+force_version = ["c2"]
 
 [[backups]]
 name = "nightly"
@@ -97,6 +99,8 @@ enum Kind {
     EnableFeature(Option<Value>),
     SwitchTraffic(Option<Value>, Option<Value>),
     Restore(Option<Value>),
+    ForceVersion(Option<Value>),
+    Backups,
     Status,
     History(Option<Value>),
     Init(Option<Value>, Option<Value>),
@@ -155,6 +159,8 @@ impl Msg {
             Kind::EnableFeature(_) => kind("enable_feature"),
             Kind::SwitchTraffic(..) => kind("switch_traffic"),
             Kind::Restore(_) => kind("restore"),
+            Kind::ForceVersion(_) => kind("force_version"),
+            Kind::Backups => kind("backups"),
             Kind::Status => kind("status"),
             Kind::History(_) => kind("history"),
             Kind::Init(..) => kind("init"),
@@ -165,7 +171,9 @@ impl Msg {
             }
         }
         match &self.kind {
-            Kind::Rollback(v) | Kind::Migrate(v) => put(&mut body, "version", v),
+            Kind::Rollback(v) | Kind::Migrate(v) | Kind::ForceVersion(v) => {
+                put(&mut body, "version", v)
+            }
             Kind::DisableFeature(v) | Kind::EnableFeature(v) => put(&mut body, "feature", v),
             Kind::SwitchTraffic(from, to) => {
                 put(&mut body, "from", from);
@@ -260,6 +268,8 @@ enum Req {
     Enable(String),
     Switch(Env, Env),
     Restore(String),
+    ForceVersion(u64),
+    Backups,
     Status,
     /// The limit as sent (decoded as a u32), range-checked when answered.
     History(u64),
@@ -268,7 +278,10 @@ enum Req {
 
 impl Req {
     fn changes_state(&self) -> bool {
-        !matches!(self, Req::Status | Req::History(_) | Req::Init(..))
+        !matches!(
+            self,
+            Req::Backups | Req::Status | Req::History(_) | Req::Init(..)
+        )
     }
 
     /// The `type` on the wire.
@@ -280,6 +293,8 @@ impl Req {
             Req::Enable(_) => "enable_feature",
             Req::Switch(..) => "switch_traffic",
             Req::Restore(_) => "restore",
+            Req::ForceVersion(_) => "force_version",
+            Req::Backups => "backups",
             Req::Status => "status",
             Req::History(_) => "history",
             Req::Init(..) => "init",
@@ -289,11 +304,13 @@ impl Req {
     /// The request as `history` lists it: `type`, then the fields in declaration order.
     fn wire_text(&self) -> String {
         let fields: Vec<(&str, Value)> = match self {
-            Req::Rollback(v) | Req::Migrate(v) => vec![("version", json!(v))],
+            Req::Rollback(v) | Req::Migrate(v) | Req::ForceVersion(v) => {
+                vec![("version", json!(v))]
+            }
             Req::Disable(f) | Req::Enable(f) => vec![("feature", json!(f))],
             Req::Switch(from, to) => vec![("from", json!(from.name())), ("to", json!(to.name()))],
             Req::Restore(b) => vec![("backup", json!(b))],
-            Req::Status | Req::History(_) | Req::Init(..) => {
+            Req::Backups | Req::Status | Req::History(_) | Req::Init(..) => {
                 unreachable!("only accepted changes are listed")
             }
         };
@@ -323,6 +340,7 @@ fn reply_text(body: &Value, in_reply_to: u64) -> String {
         "feature_enabled" => &["feature"],
         "traffic_switched" => &["current_environment", "downtime_seconds"],
         "restore_complete" => &["restored_rows", "duration_seconds"],
+        "version_forced" => &["previous_version", "version", "was_dirty"],
         other => unreachable!("{other} is not the reply to a change"),
     };
     assert_eq!(body.as_object().unwrap().len(), order.len() + 1, "{body}");
@@ -480,7 +498,11 @@ fn variant_model() -> Model {
             ("dark_mode".to_owned(), true),
         ]),
         live: Env::Blue,
-        permissions: BTreeMap::from([("restore", vec!["c1"]), ("migrate", vec!["c2", "c3"])]),
+        permissions: BTreeMap::from([
+            ("restore", vec!["c1"]),
+            ("migrate", vec!["c2", "c3"]),
+            ("force_version", vec!["c2"]),
+        ]),
         ..example_model()
     }
 }
@@ -536,6 +558,8 @@ fn decode(kind: &Kind) -> Result<Req, u64> {
         Kind::EnableFeature(f) => Req::Enable(decode_string(f)?),
         Kind::SwitchTraffic(from, to) => Req::Switch(decode_env(from)?, decode_env(to)?),
         Kind::Restore(b) => Req::Restore(decode_string(b)?),
+        Kind::ForceVersion(v) => Req::ForceVersion(decode_version(v)?),
+        Kind::Backups => Req::Backups,
         Kind::Status => Req::Status,
         Kind::History(limit) => Req::History(decode_limit(limit)?),
         Kind::Init(id, ids) => Req::Init(decode_string(id)?, decode_strings(ids)?),
@@ -575,6 +599,31 @@ impl Model {
             ("in_reply_to", in_reply_to.to_string()),
             ("entries", format!("[{}]", entries.join(","))),
         ]))
+    }
+
+    /// The exact `backups_ok` body answering msg_id `in_reply_to`: the estate's backups, newest
+    /// (listed last) first; a simulated backup has no time or size and is verified.
+    fn backups_text(&self, in_reply_to: u64) -> String {
+        let backups: Vec<String> = self
+            .backups
+            .iter()
+            .rev()
+            .map(|b| {
+                ordered(&[
+                    ("name", json!(b.name).to_string()),
+                    ("taken_at", "null".to_owned()),
+                    ("schema_version", b.schema.to_string()),
+                    ("rows", b.rows.to_string()),
+                    ("size", "null".to_owned()),
+                    ("verified", "true".to_owned()),
+                ])
+            })
+            .collect();
+        ordered(&[
+            ("type", json!("backups_ok").to_string()),
+            ("in_reply_to", in_reply_to.to_string()),
+            ("backups", format!("[{}]", backups.join(","))),
+        ])
     }
 
     fn healthy(&self, env: Env) -> bool {
@@ -668,6 +717,24 @@ impl Model {
                     "duration_seconds": seconds,
                 }))
             }
+            Req::ForceVersion(v) => {
+                let v = *v;
+                if !self.permissions.contains_key("force_version") {
+                    return Outcome::Err(22);
+                }
+                if v > self.last() {
+                    return Outcome::Err(20);
+                }
+                let current = self.schema;
+                self.schema = v;
+                Outcome::Ok(json!({
+                    "type": "version_forced",
+                    "previous_version": current,
+                    "version": v,
+                    "was_dirty": null,
+                }))
+            }
+            Req::Backups => unreachable!("answered by Model::backups_text"),
             Req::Status => Outcome::Ok(json!({
                 "type": "status_ok",
                 "schema_version": self.schema,
@@ -724,6 +791,13 @@ impl Model {
                 }
                 Err(code) => Outcome::Err(code),
             },
+            Ok(Req::Backups) => {
+                let text = self.backups_text(msg_id);
+                let mut body: Value = serde_json::from_str(&text).unwrap();
+                body.as_object_mut().unwrap().remove("in_reply_to");
+                exact = Some(text);
+                Outcome::Ok(body)
+            }
             Ok(req) if !req.changes_state() => self.perform(&req),
             Ok(req) => {
                 let key = (src.clone(), msg_id);
@@ -873,6 +947,7 @@ fn change_kind(names: &Names) -> BoxedStrategy<Kind> {
         3 => (env_arg(), env_arg()).prop_map(|(a, b)| Kind::SwitchTraffic(a, b)),
         2 => switch_ok,
         3 => name_arg(names.backups.clone()).prop_map(Kind::Restore),
+        2 => version_arg().prop_map(Kind::ForceVersion),
     ]
     .boxed()
 }
@@ -895,6 +970,7 @@ fn any_kind(names: &Names) -> BoxedStrategy<Kind> {
     prop_oneof![
         12 => change_kind(names),
         3 => Just(Kind::Status),
+        1 => Just(Kind::Backups),
         2 => (node_id, node_ids).prop_map(|(a, b)| Kind::Init(a, b)),
         1 => select(vec!["echo", "Rollback", "rollback_complete", ""])
             .prop_map(|t| Kind::Unknown(t.to_owned())),
@@ -1306,6 +1382,25 @@ impl StateMachineTest for NodeTest {
                 observed.before, observed.after,
                 "duplicate_gets_identical_reply_and_changes_nothing: state changed, line {line:?}"
             );
+        }
+
+        if let Some(forced) = body.filter(|b| b["type"] == "version_forced") {
+            if model.step.duplicate_of.is_none() {
+                let (before, after) = (&observed.before, &observed.after);
+                assert_eq!(
+                    (
+                        forced["previous_version"].as_u64(),
+                        forced["version"].as_u64()
+                    ),
+                    (Some(before.schema_version), Some(after.schema_version)),
+                    "force_version_records_the_version_and_runs_nothing: line {line:?}"
+                );
+                assert_eq!(
+                    (&before.flags, before.traffic.live, &before.last_restore),
+                    (&after.flags, after.traffic.live, &after.last_restore),
+                    "force_version_records_the_version_and_runs_nothing: only the version moves, line {line:?}"
+                );
+            }
         }
 
         if let Some(done) = body.filter(|b| b["type"] == "rollback_complete") {

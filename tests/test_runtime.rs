@@ -7,22 +7,35 @@ use rollback_node::exec::simulated::Simulated;
 use rollback_node::exec::{Executor, Executors, LaneExecutor, Report};
 use rollback_node::store::MemoryStore;
 use rollback_node::{Estate, Machine, Session, State};
-use std::io::Cursor;
+use std::collections::VecDeque;
+use std::io::{self, Cursor, Read, Write};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
 
-/// A schema executor that panics, or sleeps.
-struct Odd {
-    sleep: Option<Duration>,
+/// How long a test waits for something that should happen at once before it fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A schema executor that panics, or one that holds its operation until told to finish.
+enum Odd {
+    Panics,
+    /// Says it started on `started`, then completes only once `finish` says so.
+    Holds {
+        started: Sender<()>,
+        finish: Receiver<()>,
+    },
 }
 
 impl Executor for Odd {
     fn perform(&mut self, _effects: &[Effect], _report: Report<'_>) -> Completion {
-        match self.sleep {
-            Some(pause) => {
-                std::thread::sleep(pause);
+        match self {
+            Odd::Holds { started, finish } => {
+                started.send(()).expect("the input waits for the start");
+                finish.recv_timeout(PATIENCE).unwrap_or_else(|e| {
+                    panic!("the held operation was never released within {PATIENCE:?}: {e}")
+                });
                 Completion::Done(Default::default())
             }
-            None => panic!("the database driver fell over"),
+            Odd::Panics => panic!("the database driver fell over"),
         }
     }
 
@@ -34,7 +47,8 @@ impl Executor for Odd {
     }
 }
 
-fn serve(schema: Odd, input: &str) -> Vec<serde_json::Value> {
+/// Serves `input` with `schema` as the schema lane's executor, writing to `output`.
+fn serve_to(schema: Odd, input: impl Read + Send + 'static, output: impl Write) {
     let estate = Estate::example();
     let simulated = Simulated::new(estate.costs.clone(), &estate.state, 0.0);
     let executors = Executors::new(
@@ -46,19 +60,23 @@ fn serve(schema: Odd, input: &str) -> Vec<serde_json::Value> {
         LaneExecutor::new(vec![(LayerKind::Flags, simulated.of(LayerKind::Flags))]),
     );
     let session = Session::new(Machine::new(estate.state), executors, MemoryStore::new());
-    let mut output = Vec::new();
-    rollback_node::runtime::serve(
-        session,
-        Cursor::new(input.as_bytes().to_vec()),
-        &mut output,
-        std::io::sink(),
-    )
-    .expect("serving ends cleanly");
-    String::from_utf8(output)
+    rollback_node::runtime::serve(session, input, output, std::io::sink())
+        .expect("serving ends cleanly");
+}
+
+/// The reply bodies in `output`, in the order they were written.
+fn bodies(output: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8(output.to_vec())
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["body"].clone())
         .collect()
+}
+
+fn serve(schema: Odd, input: &str) -> Vec<serde_json::Value> {
+    let mut output = Vec::new();
+    serve_to(schema, Cursor::new(input.as_bytes().to_vec()), &mut output);
+    bodies(&output)
 }
 
 const ROLLBACK: &str =
@@ -67,7 +85,7 @@ const DISABLE: &str = r#"{"src":"a","dest":"n1","body":{"type":"disable_feature"
 
 #[test]
 fn a_panicking_executor_fails_its_operation_and_the_node_finishes() {
-    let replies = serve(Odd { sleep: None }, &format!("{ROLLBACK}\n{DISABLE}\n"));
+    let replies = serve(Odd::Panics, &format!("{ROLLBACK}\n{DISABLE}\n"));
     assert_eq!(replies.len(), 2, "{replies:?}");
     let rollback = replies.iter().find(|r| r["in_reply_to"] == 1).unwrap();
     assert_eq!(rollback["code"], 13, "{rollback}");
@@ -77,14 +95,76 @@ fn a_panicking_executor_fails_its_operation_and_the_node_finishes() {
         .contains("the database driver fell over"));
 }
 
+/// Input given in pieces: the first at once, each later one only when `next` says so.
+struct Staged {
+    now: Vec<u8>,
+    later: VecDeque<Vec<u8>>,
+    next: Receiver<()>,
+}
+
+impl Read for Staged {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.now.is_empty() {
+            let Some(piece) = self.later.pop_front() else {
+                return Ok(0);
+            };
+            self.next.recv_timeout(PATIENCE).map_err(|e| {
+                io::Error::other(format!(
+                    "the rollback did not start within {PATIENCE:?}: {e}"
+                ))
+            })?;
+            self.now = piece;
+        }
+        let n = buf.len().min(self.now.len());
+        buf[..n].copy_from_slice(&self.now[..n]);
+        self.now.drain(..n);
+        Ok(n)
+    }
+}
+
+/// Output that says on `seen` when a reply to `in_reply_to` has been written.
+struct Watch {
+    written: Vec<u8>,
+    needle: String,
+    seen: Option<Sender<()>>,
+}
+
+impl Write for Watch {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.written.extend_from_slice(buf);
+        let text = String::from_utf8_lossy(&self.written);
+        if text.contains(&self.needle) {
+            if let Some(seen) = self.seen.take() {
+                let _ = seen.send(());
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[test]
 fn a_slow_lane_does_not_hold_up_a_fast_one() {
-    let replies = serve(
-        Odd {
-            sleep: Some(Duration::from_millis(300)),
-        },
-        &format!("{ROLLBACK}\n{DISABLE}\n"),
-    );
+    // The rollback starts and is held; only then does the flag request arrive; the rollback is
+    // released only once the flag's reply has been written. Had the flag waited for the schema
+    // lane, the held rollback would time out instead.
+    let (started, rollback_started) = channel();
+    let (flag_answered, finish) = channel();
+    let input = Staged {
+        now: format!("{ROLLBACK}\n").into_bytes(),
+        later: VecDeque::from([format!("{DISABLE}\n").into_bytes()]),
+        next: rollback_started,
+    };
+    let mut output = Watch {
+        written: Vec::new(),
+        needle: r#""in_reply_to":2"#.to_owned(),
+        seen: Some(flag_answered),
+    };
+    serve_to(Odd::Holds { started, finish }, input, &mut output);
+    let replies = bodies(&output.written);
     let order: Vec<u64> = replies
         .iter()
         .map(|r| r["in_reply_to"].as_u64().unwrap())
@@ -92,7 +172,8 @@ fn a_slow_lane_does_not_hold_up_a_fast_one() {
     assert_eq!(
         order,
         [2, 1],
-        "the flag is answered before the slow rollback"
+        "the flag is answered while the rollback runs: {replies:?}"
     );
-    assert_eq!(replies[1]["type"], "rollback_complete");
+    assert_eq!(replies[0]["type"], "feature_disabled", "{replies:?}");
+    assert_eq!(replies[1]["type"], "rollback_complete", "{replies:?}");
 }

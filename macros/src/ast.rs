@@ -1,6 +1,7 @@
 //! A typed view of the `#[protocol]` impl block: which methods are transitions, their receivers,
 //! arguments and return types. Every piece keeps its syn node so that later stages can point
-//! errors at the token that caused them. Nothing is judged here; `valid` does that.
+//! errors at the token that caused them. Beyond parsing the `#[transition(...)]` markers, nothing
+//! is judged here; `valid` does that.
 
 use crate::attr::{self, TransitionAttr};
 use proc_macro2::Span;
@@ -20,8 +21,9 @@ pub struct Protocol<'a> {
 pub struct Transition<'a> {
     /// The method as written.
     pub original: &'a ImplItemFn,
-    /// Its `#[transition]` marker; a second marker is kept here to be reported.
+    /// Its first `#[transition]` marker, parsed.
     pub attr: TransitionAttr<'a>,
+    /// A second `#[transition]` marker, kept to be reported as a duplicate.
     pub extra_attr: Option<&'a syn::Attribute>,
     /// `&self` or `&mut self`, if the method has a receiver.
     pub receiver: Option<&'a syn::Receiver>,

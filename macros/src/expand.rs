@@ -1,5 +1,6 @@
 //! Code generation for `#[protocol]`: the impl block as written (minus the inert markers), the
-//! `Request` and `Reply` enums, and the dispatcher.
+//! `Request` enum and its methods, the `Reply` enum and its `ReplyBody` impl, and the dispatcher
+//! `decide`, each from a function of its own.
 
 use crate::ast::{Protocol, Transition};
 use crate::attr;
@@ -66,14 +67,39 @@ impl<'a> Names<'a> {
     }
 }
 
+/// The path under which the generated code reaches serde, as tokens and as the string
+/// `#[serde(crate = "...")]` takes.
+fn serde_path() -> TokenStream {
+    quote!(::rollback_node::__private::serde)
+}
+
+/// See [`serde_path`].
+const SERDE_CRATE: &str = "::rollback_node::__private::serde";
+
+/// The whole expansion: the impl block as written, then each generated item.
 fn generate(protocol: &Protocol) -> TokenStream {
     let item = strip_markers(protocol.original);
     let names: Vec<Names> = protocol.transitions.iter().map(Names::new).collect();
-    let refusal = protocol.transitions[0].result.expect("validated").1;
-    let serde_path = quote!(::rollback_node::__private::serde);
-    let serde_crate = "::rollback_node::__private::serde";
+    let request_enum = request_enum(&names);
+    let request_impl = request_impl(protocol, &names);
+    let reply_enum = reply_enum(&names);
+    let reply_body_impl = reply_body_impl(&names);
+    let dispatcher = dispatcher(protocol, &item, &names);
+    quote! {
+        #item
+        #request_enum
+        #request_impl
+        #reply_enum
+        #reply_body_impl
+        #dispatcher
+    }
+}
 
-    let request_variants = names.iter().map(|n| {
+/// `enum Request`: one variant per transition, its fields the transition's arguments, carrying
+/// the transition's doc comment; serde-tagged by `type`.
+fn request_enum(names: &[Names]) -> TokenStream {
+    let serde_path = serde_path();
+    let variants = names.iter().map(|n| {
         let Names {
             message,
             variant,
@@ -96,10 +122,124 @@ fn generate(protocol: &Protocol) -> TokenStream {
             #variant { #( #[doc = #field_docs] #fields: #types, )* },
         }
     });
-    let messages: Vec<&String> = names.iter().map(|n| &n.message).collect();
-    let variants: Vec<&Ident> = names.iter().map(|n| &n.variant).collect();
-    let replies: Vec<&Ident> = names.iter().map(|n| n.reply).collect();
+    quote! {
+        /// A decoded request body: one variant per `#[transition]`, its fields the transition's
+        /// arguments. On the wire it is a JSON object whose `type` names the variant.
+        #[derive(Debug, Clone, PartialEq, #serde_path::Serialize, #serde_path::Deserialize)]
+        #[serde(crate = #SERDE_CRATE, tag = "type")]
+        pub enum Request {
+            #(#variants)*
+        }
+    }
+}
+
+/// `impl Request`: `TYPES`, `type_name`, `changes_state`, `lane` (when some transition names a
+/// lane), `fields` and `decode_fields`.
+fn request_impl(protocol: &Protocol, names: &[Names]) -> TokenStream {
+    let types = request_types(names);
+    let type_name = request_type_name(names);
+    let changes_state = request_changes_state(names);
+    let lane = request_lane(protocol, names);
+    let fields = request_fields(names);
+    let decode_fields = request_decode_fields(names);
+    quote! {
+        impl Request {
+            #types
+
+            #type_name
+
+            #changes_state
+
+            #lane
+
+            #fields
+
+            #decode_fields
+        }
+    }
+}
+
+/// The wire names of the messages, in declaration order.
+fn messages<'a>(names: &'a [Names]) -> Vec<&'a String> {
+    names.iter().map(|n| &n.message).collect()
+}
+
+/// The `Request` variants, in declaration order.
+fn variants<'a>(names: &'a [Names]) -> Vec<&'a Ident> {
+    names.iter().map(|n| &n.variant).collect()
+}
+
+/// `Request::TYPES`.
+fn request_types(names: &[Names]) -> TokenStream {
+    let messages = messages(names);
+    quote! {
+        /// Every message type, in the order the transitions are declared.
+        pub const TYPES: &'static [&'static str] = &[ #(#messages),* ];
+    }
+}
+
+/// `Request::type_name`.
+fn request_type_name(names: &[Names]) -> TokenStream {
+    let messages = messages(names);
+    let variants = variants(names);
+    quote! {
+        /// The wire `type` of this request.
+        pub fn type_name(&self) -> &'static str {
+            match self { #( Self::#variants { .. } => #messages, )* }
+        }
+    }
+}
+
+/// `Request::changes_state`.
+fn request_changes_state(names: &[Names]) -> TokenStream {
+    let variants = variants(names);
     let changes: Vec<bool> = names.iter().map(|n| n.transition.changes_state()).collect();
+    quote! {
+        /// Whether this request may change the state (its transition names a lane).
+        /// Such requests are remembered for retries; queries are not.
+        pub fn changes_state(&self) -> bool {
+            match self { #( Self::#variants { .. } => #changes, )* }
+        }
+    }
+}
+
+/// `Request::lane`, returning `Option<Lane>` where `Lane` is the enum named by the first
+/// `lane = Lane::Variant`; nothing when no transition names a lane.
+fn request_lane(protocol: &Protocol, names: &[Names]) -> Option<TokenStream> {
+    let first = protocol
+        .transitions
+        .iter()
+        .find_map(|t| t.attr.lane.as_ref())?;
+    let mut lane_ty = first.clone();
+    lane_ty.segments.pop();
+    let lane_ty = lane_ty
+        .segments
+        .pairs()
+        .map(|p| p.into_value().clone())
+        .collect::<Vec<_>>();
+    let leading = first.leading_colon;
+    let arms = names.iter().map(|n| {
+        let variant = &n.variant;
+        match &n.transition.attr.lane {
+            Some(lane) => {
+                quote! { Self::#variant { .. } => ::core::option::Option::Some(#lane), }
+            }
+            None => quote! { Self::#variant { .. } => ::core::option::Option::None, },
+        }
+    });
+    Some(quote! {
+        /// The lane a state-changing request is decided and performed in; `None` for a
+        /// query.
+        pub fn lane(&self) -> ::core::option::Option<#leading #(#lane_ty)::*> {
+            match self { #(#arms)* }
+        }
+    })
+}
+
+/// `Request::fields`: each message's field names as on the wire (without a raw identifier's
+/// `r#`).
+fn request_fields(names: &[Names]) -> TokenStream {
+    let messages = messages(names);
     let field_names: Vec<Vec<String>> = names
         .iter()
         .map(|n| {
@@ -109,37 +249,83 @@ fn generate(protocol: &Protocol) -> TokenStream {
                 .collect()
         })
         .collect();
-    // `lane = Lane::Schema` on some transitions: `Request::lane` returns `Option<Lane>`.
-    let lane_fn = protocol
-        .transitions
-        .iter()
-        .find_map(|t| t.attr.lane.as_ref())
-        .map(|first| {
-            let mut lane_ty = first.clone();
-            lane_ty.segments.pop();
-            let lane_ty = lane_ty
-                .segments
-                .pairs()
-                .map(|p| p.into_value().clone())
-                .collect::<Vec<_>>();
-            let leading = first.leading_colon;
-            let arms = names.iter().map(|n| {
-                let variant = &n.variant;
-                match &n.transition.attr.lane {
-                    Some(lane) => {
-                        quote! { Self::#variant { .. } => ::core::option::Option::Some(#lane), }
-                    }
-                    None => quote! { Self::#variant { .. } => ::core::option::Option::None, },
-                }
-            });
-            quote! {
-                /// The lane a state-changing request is decided and performed in; `None` for a
-                /// query.
-                pub fn lane(&self) -> ::core::option::Option<#leading #(#lane_ty)::*> {
-                    match self { #(#arms)* }
-                }
+    quote! {
+        /// The fields a request of type `type_name` carries besides `type` and `msg_id`, in
+        /// declaration order; `None` when `type_name` is not one of [`Request::TYPES`].
+        pub fn fields(type_name: &str) -> ::core::option::Option<&'static [&'static str]> {
+            match type_name {
+                #( #messages => ::core::option::Option::Some(&[ #(#field_names),* ]), )*
+                _ => ::core::option::Option::None,
             }
-        });
+        }
+    }
+}
+
+/// `Request::decode_fields`: per message, a private `Fields` struct deserialized from the object
+/// and moved into the variant.
+fn request_decode_fields(names: &[Names]) -> TokenStream {
+    let serde_path = serde_path();
+    let decoders = names.iter().map(|n| {
+        let Names {
+            message,
+            variant,
+            fields,
+            types,
+            ..
+        } = n;
+        quote! {
+            #message => {
+                #[derive(#serde_path::Deserialize)]
+                #[serde(crate = #SERDE_CRATE)]
+                struct Fields { #( #fields: #types, )* }
+                ::core::option::Option::Some(
+                    <Fields as #serde_path::Deserialize>::deserialize(deserializer)
+                        .map(|f| Self::#variant { #( #fields: f.#fields, )* }),
+                )
+            }
+        }
+    });
+    quote! {
+        /// Decodes the fields of a request whose `type` is `type_name` from a JSON object
+        /// (other keys, such as `type` and `msg_id`, are ignored).
+        ///
+        /// Returns `None` when `type_name` is not one of [`Request::TYPES`].
+        ///
+        /// # Errors
+        /// The deserializer's error when a field is missing or ill-typed.
+        pub fn decode_fields<'de, D>(
+            type_name: &str,
+            deserializer: D,
+        ) -> ::core::option::Option<::core::result::Result<Self, D::Error>>
+        where
+            D: #serde_path::Deserializer<'de>,
+        {
+            match type_name {
+                #(#decoders)*
+                _ => ::core::option::Option::None,
+            }
+        }
+    }
+}
+
+/// `enum Reply`: one variant per transition, named after and holding its reply type.
+fn reply_enum(names: &[Names]) -> TokenStream {
+    let replies: Vec<&Ident> = names.iter().map(|n| n.reply).collect();
+    let reply_docs = names
+        .iter()
+        .map(|n| format!("The reply to a `{}` request.", n.message));
+    quote! {
+        /// A successful reply: one variant per `#[transition]`, holding its reply body.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Reply {
+            #( #[doc = #reply_docs] #replies(#replies), )*
+        }
+    }
+}
+
+/// `impl ReplyBody for Reply`, delegating to each variant's body.
+fn reply_body_impl(names: &[Names]) -> TokenStream {
+    let serde_path = serde_path();
     // Spanned at each reply type, so that a type without #[derive(Reply)] is reported where the
     // transition names it.
     let type_name_calls = names.iter().map(|n| {
@@ -154,33 +340,29 @@ fn generate(protocol: &Protocol) -> TokenStream {
             Self::#reply(reply) => ::rollback_node::ReplyBody::serialize_fields(reply, map),
         }
     });
-    let reply_docs = names
-        .iter()
-        .map(|n| format!("The reply to a `{}` request.", n.message));
+    quote! {
+        impl ::rollback_node::ReplyBody for Reply {
+            fn type_name(&self) -> &'static str {
+                match self { #(#type_name_calls)* }
+            }
 
-    let decoders = names.iter().map(|n| {
-        let Names {
-            message,
-            variant,
-            fields,
-            types,
-            ..
-        } = n;
-        quote! {
-            #message => {
-                #[derive(#serde_path::Deserialize)]
-                #[serde(crate = #serde_crate)]
-                struct Fields { #( #fields: #types, )* }
-                ::core::option::Option::Some(
-                    <Fields as #serde_path::Deserialize>::deserialize(deserializer)
-                        .map(|f| Self::#variant { #( #fields: f.#fields, )* }),
-                )
+            fn serialize_fields<M>(&self, map: &mut M) -> ::core::result::Result<(), M::Error>
+            where
+                M: #serde_path::ser::SerializeMap,
+            {
+                match self { #(#serialize_calls)* }
             }
         }
-    });
+    }
+}
 
+/// The dispatcher: `fn decide(&self, &Request) -> Result<Decision<Reply>, Refusal>` on the impl
+/// block's type, calling each variant's transition with clones of its fields and wrapping its
+/// reply in [`Reply`] (`State::decide` in rollback-node).
+fn dispatcher(protocol: &Protocol, item: &ItemImpl, names: &[Names]) -> TokenStream {
+    let refusal = protocol.transitions[0].result.expect("validated").1;
     let decision = quote!(::rollback_node::core::Decision);
-    let dispatch = names.iter().map(|n| {
+    let arms = names.iter().map(|n| {
         let Names {
             variant,
             reply,
@@ -199,87 +381,9 @@ fn generate(protocol: &Protocol) -> TokenStream {
                 .map(#wrap),
         }
     });
-
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
     let self_ty = &item.self_ty;
-
     quote! {
-        #item
-
-        /// A decoded request body: one variant per `#[transition]`, its fields the transition's
-        /// arguments. On the wire it is a JSON object whose `type` names the variant.
-        #[derive(Debug, Clone, PartialEq, #serde_path::Serialize, #serde_path::Deserialize)]
-        #[serde(crate = #serde_crate, tag = "type")]
-        pub enum Request {
-            #(#request_variants)*
-        }
-
-        impl Request {
-            /// Every message type, in the order the transitions are declared.
-            pub const TYPES: &'static [&'static str] = &[ #(#messages),* ];
-
-            /// The wire `type` of this request.
-            pub fn type_name(&self) -> &'static str {
-                match self { #( Self::#variants { .. } => #messages, )* }
-            }
-
-            /// Whether this request may change the state (its transition names a lane).
-            /// Such requests are remembered for retries; queries are not.
-            pub fn changes_state(&self) -> bool {
-                match self { #( Self::#variants { .. } => #changes, )* }
-            }
-
-            #lane_fn
-
-            /// The fields a request of type `type_name` carries besides `type` and `msg_id`, in
-            /// declaration order; `None` when `type_name` is not one of [`Request::TYPES`].
-            pub fn fields(type_name: &str) -> ::core::option::Option<&'static [&'static str]> {
-                match type_name {
-                    #( #messages => ::core::option::Option::Some(&[ #(#field_names),* ]), )*
-                    _ => ::core::option::Option::None,
-                }
-            }
-
-            /// Decodes the fields of a request whose `type` is `type_name` from a JSON object
-            /// (other keys, such as `type` and `msg_id`, are ignored).
-            ///
-            /// Returns `None` when `type_name` is not one of [`Request::TYPES`].
-            ///
-            /// # Errors
-            /// The deserializer's error when a field is missing or ill-typed.
-            pub fn decode_fields<'de, D>(
-                type_name: &str,
-                deserializer: D,
-            ) -> ::core::option::Option<::core::result::Result<Self, D::Error>>
-            where
-                D: #serde_path::Deserializer<'de>,
-            {
-                match type_name {
-                    #(#decoders)*
-                    _ => ::core::option::Option::None,
-                }
-            }
-        }
-
-        /// A successful reply: one variant per `#[transition]`, holding its reply body.
-        #[derive(Debug, Clone, PartialEq)]
-        pub enum Reply {
-            #( #[doc = #reply_docs] #replies(#replies), )*
-        }
-
-        impl ::rollback_node::ReplyBody for Reply {
-            fn type_name(&self) -> &'static str {
-                match self { #(#type_name_calls)* }
-            }
-
-            fn serialize_fields<M>(&self, map: &mut M) -> ::core::result::Result<(), M::Error>
-            where
-                M: #serde_path::ser::SerializeMap,
-            {
-                match self { #(#serialize_calls)* }
-            }
-        }
-
         impl #impl_generics #self_ty #where_clause {
             /// Decides one request through its transition: a reply at once, an accepted
             /// operation, or a lookup, with the reply wrapped in [`Reply`]. Changes nothing.
@@ -288,7 +392,7 @@ fn generate(protocol: &Protocol) -> TokenStream {
             /// The transition's refusal.
             pub fn decide(&self, request: &Request) -> ::core::result::Result<#decision<Reply>, #refusal> {
                 match request {
-                    #(#dispatch)*
+                    #(#arms)*
                 }
             }
         }

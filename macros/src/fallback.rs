@@ -1,13 +1,15 @@
-//! What `#[protocol]` still emits when it finds errors: the impl block as written and empty
-//! `Request`/`Reply` types with the same API, so that code using them reports only the real
-//! mistake instead of a cascade of "cannot find type `Request`".
+//! What `#[protocol]` still emits when it finds errors: the impl block as written, empty
+//! `Request`/`Reply` enums, and stand-ins for `Request`'s `TYPES`, `type_name`, `changes_state`,
+//! `fields` and `decode_fields` and for the dispatcher `decide`, so that code using them reports
+//! only the real mistake instead of a cascade of "cannot find type `Request`". `Request::lane`
+//! (whose type comes from the transitions) and `Reply`'s `ReplyBody` impl are not stood in for.
 
 use crate::expand::strip_markers;
 use proc_macro2::TokenStream;
 use quote::quote;
 use syn::ItemImpl;
 
-/// The errors as `compile_error!`s, plus stand-ins for everything the expansion would define.
+/// The errors as `compile_error!`s, plus the stand-ins listed in the module's documentation.
 pub fn protocol(item: &ItemImpl, error: syn::Error) -> TokenStream {
     let item = strip_markers(item);
     let error = error.into_compile_error();

@@ -2,16 +2,20 @@
 //!
 //! - `#[protocol]` goes on the `impl` block that holds the state machine's transitions. Each method
 //!   marked `#[transition]` becomes one message type: its arguments are the request's fields, its
-//!   `Ok` type is the reply. From them the macro derives the `Request` enum (the wire decoder), the
-//!   `Reply` enum and the dispatcher `apply`.
+//!   `Ok` type (or the `R` of `Decision<R>`) is the reply. From them the macro derives the
+//!   `Request` enum (with `TYPES`, `type_name`, `changes_state`, `lane` when some transition
+//!   names one, `fields` and the wire decoder `decode_fields`), the `Reply` enum and the
+//!   dispatcher `decide`, a method on the impl block's type (`State::decide` in rollback-node)
+//!   that calls the transition a request names.
 //! - `#[derive(Reply)]` makes a struct a reply body: its snake_case name is the wire `type`, its
 //!   fields follow `type` and `in_reply_to` in declaration order.
 //!
 //! # Layout
-//! The attribute works in stages, each in its own file: [`ast`] (a typed view of the impl block that
-//! keeps the syn nodes for spans), [`attr`] (the `#[transition(...)]` keywords), [`valid`]
-//! (cross-checks, every error spanned at the offending token), [`expand`] (code generation) and
-//! [`fallback`] (what is still emitted after an error, so one mistake does not cascade).
+//! The attribute works in stages, each in its own file: [`ast`] (a typed view of the impl block
+//! that keeps the syn nodes for spans), [`attr`] (the `#[transition(...)]` keywords;
+//! `#[protocol]` takes none), [`valid`] (cross-checks, every error spanned at the offending
+//! token), [`expand`] (code generation, one function per generated item) and [`fallback`] (what
+//! is still emitted after an error, so one mistake does not cascade).
 //! [`reply`] is the derive.
 //!
 //! These macros are re-exported by the `rollback_node` library; depend on that, not on this crate.
