@@ -185,6 +185,7 @@ impl Schema for Migrations {
                         file: file_name(&step.path),
                         checksum: step.checksum.clone(),
                         millis: u64::try_from(step.duration.as_millis()).unwrap_or(u64::MAX),
+                        protocol: step.protocol.clone(),
                     })
                     .collect(),
                 at: now_millis(),
