@@ -221,6 +221,17 @@ fn up_and_down_everything_with_golang_migrate_layout() {
     let report = db.run(&steps, &mut |d, t| last = (d, t)).unwrap();
     assert_eq!((report.from, report.to), (0, BACKFILL));
     assert_eq!(last, (9, 9));
+    let protocols: Vec<&str> = report.steps.iter().map(|s| s.protocol.as_str()).collect();
+    assert_eq!(
+        protocols,
+        vec![
+            "one transaction; the transaction is shared with 2 other files of this run",
+            "one transaction (the file's own BEGIN/COMMIT run as ours); the transaction is shared with 2 other files of this run",
+            "one transaction; the transaction is shared with 2 other files of this run",
+            "dirty protocol: line 1: CREATE INDEX CONCURRENTLY cannot run inside a transaction",
+            "one transaction",
+        ]
+    );
     assert_eq!(f.version_row(), Some((BACKFILL as i64, false)));
     let note: String = f
         .client()

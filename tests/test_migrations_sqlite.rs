@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::PathBuf;
 
+use rollback_node::exec::migrations::sqlite::SqliteDb;
 use rollback_node::exec::migrations::{
     open, Catalogue, CatalogueError, Direction, Dirty, RunError, RunFailure, SchemaDb, SchemaError,
     SqlFile, Step, TxMode,
@@ -478,6 +479,10 @@ fn a_no_transaction_file_that_succeeds_is_clean() {
     let report = db.run(&steps, &mut |_, _| {}).unwrap();
     assert_eq!(report.to, AUDIT);
     assert!(!report.steps[0].mode.in_transaction());
+    assert_eq!(
+        report.steps[0].protocol,
+        "dirty protocol: line 2: VACUUM cannot run inside a transaction"
+    );
     assert!(db.observe(&c).unwrap().dirty.is_none());
 }
 
@@ -658,4 +663,303 @@ fn the_example_estate_migrates_and_rolls_back() {
         )
         .unwrap();
     assert_eq!(report.to, 0);
+}
+
+// SQLite's documented procedure for table changes (https://www.sqlite.org/lang_altertable.html,
+// "Making Other Kinds Of Table Schema Changes"): foreign keys off outside the transaction, the
+// table rebuilt inside it, foreign keys on again after it.
+
+const TEAMS: u64 = 20250101000000;
+const REBUILD: u64 = 20250102000000;
+const RENAME: u64 = 20250103000000;
+const ORPHAN: u64 = 20250104000000;
+
+/// The first file leaves foreign keys on (its trailing pragma), so a table change that did not
+/// turn them off before its transaction would fail on `DROP TABLE teams`.
+const TEAMS_UP: &str = "BEGIN;\nCREATE TABLE teams (id INTEGER PRIMARY KEY, name TEXT);\nCREATE TABLE members (\n  id INTEGER PRIMARY KEY,\n  team_id INTEGER NOT NULL REFERENCES teams (id),\n  email TEXT\n);\nINSERT INTO teams VALUES (1, 'core'), (2, 'web');\nINSERT INTO members VALUES (1, 1, 'ada@example.com'), (2, 2, 'bob@example.com');\nCOMMIT;\nPRAGMA foreign_keys=ON;\n";
+
+/// Rebuilds the parent table `teams` with `name NOT NULL` and a new column, the documented way.
+fn rebuild_up(select_name: &str) -> String {
+    format!(
+        "-- teams.name becomes NOT NULL; SQLite cannot ALTER that in place\nPRAGMA foreign_keys=OFF;\nBEGIN;\nCREATE TABLE new_teams (id INTEGER PRIMARY KEY, name TEXT NOT NULL, slug TEXT);\nINSERT INTO new_teams (id, name, slug) SELECT id, {select_name}, lower(name) FROM teams;\nDROP TABLE teams;\nALTER TABLE new_teams RENAME TO teams;\nPRAGMA foreign_key_check;\nCOMMIT;\nPRAGMA foreign_keys=ON;\n"
+    )
+}
+
+const REBUILD_DOWN: &str = "PRAGMA foreign_keys=OFF;\nBEGIN;\nCREATE TABLE old_teams (id INTEGER PRIMARY KEY, name TEXT);\nINSERT INTO old_teams (id, name) SELECT id, name FROM teams;\nDROP TABLE teams;\nALTER TABLE old_teams RENAME TO teams;\nCOMMIT;\nPRAGMA foreign_keys=ON;\n";
+
+const PROTOCOL_WRAPPED: &str =
+    "one transaction; PRAGMA foreign_keys=OFF applied before it and PRAGMA foreign_keys=ON after";
+
+impl Fixture {
+    fn teams() -> Fixture {
+        let f = Fixture::new();
+        f.write(&format!("{TEAMS}_teams.up.sql"), TEAMS_UP);
+        f.write(
+            &format!("{TEAMS}_teams.down.sql"),
+            "DROP TABLE members;\nDROP TABLE teams;\n",
+        );
+        f.write(
+            &format!("{REBUILD}_teams_name_not_null.up.sql"),
+            &rebuild_up("name"),
+        );
+        f.write(
+            &format!("{REBUILD}_teams_name_not_null.down.sql"),
+            REBUILD_DOWN,
+        );
+        f
+    }
+
+    /// The engine's own connection, to read its pragmas.
+    fn sqlite(&self) -> SqliteDb {
+        SqliteDb::open(self.db_path()).unwrap()
+    }
+
+    /// The columns of a table.
+    fn columns(&self, table: &str) -> Vec<String> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
+            .unwrap();
+        let names = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        names
+    }
+}
+
+#[test]
+fn the_documented_table_change_runs_in_one_transaction_and_turns_foreign_keys_on_again() {
+    let f = Fixture::teams();
+    f.write(
+        &format!("{ORPHAN}_orphan.up.sql"),
+        "INSERT INTO members VALUES (3, 99, 'orphan@example.com');\n",
+    );
+    let c = f.catalogue();
+    let mut db = f.sqlite();
+    // (With foreign keys on, `DROP TABLE teams` inside the rebuild's transaction would fail:
+    // `PRAGMA foreign_keys=OFF` does nothing there, so it must be applied before it.)
+    let report = db.run(&up(&c, &[TEAMS]), &mut |_, _| {}).unwrap();
+    assert_eq!(
+        report.steps[0].protocol,
+        "one transaction; PRAGMA foreign_keys=ON applied after it"
+    );
+    assert!(db.foreign_keys().unwrap());
+
+    let steps = up(&c, &[REBUILD]);
+    assert!(
+        steps[0].file.mode.wrap().is_some(),
+        "{:?}",
+        steps[0].file.mode
+    );
+    let mut seen = Vec::new();
+    let report = db.run(&steps, &mut |d, t| seen.push((d, t))).unwrap();
+    assert_eq!(report.to, REBUILD);
+    assert_eq!(report.steps[0].protocol, PROTOCOL_WRAPPED);
+    // The body between BEGIN and COMMIT; the pragmas around it are not statements of the run.
+    assert_eq!(report.steps[0].statements, 5);
+    assert_eq!(seen.last(), Some(&(5, 5)));
+    assert_eq!(f.version_row(), Some((REBUILD as i64, false)));
+    assert_eq!(f.columns("teams"), vec!["id", "name", "slug"]);
+    let slug: String = f
+        .conn()
+        .query_row("SELECT slug FROM teams WHERE id = 2", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(slug, "web");
+    assert!(db.foreign_keys().unwrap(), "foreign keys are on again");
+    // The connection enforces them: a file that breaks one fails, and changes nothing.
+    let failure = db.run(&up(&c, &[ORPHAN]), &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(failure, RunFailure::NothingChanged { at: REBUILD, .. }),
+        "{failure}"
+    );
+    assert!(
+        failure
+            .to_string()
+            .contains("FOREIGN KEY constraint failed"),
+        "{failure}"
+    );
+
+    // And back: the down file has the same shape.
+    let report = db.run(&down(&c, &[REBUILD]), &mut |_, _| {}).unwrap();
+    assert_eq!(report.to, TEAMS);
+    assert_eq!(report.steps[0].protocol, PROTOCOL_WRAPPED);
+    assert_eq!(f.columns("teams"), vec!["id", "name"]);
+    assert!(db.foreign_keys().unwrap());
+    assert!(db.observe(&c).unwrap().dirty.is_none());
+}
+
+#[test]
+fn a_table_change_whose_body_fails_changes_nothing_and_restores_foreign_keys() {
+    let f = Fixture::teams();
+    f.write(
+        &format!("{REBUILD}_teams_name_not_null.up.sql"),
+        &rebuild_up("no_such_column"),
+    );
+    let c = f.catalogue();
+    let mut db = f.sqlite();
+    db.run(&up(&c, &[TEAMS]), &mut |_, _| {}).unwrap();
+    let before = f.schema();
+    let failure = db.run(&up(&c, &[REBUILD]), &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(failure, RunFailure::NothingChanged { at: TEAMS, .. }),
+        "{failure}"
+    );
+    assert_eq!(failure.code(), 14);
+    let msg = failure.to_string();
+    assert!(msg.contains("teams_name_not_null.up.sql line 5"), "{msg}");
+    assert!(msg.contains("no such column: no_such_column"), "{msg}");
+    assert!(msg.contains(PROTOCOL_WRAPPED), "{msg}");
+    match failure.cause() {
+        RunError::Statement { protocol, line, .. } => {
+            assert_eq!((protocol.as_str(), *line), (PROTOCOL_WRAPPED, 5))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Not dirty, still at its version, the schema as it was, foreign keys on again.
+    assert_eq!(f.version_row(), Some((TEAMS as i64, false)));
+    let state = db.observe(&c).unwrap();
+    assert_eq!((state.version, state.dirty), (TEAMS, None));
+    assert_eq!(f.schema(), before);
+    assert_eq!(f.columns("teams"), vec!["id", "name"]);
+    assert!(db.foreign_keys().unwrap());
+
+    // Once fixed, the same file runs.
+    f.write(
+        &format!("{REBUILD}_teams_name_not_null.up.sql"),
+        &rebuild_up("name"),
+    );
+    let report = db.run(&up(&c, &[REBUILD]), &mut |_, _| {}).unwrap();
+    assert_eq!(report.to, REBUILD);
+}
+
+#[test]
+fn consecutive_table_changes_share_one_transaction_all_or_nothing() {
+    let f = Fixture::teams();
+    let rename = |column: &str| {
+        format!("PRAGMA foreign_keys=OFF;\nBEGIN;\nCREATE TABLE new_members (id INTEGER PRIMARY KEY, team_id INTEGER NOT NULL REFERENCES teams (id), address TEXT);\nINSERT INTO new_members (id, team_id, address) SELECT id, team_id, {column} FROM members;\nDROP TABLE members;\nALTER TABLE new_members RENAME TO members;\nCOMMIT;\nPRAGMA foreign_keys=ON;\n")
+    };
+    f.write(&format!("{RENAME}_members_address.up.sql"), &rename("nope"));
+    let c = f.catalogue();
+    let mut db = f.sqlite();
+    db.run(&up(&c, &[TEAMS]), &mut |_, _| {}).unwrap();
+    let before = f.schema();
+    // The rebuild succeeds, the next file fails: both are rolled back together.
+    let failure = db
+        .run(&up(&c, &[REBUILD, RENAME]), &mut |_, _| {})
+        .unwrap_err();
+    assert!(
+        matches!(failure, RunFailure::NothingChanged { at: TEAMS, .. }),
+        "{failure}"
+    );
+    assert!(
+        failure.to_string().contains("shared with 1 other file"),
+        "{failure}"
+    );
+    assert_eq!(f.version_row(), Some((TEAMS as i64, false)));
+    assert_eq!(f.schema(), before);
+    assert_eq!(f.columns("teams"), vec!["id", "name"]);
+    assert!(db.foreign_keys().unwrap());
+
+    f.write(
+        &format!("{RENAME}_members_address.up.sql"),
+        &rename("email"),
+    );
+    let report = db.run(&up(&c, &[REBUILD, RENAME]), &mut |_, _| {}).unwrap();
+    assert_eq!(report.to, RENAME);
+    for step in &report.steps {
+        assert_eq!(
+            step.protocol,
+            format!("{PROTOCOL_WRAPPED}; the transaction is shared with 1 other file of this run")
+        );
+    }
+    assert_eq!(f.columns("members"), vec!["id", "team_id", "address"]);
+    assert!(db.foreign_keys().unwrap());
+}
+
+#[test]
+fn a_plain_file_and_a_table_change_commit_apart_and_a_failure_is_part_way_but_clean() {
+    let f = Fixture::teams();
+    f.write(
+        &format!("{REBUILD}_teams_name_not_null.up.sql"),
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);\n",
+    );
+    f.write(
+        &format!("{RENAME}_teams_slug.up.sql"),
+        &rebuild_up("no_such_column"),
+    );
+    let c = f.catalogue();
+    let mut db = f.sqlite();
+    db.run(&up(&c, &[TEAMS]), &mut |_, _| {}).unwrap();
+    // Foreign keys off around the plain file would change what it does, so it is committed
+    // before the table change starts.
+    let failure = db
+        .run(&up(&c, &[REBUILD, RENAME]), &mut |_, _| {})
+        .unwrap_err();
+    let RunFailure::PartWay {
+        at,
+        dirty,
+        completed,
+        ..
+    } = &failure
+    else {
+        panic!("{failure}")
+    };
+    assert_eq!((*at, *dirty, completed.len()), (REBUILD, false, 1));
+    assert_eq!(failure.code(), 13);
+    assert!(
+        completed[0]
+            .protocol
+            .starts_with("one transaction; committed apart"),
+        "{}",
+        completed[0].protocol
+    );
+    let msg = failure.to_string();
+    assert!(msg.contains(PROTOCOL_WRAPPED), "{msg}");
+    assert!(msg.contains("committed apart"), "{msg}");
+    assert_eq!(f.version_row(), Some((REBUILD as i64, false)));
+    assert!(db.observe(&c).unwrap().dirty.is_none());
+    assert_eq!(f.columns("teams"), vec!["id", "name"]);
+    assert!(f
+        .schema()
+        .contains(&("table".to_owned(), "notes".to_owned())));
+    assert!(db.foreign_keys().unwrap());
+}
+
+#[test]
+fn a_pragma_inside_the_body_still_uses_the_dirty_protocol() {
+    let f = Fixture::teams();
+    f.write(
+        &format!("{REBUILD}_teams_name_not_null.up.sql"),
+        "BEGIN;\nCREATE TABLE notes (id INTEGER PRIMARY KEY);\nPRAGMA foreign_keys=OFF;\nINSERT INTO nowhere VALUES (1);\nCOMMIT;\n",
+    );
+    let c = f.catalogue();
+    let mut db = f.sqlite();
+    db.run(&up(&c, &[TEAMS]), &mut |_, _| {}).unwrap();
+    let steps = up(&c, &[REBUILD]);
+    assert!(!steps[0].file.mode.in_transaction());
+    let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(
+            failure,
+            RunFailure::PartWay {
+                at: REBUILD,
+                dirty: true,
+                ..
+            }
+        ),
+        "{failure}"
+    );
+    assert_eq!(failure.code(), 13);
+    let msg = failure.to_string();
+    assert!(
+        msg.contains("dirty protocol: line 3: PRAGMA foreign_keys cannot run inside a transaction"),
+        "{msg}"
+    );
+    assert_eq!(f.version_row(), Some((REBUILD as i64, true)));
+    let Some(Dirty::Recorded(evidence)) = db.observe(&c).unwrap().dirty else {
+        panic!("no evidence")
+    };
+    assert_eq!(evidence.line, 4);
 }

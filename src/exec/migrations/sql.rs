@@ -416,13 +416,10 @@ pub fn classify(text: &str, statements: &[Statement]) -> TxMode {
             reason: "the file opens a transaction it does not commit".into(),
         };
     }
-    let outside = statements[..lead]
+    let mut outside = statements[..lead]
         .iter()
         .chain(&statements[lead + inner.len()..]);
-    if let Some(s) = outside
-        .filter(|s| cannot_run_in_transaction(&s.text).is_some())
-        .next()
-    {
+    if let Some(s) = outside.find(|s| cannot_run_in_transaction(&s.text).is_some()) {
         return TxMode::NoTransaction {
             reason: format!(
                 "line {}: {} cannot run inside a transaction, and the rest of the file is not one BEGIN ... COMMIT to apply it around",
