@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rollback_node::exec::migrations::{open, plan, Catalogue, Direction, SchemaDb};
+use rollback_node::exec::migrations::{open, Catalogue, Direction, SchemaDb, SqlFile, Step};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -66,12 +66,32 @@ fn generate(dir: &Path, n: usize) -> (Vec<PathBuf>, Vec<PathBuf>) {
     (ups, downs)
 }
 
+/// Every up file in order, or every down file in reverse: the steps the executor gets for
+/// `migrate` to the last version and `rollback` of the first.
+fn all_steps(catalogue: &Catalogue, direction: Direction) -> Vec<Step> {
+    let mut steps: Vec<Step> = catalogue
+        .migrations
+        .iter()
+        .map(|m| Step {
+            version: m.version,
+            direction,
+            file: SqlFile::load(m.file(direction).unwrap()).unwrap(),
+            version_after: match direction {
+                Direction::Up => m.version,
+                Direction::Down => catalogue.previous(m.version),
+            },
+        })
+        .collect();
+    if direction == Direction::Down {
+        steps.reverse();
+    }
+    steps
+}
+
 /// All up then all down through the engine; `per_step` runs each step in its own `run`.
 fn engine(db: &mut dyn SchemaDb, catalogue: &Catalogue, per_step: bool) -> Duration {
-    let latest = catalogue.latest().unwrap();
-    let first = catalogue.migrations[0].version;
     let t = Instant::now();
-    let steps = plan(catalogue, 0, Direction::Up, latest).unwrap();
+    let steps = all_steps(catalogue, Direction::Up);
     if per_step {
         for s in steps.chunks(1) {
             db.run(s, &mut |_, _| {}).unwrap();
@@ -79,7 +99,7 @@ fn engine(db: &mut dyn SchemaDb, catalogue: &Catalogue, per_step: bool) -> Durat
     } else {
         db.run(&steps, &mut |_, _| {}).unwrap();
     }
-    let steps = plan(catalogue, latest, Direction::Down, first).unwrap();
+    let steps = all_steps(catalogue, Direction::Down);
     if per_step {
         for s in steps.chunks(1) {
             db.run(s, &mut |_, _| {}).unwrap();

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use rollback_node::exec::migrations::postgres::advisory_lock_id;
 use rollback_node::exec::migrations::{
-    open, plan, Catalogue, Direction, Dirty, PlanError, RunError, RunFailure, SchemaDb,
-    SchemaError, TxMode,
+    open, Catalogue, Direction, Dirty, RunError, RunFailure, SchemaDb, SchemaError, SqlFile, Step,
+    TxMode,
 };
 use tempfile::TempDir;
 
@@ -20,6 +20,44 @@ const STATUS: u64 = 20250811090000;
 const TOUCH: u64 = 20250901120000;
 const EMAIL_INDEX: u64 = 20250915080000;
 const BACKFILL: u64 = 20251002173000;
+
+/// The steps the executor hands the engine for these versions, in the order given. Which
+/// versions a rollback or a migration runs is decided once, by the core (`State::rollback`,
+/// `State::migrate`); here each test names them. Up ends at the version, down at the one before
+/// it in the directory.
+fn steps(c: &Catalogue, direction: Direction, versions: &[u64]) -> Vec<Step> {
+    versions
+        .iter()
+        .map(|&version| {
+            let m = c.get(version).expect("a version of the directory");
+            let path = m.file(direction).expect("the file exists");
+            Step {
+                version,
+                direction,
+                file: SqlFile::load(path).unwrap(),
+                version_after: match direction {
+                    Direction::Up => version,
+                    Direction::Down => c.previous(version),
+                },
+            }
+        })
+        .collect()
+}
+
+fn up(c: &Catalogue, versions: &[u64]) -> Vec<Step> {
+    steps(c, Direction::Up, versions)
+}
+
+fn down(c: &Catalogue, versions: &[u64]) -> Vec<Step> {
+    steps(c, Direction::Down, versions)
+}
+
+/// The versions after `current` through `target`: what `migrate target` runs.
+fn after_through(c: &Catalogue, current: u64, target: u64) -> Vec<u64> {
+    c.versions()
+        .filter(|v| *v > current && *v <= target)
+        .collect()
+}
 
 struct Fixture {
     dir: TempDir,
@@ -133,7 +171,7 @@ impl Fixture {
     fn migrate(&self, db: &mut dyn SchemaDb, target: u64) {
         let c = self.catalogue();
         let current = db.observe(&c).unwrap().version;
-        let steps = plan(&c, current, Direction::Up, target).unwrap();
+        let steps = up(&c, &after_through(&c, current, target));
         db.run(&steps, &mut |_, _| {}).unwrap();
     }
 }
@@ -175,7 +213,7 @@ fn up_and_down_everything_with_golang_migrate_layout() {
         .get(0);
     assert_eq!(pk, "version");
 
-    let steps = plan(&c, 0, Direction::Up, BACKFILL).unwrap();
+    let steps = up(&c, &[ACCOUNTS, STATUS, TOUCH, EMAIL_INDEX, BACKFILL]);
     assert_eq!(steps[1].file.mode, TxMode::OwnTransaction);
     assert_eq!(steps[2].file.statements.len(), 3);
     assert!(!steps[3].file.mode.in_transaction());
@@ -183,6 +221,17 @@ fn up_and_down_everything_with_golang_migrate_layout() {
     let report = db.run(&steps, &mut |d, t| last = (d, t)).unwrap();
     assert_eq!((report.from, report.to), (0, BACKFILL));
     assert_eq!(last, (9, 9));
+    let protocols: Vec<&str> = report.steps.iter().map(|s| s.protocol.as_str()).collect();
+    assert_eq!(
+        protocols,
+        vec![
+            "one transaction; the transaction is shared with 2 other files of this run",
+            "one transaction (the file's own BEGIN/COMMIT run as ours); the transaction is shared with 2 other files of this run",
+            "one transaction; the transaction is shared with 2 other files of this run",
+            "dirty protocol: line 1: CREATE INDEX CONCURRENTLY cannot run inside a transaction",
+            "one transaction",
+        ]
+    );
     assert_eq!(f.version_row(), Some((BACKFILL as i64, false)));
     let note: String = f
         .client()
@@ -193,17 +242,8 @@ fn up_and_down_everything_with_golang_migrate_layout() {
     let state = db.observe(&c).unwrap();
     assert!(state.dirty.is_none() && state.drift.is_empty() && state.not_in_directory.is_none());
 
-    let err = plan(&c, BACKFILL, Direction::Down, ACCOUNTS).unwrap_err();
-    assert!(matches!(
-        err,
-        PlanError::Irreversible {
-            version: BACKFILL,
-            ..
-        }
-    ));
-
     db.force(EMAIL_INDEX).unwrap();
-    let steps = plan(&c, EMAIL_INDEX, Direction::Down, ACCOUNTS).unwrap();
+    let steps = down(&c, &[EMAIL_INDEX, TOUCH, STATUS, ACCOUNTS]);
     let report = db.run(&steps, &mut |_, _| {}).unwrap();
     assert_eq!(report.to, 0);
     assert_eq!(report.steps.len(), 4);
@@ -222,7 +262,7 @@ fn a_down_that_fails_halfway_changes_nothing() {
     let mut db = f.open();
     f.migrate(db.as_mut(), TOUCH);
     let before = f.schema();
-    let steps = plan(&c, TOUCH, Direction::Down, TOUCH).unwrap();
+    let steps = down(&c, &[TOUCH]);
     let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
     assert_eq!(failure.code(), 14);
     assert_eq!(failure.at(), TOUCH);
@@ -251,7 +291,7 @@ fn a_multi_step_rollback_failing_in_its_last_step_is_all_or_nothing() {
     let mut db = f.open();
     f.migrate(db.as_mut(), TOUCH);
     let before = f.schema();
-    let steps = plan(&c, TOUCH, Direction::Down, ACCOUNTS).unwrap();
+    let steps = down(&c, &[TOUCH, STATUS, ACCOUNTS]);
     assert_eq!(steps.len(), 3);
     let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
     assert!(
@@ -275,7 +315,7 @@ fn a_failing_concurrent_index_leaves_evidence_and_force_clears_it() {
     f.client()
         .batch_execute("INSERT INTO accounts (email) VALUES ('ada@example.com')")
         .unwrap();
-    let steps = plan(&c, TOUCH, Direction::Up, EMAIL_INDEX).unwrap();
+    let steps = up(&c, &[EMAIL_INDEX]);
     let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
     assert!(
         matches!(
@@ -305,7 +345,7 @@ fn a_failing_concurrent_index_leaves_evidence_and_force_clears_it() {
     );
     assert!(!evidence.recorded_at.is_empty());
 
-    let steps = plan(&c, EMAIL_INDEX, Direction::Up, BACKFILL).unwrap();
+    let steps = up(&c, &[BACKFILL]);
     let refused = db.run(&steps, &mut |_, _| {}).unwrap_err();
     let msg = refused.to_string();
     assert!(msg.contains("dirty") && msg.contains("force"), "{msg}");
@@ -358,7 +398,7 @@ fn a_database_golang_migrate_left_dirty() {
     let state = db.observe(&c).unwrap();
     assert_eq!(state.version, STATUS);
     assert_eq!(state.dirty, Some(Dirty::LeftByAnotherTool));
-    let steps = plan(&c, STATUS, Direction::Down, STATUS).unwrap();
+    let steps = down(&c, &[STATUS]);
     let refused = db.run(&steps, &mut |_, _| {}).unwrap_err();
     assert!(refused.to_string().contains("left dirty by another tool"));
     assert_eq!(f.version_row(), Some((STATUS as i64, true)));
@@ -390,7 +430,7 @@ fn the_migration_lock_is_golang_migrates() {
     holder
         .execute("SELECT pg_advisory_lock($1)", &[&id])
         .unwrap();
-    let steps = plan(&c, 0, Direction::Up, ACCOUNTS).unwrap();
+    let steps = up(&c, &[ACCOUNTS]);
     let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
     assert_eq!(failure.code(), 14);
     match failure.cause() {

@@ -4,9 +4,10 @@
 use std::fs;
 use std::path::PathBuf;
 
+use rollback_node::exec::migrations::sqlite::SqliteDb;
 use rollback_node::exec::migrations::{
-    open, plan, Catalogue, CatalogueError, Direction, Dirty, PlanError, RunError, RunFailure,
-    SchemaDb, SchemaError, TxMode,
+    open, Catalogue, CatalogueError, Direction, Dirty, RunError, RunFailure, SchemaDb, SchemaError,
+    SqlFile, Step, TxMode,
 };
 use rusqlite::Connection;
 use tempfile::TempDir;
@@ -16,6 +17,46 @@ const EMAIL_INDEX: u64 = 20250811090000;
 const AUDIT: u64 = 20250901120000;
 const COMPACT: u64 = 20250915080000;
 const SEED: u64 = 20251002173000;
+/// Every version of the standard set, in order.
+const ALL: [u64; 5] = [USERS, EMAIL_INDEX, AUDIT, COMPACT, SEED];
+
+/// The steps the executor hands the engine for these versions, in the order given. Which
+/// versions a rollback or a migration runs is decided once, by the core (`State::rollback`,
+/// `State::migrate`); here each test names them. Up ends at the version, down at the one before
+/// it in the directory.
+fn steps(c: &Catalogue, direction: Direction, versions: &[u64]) -> Vec<Step> {
+    versions
+        .iter()
+        .map(|&version| {
+            let m = c.get(version).expect("a version of the directory");
+            let path = m.file(direction).expect("the file exists");
+            Step {
+                version,
+                direction,
+                file: SqlFile::load(path).unwrap(),
+                version_after: match direction {
+                    Direction::Up => version,
+                    Direction::Down => c.previous(version),
+                },
+            }
+        })
+        .collect()
+}
+
+fn up(c: &Catalogue, versions: &[u64]) -> Vec<Step> {
+    steps(c, Direction::Up, versions)
+}
+
+fn down(c: &Catalogue, versions: &[u64]) -> Vec<Step> {
+    steps(c, Direction::Down, versions)
+}
+
+/// The versions after `current` through `target`: what `migrate target` runs.
+fn after_through(c: &Catalogue, current: u64, target: u64) -> Vec<u64> {
+    c.versions()
+        .filter(|v| *v > current && *v <= target)
+        .collect()
+}
 
 /// A migrations directory and a database file in one temp dir.
 struct Fixture {
@@ -135,7 +176,7 @@ impl Fixture {
     fn migrate(&self, db: &mut dyn SchemaDb, target: u64) {
         let catalogue = self.catalogue();
         let current = db.observe(&catalogue).unwrap().version;
-        let steps = plan(&catalogue, current, Direction::Up, target).unwrap();
+        let steps = up(&catalogue, &after_through(&catalogue, current, target));
         db.run(&steps, &mut |_, _| {}).unwrap();
     }
 }
@@ -198,7 +239,7 @@ fn catalogue_errors_name_the_paths() {
 fn modes_of_the_standard_files() {
     let f = Fixture::standard();
     let c = f.catalogue();
-    let steps = plan(&c, 0, Direction::Up, SEED).unwrap();
+    let steps = up(&c, &ALL);
     let modes: Vec<_> = steps.iter().map(|s| s.file.mode.clone()).collect();
     assert_eq!(modes[0], TxMode::Transactional);
     assert_eq!(modes[2], TxMode::OwnTransaction);
@@ -214,7 +255,7 @@ fn up_and_down_everything_with_golang_migrate_layout() {
     let c = f.catalogue();
     let mut db = f.open();
     assert_eq!(db.observe(&c).unwrap().version, 0);
-    let steps = plan(&c, 0, Direction::Up, SEED).unwrap();
+    let steps = up(&c, &ALL);
     assert_eq!(steps.len(), 5);
     let mut seen = Vec::new();
     let report = db.run(&steps, &mut |d, t| seen.push((d, t))).unwrap();
@@ -262,14 +303,9 @@ fn up_and_down_everything_with_golang_migrate_layout() {
     assert_eq!(state.version, SEED);
     assert!(state.dirty.is_none() && state.drift.is_empty());
 
-    // The seed has no down: a rollback through it is refused, naming it.
-    let err = plan(&c, SEED, Direction::Down, USERS).unwrap_err();
-    assert!(matches!(err, PlanError::Irreversible { version: SEED, .. }));
-    assert!(err.to_string().contains(&SEED.to_string()));
-
     // Forget the seed by hand (golang-migrate's force), then roll everything back.
     db.force(COMPACT).unwrap();
-    let steps = plan(&c, COMPACT, Direction::Down, USERS).unwrap();
+    let steps = down(&c, &[COMPACT, AUDIT, EMAIL_INDEX, USERS]);
     assert_eq!(
         steps
             .iter()
@@ -295,7 +331,7 @@ fn rollback_to_a_middle_version_leaves_the_one_before() {
     let c = f.catalogue();
     let mut db = f.open();
     f.migrate(db.as_mut(), AUDIT);
-    let steps = plan(&c, AUDIT, Direction::Down, EMAIL_INDEX).unwrap();
+    let steps = down(&c, &[AUDIT, EMAIL_INDEX]);
     let report = db.run(&steps, &mut |_, _| {}).unwrap();
     assert_eq!(report.to, USERS);
     assert_eq!(f.schema(), names(&[("table", "users")]));
@@ -312,7 +348,7 @@ fn a_down_that_fails_halfway_changes_nothing() {
     let mut db = f.open();
     f.migrate(db.as_mut(), EMAIL_INDEX);
     let before = f.schema();
-    let steps = plan(&c, EMAIL_INDEX, Direction::Down, EMAIL_INDEX).unwrap();
+    let steps = down(&c, &[EMAIL_INDEX]);
     let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
     assert_eq!(failure.code(), 14);
     assert_eq!(failure.at(), EMAIL_INDEX);
@@ -340,7 +376,7 @@ fn a_multi_step_rollback_failing_in_its_last_step_is_all_or_nothing() {
     let mut db = f.open();
     f.migrate(db.as_mut(), AUDIT);
     let before = f.schema();
-    let steps = plan(&c, AUDIT, Direction::Down, USERS).unwrap();
+    let steps = down(&c, &[AUDIT, EMAIL_INDEX, USERS]);
     assert_eq!(steps.len(), 3);
     let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
     assert!(
@@ -362,7 +398,7 @@ fn an_own_transaction_file_failing_changes_nothing() {
     let c = f.catalogue();
     let mut db = f.open();
     f.migrate(db.as_mut(), EMAIL_INDEX);
-    let steps = plan(&c, EMAIL_INDEX, Direction::Up, AUDIT).unwrap();
+    let steps = up(&c, &[AUDIT]);
     let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
     assert_eq!(failure.code(), 14, "{failure}");
     assert!(failure.to_string().contains("line 3"));
@@ -385,7 +421,7 @@ fn a_failing_no_transaction_file_leaves_evidence_and_force_clears_it() {
     f.conn()
         .execute_batch("DROP TRIGGER users_audit; DROP TABLE audit;")
         .unwrap();
-    let steps = plan(&c, EMAIL_INDEX, Direction::Up, COMPACT).unwrap();
+    let steps = up(&c, &[AUDIT, COMPACT]);
     let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
     match &failure {
         RunFailure::PartWay {
@@ -413,7 +449,7 @@ fn a_failing_no_transaction_file_leaves_evidence_and_force_clears_it() {
     assert!(evidence.database_said.contains("nope"), "{evidence:?}");
 
     // Further runs are refused, naming the evidence and `force`.
-    let steps = plan(&c, COMPACT, Direction::Up, SEED).unwrap();
+    let steps = up(&c, &[SEED]);
     let refused = db.run(&steps, &mut |_, _| {}).unwrap_err();
     assert_eq!(refused.code(), 14);
     let msg = refused.to_string();
@@ -439,10 +475,14 @@ fn a_no_transaction_file_that_succeeds_is_clean() {
     let mut db = f.open();
     f.migrate(db.as_mut(), COMPACT);
     assert_eq!(f.version_row(), Some((COMPACT as i64, false)));
-    let steps = plan(&c, COMPACT, Direction::Down, COMPACT).unwrap();
+    let steps = down(&c, &[COMPACT]);
     let report = db.run(&steps, &mut |_, _| {}).unwrap();
     assert_eq!(report.to, AUDIT);
     assert!(!report.steps[0].mode.in_transaction());
+    assert_eq!(
+        report.steps[0].protocol,
+        "dirty protocol: line 2: VACUUM cannot run inside a transaction"
+    );
     assert!(db.observe(&c).unwrap().dirty.is_none());
 }
 
@@ -455,7 +495,7 @@ fn a_mixed_run_failing_after_a_committed_segment_is_part_way_but_clean() {
     );
     let c = f.catalogue();
     let mut db = f.open();
-    let steps = plan(&c, 0, Direction::Up, SEED).unwrap();
+    let steps = up(&c, &ALL);
     let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
     match &failure {
         RunFailure::PartWay { at, dirty, .. } => assert_eq!((*at, *dirty), (COMPACT, false)),
@@ -514,7 +554,7 @@ fn a_database_golang_migrate_left_dirty() {
         .unwrap()
         .to_string()
         .contains("left dirty by another tool"));
-    let steps = plan(&c, EMAIL_INDEX, Direction::Down, EMAIL_INDEX).unwrap();
+    let steps = down(&c, &[EMAIL_INDEX]);
     let refused = db.run(&steps, &mut |_, _| {}).unwrap_err();
     assert!(matches!(
         refused.cause(),
@@ -543,8 +583,6 @@ fn a_version_in_the_database_but_not_in_the_directory() {
         msg.contains("20260101000000") && msg.contains("migrations"),
         "{msg}"
     );
-    let err = plan(&c, 20260101000000, Direction::Down, USERS).unwrap_err();
-    assert!(matches!(err, PlanError::CurrentNotInDirectory(_)));
 }
 
 #[test]
@@ -555,7 +593,7 @@ fn a_locked_database_is_an_error_naming_the_file() {
     db.observe(&c).unwrap();
     let holder = f.conn();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let steps = plan(&c, 0, Direction::Up, USERS).unwrap();
+    let steps = up(&c, &[USERS]);
     let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
     assert_eq!(failure.code(), 14);
     match failure.cause() {
@@ -573,7 +611,7 @@ fn steps_from_a_stale_plan_are_refused() {
     let f = Fixture::standard();
     let c = f.catalogue();
     let mut db = f.open();
-    let steps = plan(&c, 0, Direction::Up, USERS).unwrap();
+    let steps = up(&c, &[USERS]);
     db.run(&steps, &mut |_, _| {}).unwrap();
     let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
     assert!(
@@ -607,17 +645,321 @@ fn the_example_estate_migrates_and_rolls_back() {
     let tmp = tempfile::tempdir().unwrap();
     let mut db = open(&format!("sqlite:{}", tmp.path().join("app.db").display())).unwrap();
     let latest = c.latest().unwrap();
-    let report = db
-        .run(&plan(&c, 0, Direction::Up, latest).unwrap(), &mut |_, _| {})
-        .unwrap();
+    let versions: Vec<u64> = c.versions().collect();
+    let report = db.run(&up(&c, &versions), &mut |_, _| {}).unwrap();
     assert_eq!(report.to, latest);
     let previous = c.previous(latest);
     db.force(previous).unwrap();
     let report = db
         .run(
-            &plan(&c, previous, Direction::Down, c.migrations[0].version).unwrap(),
+            &down(
+                &c,
+                &after_through(&c, 0, previous)
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>(),
+            ),
             &mut |_, _| {},
         )
         .unwrap();
     assert_eq!(report.to, 0);
+}
+
+// SQLite's documented procedure for table changes (https://www.sqlite.org/lang_altertable.html,
+// "Making Other Kinds Of Table Schema Changes"): foreign keys off outside the transaction, the
+// table rebuilt inside it, foreign keys on again after it.
+
+const TEAMS: u64 = 20250101000000;
+const REBUILD: u64 = 20250102000000;
+const RENAME: u64 = 20250103000000;
+const ORPHAN: u64 = 20250104000000;
+
+/// The first file leaves foreign keys on (its trailing pragma), so a table change that did not
+/// turn them off before its transaction would fail on `DROP TABLE teams`.
+const TEAMS_UP: &str = "BEGIN;\nCREATE TABLE teams (id INTEGER PRIMARY KEY, name TEXT);\nCREATE TABLE members (\n  id INTEGER PRIMARY KEY,\n  team_id INTEGER NOT NULL REFERENCES teams (id),\n  email TEXT\n);\nINSERT INTO teams VALUES (1, 'core'), (2, 'web');\nINSERT INTO members VALUES (1, 1, 'ada@example.com'), (2, 2, 'bob@example.com');\nCOMMIT;\nPRAGMA foreign_keys=ON;\n";
+
+/// Rebuilds the parent table `teams` with `name NOT NULL` and a new column, the documented way.
+fn rebuild_up(select_name: &str) -> String {
+    format!(
+        "-- teams.name becomes NOT NULL; SQLite cannot ALTER that in place\nPRAGMA foreign_keys=OFF;\nBEGIN;\nCREATE TABLE new_teams (id INTEGER PRIMARY KEY, name TEXT NOT NULL, slug TEXT);\nINSERT INTO new_teams (id, name, slug) SELECT id, {select_name}, lower(name) FROM teams;\nDROP TABLE teams;\nALTER TABLE new_teams RENAME TO teams;\nPRAGMA foreign_key_check;\nCOMMIT;\nPRAGMA foreign_keys=ON;\n"
+    )
+}
+
+const REBUILD_DOWN: &str = "PRAGMA foreign_keys=OFF;\nBEGIN;\nCREATE TABLE old_teams (id INTEGER PRIMARY KEY, name TEXT);\nINSERT INTO old_teams (id, name) SELECT id, name FROM teams;\nDROP TABLE teams;\nALTER TABLE old_teams RENAME TO teams;\nCOMMIT;\nPRAGMA foreign_keys=ON;\n";
+
+const PROTOCOL_WRAPPED: &str =
+    "one transaction; PRAGMA foreign_keys=OFF applied before it and PRAGMA foreign_keys=ON after";
+
+impl Fixture {
+    fn teams() -> Fixture {
+        let f = Fixture::new();
+        f.write(&format!("{TEAMS}_teams.up.sql"), TEAMS_UP);
+        f.write(
+            &format!("{TEAMS}_teams.down.sql"),
+            "DROP TABLE members;\nDROP TABLE teams;\n",
+        );
+        f.write(
+            &format!("{REBUILD}_teams_name_not_null.up.sql"),
+            &rebuild_up("name"),
+        );
+        f.write(
+            &format!("{REBUILD}_teams_name_not_null.down.sql"),
+            REBUILD_DOWN,
+        );
+        f
+    }
+
+    /// The engine's own connection, to read its pragmas.
+    fn sqlite(&self) -> SqliteDb {
+        SqliteDb::open(self.db_path()).unwrap()
+    }
+
+    /// The columns of a table.
+    fn columns(&self, table: &str) -> Vec<String> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
+            .unwrap();
+        let names = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        names
+    }
+}
+
+#[test]
+fn the_documented_table_change_runs_in_one_transaction_and_turns_foreign_keys_on_again() {
+    let f = Fixture::teams();
+    f.write(
+        &format!("{ORPHAN}_orphan.up.sql"),
+        "INSERT INTO members VALUES (3, 99, 'orphan@example.com');\n",
+    );
+    let c = f.catalogue();
+    let mut db = f.sqlite();
+    // (With foreign keys on, `DROP TABLE teams` inside the rebuild's transaction would fail:
+    // `PRAGMA foreign_keys=OFF` does nothing there, so it must be applied before it.)
+    let report = db.run(&up(&c, &[TEAMS]), &mut |_, _| {}).unwrap();
+    assert_eq!(
+        report.steps[0].protocol,
+        "one transaction; PRAGMA foreign_keys=ON applied after it"
+    );
+    assert!(db.foreign_keys().unwrap());
+
+    let steps = up(&c, &[REBUILD]);
+    assert!(
+        steps[0].file.mode.wrap().is_some(),
+        "{:?}",
+        steps[0].file.mode
+    );
+    let mut seen = Vec::new();
+    let report = db.run(&steps, &mut |d, t| seen.push((d, t))).unwrap();
+    assert_eq!(report.to, REBUILD);
+    assert_eq!(report.steps[0].protocol, PROTOCOL_WRAPPED);
+    // The body between BEGIN and COMMIT; the pragmas around it are not statements of the run.
+    assert_eq!(report.steps[0].statements, 5);
+    assert_eq!(seen.last(), Some(&(5, 5)));
+    assert_eq!(f.version_row(), Some((REBUILD as i64, false)));
+    assert_eq!(f.columns("teams"), vec!["id", "name", "slug"]);
+    let slug: String = f
+        .conn()
+        .query_row("SELECT slug FROM teams WHERE id = 2", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(slug, "web");
+    assert!(db.foreign_keys().unwrap(), "foreign keys are on again");
+    // The connection enforces them: a file that breaks one fails, and changes nothing.
+    let failure = db.run(&up(&c, &[ORPHAN]), &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(failure, RunFailure::NothingChanged { at: REBUILD, .. }),
+        "{failure}"
+    );
+    assert!(
+        failure
+            .to_string()
+            .contains("FOREIGN KEY constraint failed"),
+        "{failure}"
+    );
+
+    // And back: the down file has the same shape.
+    let report = db.run(&down(&c, &[REBUILD]), &mut |_, _| {}).unwrap();
+    assert_eq!(report.to, TEAMS);
+    assert_eq!(report.steps[0].protocol, PROTOCOL_WRAPPED);
+    assert_eq!(f.columns("teams"), vec!["id", "name"]);
+    assert!(db.foreign_keys().unwrap());
+    assert!(db.observe(&c).unwrap().dirty.is_none());
+}
+
+#[test]
+fn a_table_change_whose_body_fails_changes_nothing_and_restores_foreign_keys() {
+    let f = Fixture::teams();
+    f.write(
+        &format!("{REBUILD}_teams_name_not_null.up.sql"),
+        &rebuild_up("no_such_column"),
+    );
+    let c = f.catalogue();
+    let mut db = f.sqlite();
+    db.run(&up(&c, &[TEAMS]), &mut |_, _| {}).unwrap();
+    let before = f.schema();
+    let failure = db.run(&up(&c, &[REBUILD]), &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(failure, RunFailure::NothingChanged { at: TEAMS, .. }),
+        "{failure}"
+    );
+    assert_eq!(failure.code(), 14);
+    let msg = failure.to_string();
+    assert!(msg.contains("teams_name_not_null.up.sql line 5"), "{msg}");
+    assert!(msg.contains("no such column: no_such_column"), "{msg}");
+    assert!(msg.contains(PROTOCOL_WRAPPED), "{msg}");
+    match failure.cause() {
+        RunError::Statement { protocol, line, .. } => {
+            assert_eq!((protocol.as_str(), *line), (PROTOCOL_WRAPPED, 5))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Not dirty, still at its version, the schema as it was, foreign keys on again.
+    assert_eq!(f.version_row(), Some((TEAMS as i64, false)));
+    let state = db.observe(&c).unwrap();
+    assert_eq!((state.version, state.dirty), (TEAMS, None));
+    assert_eq!(f.schema(), before);
+    assert_eq!(f.columns("teams"), vec!["id", "name"]);
+    assert!(db.foreign_keys().unwrap());
+
+    // Once fixed, the same file runs.
+    f.write(
+        &format!("{REBUILD}_teams_name_not_null.up.sql"),
+        &rebuild_up("name"),
+    );
+    let report = db.run(&up(&c, &[REBUILD]), &mut |_, _| {}).unwrap();
+    assert_eq!(report.to, REBUILD);
+}
+
+#[test]
+fn consecutive_table_changes_share_one_transaction_all_or_nothing() {
+    let f = Fixture::teams();
+    let rename = |column: &str| {
+        format!("PRAGMA foreign_keys=OFF;\nBEGIN;\nCREATE TABLE new_members (id INTEGER PRIMARY KEY, team_id INTEGER NOT NULL REFERENCES teams (id), address TEXT);\nINSERT INTO new_members (id, team_id, address) SELECT id, team_id, {column} FROM members;\nDROP TABLE members;\nALTER TABLE new_members RENAME TO members;\nCOMMIT;\nPRAGMA foreign_keys=ON;\n")
+    };
+    f.write(&format!("{RENAME}_members_address.up.sql"), &rename("nope"));
+    let c = f.catalogue();
+    let mut db = f.sqlite();
+    db.run(&up(&c, &[TEAMS]), &mut |_, _| {}).unwrap();
+    let before = f.schema();
+    // The rebuild succeeds, the next file fails: both are rolled back together.
+    let failure = db
+        .run(&up(&c, &[REBUILD, RENAME]), &mut |_, _| {})
+        .unwrap_err();
+    assert!(
+        matches!(failure, RunFailure::NothingChanged { at: TEAMS, .. }),
+        "{failure}"
+    );
+    assert!(
+        failure.to_string().contains("shared with 1 other file"),
+        "{failure}"
+    );
+    assert_eq!(f.version_row(), Some((TEAMS as i64, false)));
+    assert_eq!(f.schema(), before);
+    assert_eq!(f.columns("teams"), vec!["id", "name"]);
+    assert!(db.foreign_keys().unwrap());
+
+    f.write(
+        &format!("{RENAME}_members_address.up.sql"),
+        &rename("email"),
+    );
+    let report = db.run(&up(&c, &[REBUILD, RENAME]), &mut |_, _| {}).unwrap();
+    assert_eq!(report.to, RENAME);
+    for step in &report.steps {
+        assert_eq!(
+            step.protocol,
+            format!("{PROTOCOL_WRAPPED}; the transaction is shared with 1 other file of this run")
+        );
+    }
+    assert_eq!(f.columns("members"), vec!["id", "team_id", "address"]);
+    assert!(db.foreign_keys().unwrap());
+}
+
+#[test]
+fn a_plain_file_and_a_table_change_commit_apart_and_a_failure_is_part_way_but_clean() {
+    let f = Fixture::teams();
+    f.write(
+        &format!("{REBUILD}_teams_name_not_null.up.sql"),
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);\n",
+    );
+    f.write(
+        &format!("{RENAME}_teams_slug.up.sql"),
+        &rebuild_up("no_such_column"),
+    );
+    let c = f.catalogue();
+    let mut db = f.sqlite();
+    db.run(&up(&c, &[TEAMS]), &mut |_, _| {}).unwrap();
+    // Foreign keys off around the plain file would change what it does, so it is committed
+    // before the table change starts.
+    let failure = db
+        .run(&up(&c, &[REBUILD, RENAME]), &mut |_, _| {})
+        .unwrap_err();
+    let RunFailure::PartWay {
+        at,
+        dirty,
+        completed,
+        ..
+    } = &failure
+    else {
+        panic!("{failure}")
+    };
+    assert_eq!((*at, *dirty, completed.len()), (REBUILD, false, 1));
+    assert_eq!(failure.code(), 13);
+    assert!(
+        completed[0]
+            .protocol
+            .starts_with("one transaction; committed apart"),
+        "{}",
+        completed[0].protocol
+    );
+    let msg = failure.to_string();
+    assert!(msg.contains(PROTOCOL_WRAPPED), "{msg}");
+    assert!(msg.contains("committed apart"), "{msg}");
+    assert_eq!(f.version_row(), Some((REBUILD as i64, false)));
+    assert!(db.observe(&c).unwrap().dirty.is_none());
+    assert_eq!(f.columns("teams"), vec!["id", "name"]);
+    assert!(f
+        .schema()
+        .contains(&("table".to_owned(), "notes".to_owned())));
+    assert!(db.foreign_keys().unwrap());
+}
+
+#[test]
+fn a_pragma_inside_the_body_still_uses_the_dirty_protocol() {
+    let f = Fixture::teams();
+    f.write(
+        &format!("{REBUILD}_teams_name_not_null.up.sql"),
+        "BEGIN;\nCREATE TABLE notes (id INTEGER PRIMARY KEY);\nPRAGMA foreign_keys=OFF;\nINSERT INTO nowhere VALUES (1);\nCOMMIT;\n",
+    );
+    let c = f.catalogue();
+    let mut db = f.sqlite();
+    db.run(&up(&c, &[TEAMS]), &mut |_, _| {}).unwrap();
+    let steps = up(&c, &[REBUILD]);
+    assert!(!steps[0].file.mode.in_transaction());
+    let failure = db.run(&steps, &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(
+            failure,
+            RunFailure::PartWay {
+                at: REBUILD,
+                dirty: true,
+                ..
+            }
+        ),
+        "{failure}"
+    );
+    assert_eq!(failure.code(), 13);
+    let msg = failure.to_string();
+    assert!(
+        msg.contains("dirty protocol: line 3: PRAGMA foreign_keys cannot run inside a transaction"),
+        "{msg}"
+    );
+    assert_eq!(f.version_row(), Some((REBUILD as i64, true)));
+    let Some(Dirty::Recorded(evidence)) = db.observe(&c).unwrap().dirty else {
+        panic!("no evidence")
+    };
+    assert_eq!(evidence.line, 4);
 }

@@ -386,6 +386,10 @@ pub struct Ran {
     pub checksum: String,
     /// How long it took, in milliseconds.
     pub millis: u64,
+    /// The protocol it ran under and why (one transaction, with pragmas around it, or
+    /// golang-migrate's dirty protocol); empty in rows written before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
 }
 
 /// How a failed effect left its system.

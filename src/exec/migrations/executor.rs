@@ -296,6 +296,7 @@ impl Migrations {
                         file: file_name(&step.path),
                         checksum: step.checksum.clone(),
                         millis: u64::try_from(step.duration.as_millis()).unwrap_or(u64::MAX),
+                        protocol: step.protocol.clone(),
                     })
                     .collect(),
                 at: now_millis(),

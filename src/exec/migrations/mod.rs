@@ -3,11 +3,12 @@
 //! - [`catalogue`]: read a golang-migrate directory (`{version}_{title}.up.sql` / `.down.sql`).
 //! - [`sql`]: one file: text, SHA-384 checksum, statements with their lines, transaction mode.
 //! - [`schema`]: the [`SchemaDb`] trait, what a database says ([`DbState`]), runs and their
-//!   reports and failures, [`plan`] and [`open`].
+//!   reports and failures, and [`open`]. Which steps run is the core's decision
+//!   (`State::rollback`/`State::migrate`); the executor turns its effects into [`Step`]s.
 //! - [`sqlite`] and [`postgres`]: the two databases.
 //!
 //! ```
-//! use rollback_node::exec::migrations::{open, plan, Catalogue, Direction};
+//! use rollback_node::exec::migrations::{open, Catalogue, Direction, SqlFile, Step};
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let migrations = dir.path().join("migrations");
@@ -18,12 +19,24 @@
 //! let catalogue = Catalogue::read(&migrations).unwrap();
 //! let mut db = open(&format!("sqlite:{}", dir.path().join("app.db").display())).unwrap();
 //! let state = db.observe(&catalogue).unwrap();
-//! let steps = plan(&catalogue, state.version, Direction::Up, 20250101000000).unwrap();
-//! let report = db.run(&steps, &mut |_, _| {}).unwrap();
-//! assert_eq!(report.to, 20250101000000);
+//! let users = catalogue.get(20250101000000).unwrap();
+//! let up = Step {
+//!     version: users.version,
+//!     direction: Direction::Up,
+//!     file: SqlFile::load(users.up.as_ref().unwrap()).unwrap(),
+//!     version_after: users.version,
+//! };
+//! let report = db.run(&[up], &mut |_, _| {}).unwrap();
+//! assert_eq!((state.version, report.to), (0, 20250101000000));
+//! assert_eq!(report.steps[0].protocol, "one transaction");
 //!
-//! let steps = plan(&catalogue, report.to, Direction::Down, 20250101000000).unwrap();
-//! assert_eq!(db.run(&steps, &mut |_, _| {}).unwrap().to, 0);
+//! let down = Step {
+//!     version: users.version,
+//!     direction: Direction::Down,
+//!     file: SqlFile::load(users.down.as_ref().unwrap()).unwrap(),
+//!     version_after: catalogue.previous(users.version),
+//! };
+//! assert_eq!(db.run(&[down], &mut |_, _| {}).unwrap().to, 0);
 //! ```
 
 // Failures carry the file, statement and what the database said; they are returned once per run,
@@ -40,8 +53,8 @@ pub mod url;
 
 pub use catalogue::{Catalogue, CatalogueError, Migration};
 pub use schema::{
-    plan, DbState, Direction, Dirty, Drift, Evidence, ForceReport, NotInDirectory, PlanError,
-    RunError, RunFailure, RunReport, SchemaDb, SchemaError, Step, StepReport,
+    DbState, Direction, Dirty, Drift, Evidence, ForceReport, NotInDirectory, RunError, RunFailure,
+    RunReport, SchemaDb, SchemaError, Step, StepReport,
 };
 pub use sql::{SqlFile, SqlFileError, Statement, TxMode};
 pub use url::open;

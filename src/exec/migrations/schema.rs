@@ -1,6 +1,7 @@
-//! The schema database: what it says ([`DbState`]), how steps run on it ([`SchemaDb::run`]), how
-//! a person clears a dirty state ([`SchemaDb::force`]), and [`plan`], which turns "rollback V" or
-//! "migrate V" into steps.
+//! The schema database: what it says ([`DbState`]), how steps run on it ([`SchemaDb::run`]), and
+//! how a person clears a dirty state ([`SchemaDb::force`]). Which steps a rollback or a migration
+//! runs is decided once, by the core (`State::rollback` and `State::migrate` in
+//! `core/transitions.rs`); the executor turns their effects into [`Step`]s.
 //!
 //! The version lives in golang-migrate's own table, `schema_migrations(version, dirty)`, laid
 //! out exactly as golang-migrate lays it out, so either tool can take over from the other. Two
@@ -12,6 +13,15 @@
 //! a failure changes nothing; consecutive transactional steps share that transaction, so a
 //! multi-step run fails all-or-nothing; only a file that cannot run in a transaction uses
 //! golang-migrate's dirty protocol, and when it fails the evidence is kept.
+//!
+//! A file in SQLite's table-change shape ([`TxMode::Wrapped`]: `PRAGMA foreign_keys=OFF`,
+//! `BEGIN`, body, `COMMIT`, `PRAGMA foreign_keys=ON`) runs in one transaction too: its leading
+//! pragmas are applied before the transaction, its trailing ones after it ends, committed or
+//! rolled back. A pragma cannot be applied in the middle of a transaction, so such a file shares
+//! the run's transaction only with neighbours that have the same pragmas around them
+//! ([`TxMode::can_share_transaction_with`]); elsewhere the run commits before it and after it, and
+//! a later failure is then part-way (13) but never dirty. Each [`StepReport`] says, in
+//! `protocol`, how its file ran and why.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -19,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use super::catalogue::Catalogue;
 pub use super::catalogue::Direction;
-use super::sql::{SqlFile, SqlFileError, TxMode};
+use super::sql::{SqlFile, Statement, TxMode};
 
 /// The version table golang-migrate uses.
 pub const VERSION_TABLE: &str = "schema_migrations";
@@ -145,6 +155,10 @@ pub struct StepReport {
     pub checksum: String,
     /// How it ran.
     pub mode: TxMode,
+    /// The protocol it ran under and why, in words: `one transaction`, `one transaction; PRAGMA
+    /// foreign_keys=OFF applied before it and PRAGMA foreign_keys=ON after`, `dirty protocol:
+    /// line 3: VACUUM cannot run inside a transaction`, with whether its transaction was shared.
+    pub protocol: String,
     /// Statements executed.
     pub statements: u64,
     /// Time spent in its statements and bookkeeping.
@@ -220,7 +234,7 @@ pub enum SchemaError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RunError {
     /// A statement of a migration file failed.
-    #[error("{} line {line}: {direction} of version {version} failed at `{statement}`: {database_said}", file.display())]
+    #[error("{} line {line}: {direction} of version {version} failed at `{statement}`: {database_said} (protocol: {protocol})", file.display())]
     Statement {
         /// The version.
         version: u64,
@@ -234,6 +248,8 @@ pub enum RunError {
         statement: String,
         /// What the database said.
         database_said: String,
+        /// The protocol the file ran under and why (as in [`StepReport::protocol`]).
+        protocol: String,
     },
     /// The database is dirty; nothing runs until a person resolves it.
     #[error("the database is dirty at version {version}: {why}; inspect the schema, then `force` the version it is really at")]
@@ -328,145 +344,6 @@ pub trait SchemaDb: Send {
 
     /// Sets the version and clears `dirty` and our evidence: a person resolved a dirty database.
     fn force(&mut self, version: u64) -> Result<ForceReport, SchemaError>;
-}
-
-/// Why steps could not be planned.
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
-    /// The target is not in the directory.
-    #[error("version {version} is not in {}; expected one of the versions of its *.up.sql files", dir.display())]
-    UnknownTarget {
-        /// The target.
-        version: u64,
-        /// The directory.
-        dir: PathBuf,
-    },
-    /// The database's version is not in the directory.
-    #[error(transparent)]
-    CurrentNotInDirectory(#[from] NotInDirectory),
-    /// A rollback past a version without a down file.
-    #[error("version {version} is irreversible: {} has no {version}_*.down.sql; expected a down file for every version rolled back", dir.display())]
-    Irreversible {
-        /// The version.
-        version: u64,
-        /// The directory.
-        dir: PathBuf,
-    },
-    /// A migration to a version without an up file.
-    #[error("version {version} has no up file in {}; expected {version}_*.up.sql", dir.display())]
-    NoUpFile {
-        /// The version.
-        version: u64,
-        /// The directory.
-        dir: PathBuf,
-    },
-    /// Rolling back a version that is not applied.
-    #[error("version {version} is not applied (the database is at {current}); expected a version at or below the current one")]
-    NotApplied {
-        /// The target.
-        version: u64,
-        /// The current version.
-        current: u64,
-    },
-    /// Migrating to a version below the current one.
-    #[error("version {version} is below the current version {current}; expected a rollback, not a migration")]
-    Behind {
-        /// The target.
-        version: u64,
-        /// The current version.
-        current: u64,
-    },
-    /// A file could not be loaded.
-    #[error(transparent)]
-    File(#[from] SqlFileError),
-}
-
-/// The steps that take a database at `current` to `target`.
-///
-/// - [`Direction::Down`] (rollback `target`): the down files from `current` through `target`, in
-///   descending order; the database ends at the version before `target` in the directory (0 if
-///   none). Refused if any of them has no down file.
-/// - [`Direction::Up`] (migrate `target`): the up files after `current` through `target`, in
-///   ascending order; the database ends at `target`.
-pub fn plan(
-    catalogue: &Catalogue,
-    current: u64,
-    direction: Direction,
-    target: u64,
-) -> Result<Vec<Step>, PlanError> {
-    let dir = || catalogue.dir.clone();
-    if current != 0 && catalogue.get(current).is_none() {
-        return Err(NotInDirectory {
-            version: current,
-            directory: dir(),
-        }
-        .into());
-    }
-    if catalogue.get(target).is_none() {
-        return Err(PlanError::UnknownTarget {
-            version: target,
-            dir: dir(),
-        });
-    }
-    let mut steps = Vec::new();
-    match direction {
-        Direction::Down => {
-            if target > current {
-                return Err(PlanError::NotApplied {
-                    version: target,
-                    current,
-                });
-            }
-            let chosen: Vec<_> = catalogue
-                .migrations
-                .iter()
-                .rev()
-                .filter(|m| m.version <= current && m.version >= target)
-                .collect();
-            if let Some(m) = chosen.iter().find(|m| m.down.is_none()) {
-                return Err(PlanError::Irreversible {
-                    version: m.version,
-                    dir: dir(),
-                });
-            }
-            for m in chosen {
-                let path = m.down.as_ref().expect("checked above");
-                steps.push(Step {
-                    version: m.version,
-                    direction,
-                    file: SqlFile::load(path)?,
-                    version_after: catalogue.previous(m.version),
-                });
-            }
-        }
-        Direction::Up => {
-            if target < current {
-                return Err(PlanError::Behind {
-                    version: target,
-                    current,
-                });
-            }
-            for m in catalogue
-                .migrations
-                .iter()
-                .filter(|m| m.version > current && m.version <= target)
-            {
-                let Some(path) = &m.up else {
-                    return Err(PlanError::NoUpFile {
-                        version: m.version,
-                        dir: dir(),
-                    });
-                };
-                steps.push(Step {
-                    version: m.version,
-                    direction,
-                    file: SqlFile::load(path)?,
-                    version_after: m.version,
-                });
-            }
-        }
-    }
-    Ok(steps)
 }
 
 /// What a statement failure looked like to a backend.
@@ -610,207 +487,402 @@ impl<B: Backend> Engine<B> {
         Ok(version)
     }
 
-    fn statement_error(step: &Step, line: usize, excerpt: String, said: String) -> RunError {
-        RunError::Statement {
-            version: step.version,
-            direction: step.direction,
-            file: step.file.path.clone(),
-            line: line as u64,
-            statement: excerpt,
-            database_said: said,
-        }
-    }
-
+    /// Runs the steps, segment by segment; the lock is held and the tables may not exist yet.
     fn run_locked(
         &mut self,
         steps: &[Step],
         progress: &mut dyn FnMut(u64, u64),
         started: Instant,
     ) -> Result<RunReport, RunFailure> {
-        let nothing = |at, cause| RunFailure::NothingChanged { at, cause };
         self.backend.ensure_tables().map_err(|f| {
             let e = self.query_error("creating the schema tables", f);
-            nothing(0, e.into())
+            RunFailure::NothingChanged {
+                at: 0,
+                cause: e.into(),
+            }
         })?;
         let total: u64 = steps.iter().map(|s| s.file.body().len() as u64).sum();
-        let mut done = 0u64;
         progress(0, total);
-        let Some(first) = steps.first() else {
-            let (raw, _) = self.backend.read_version().map_err(|f| {
-                let e = self.query_error("reading schema_migrations", f);
-                nothing(0, e.into())
-            })?;
-            let v = version_of(raw);
-            return Ok(RunReport {
-                from: v,
-                to: v,
-                steps: Vec::new(),
-                duration: started.elapsed(),
-            });
+        if steps.is_empty() {
+            return self.empty_run(started);
+        }
+        let mut run = Run {
+            from: None,
+            at: 0,
+            completed: Vec::new(),
+            done: 0,
+            total,
+            progress,
         };
-        let mut completed: Vec<StepReport> = Vec::new();
-        let mut from = None;
-        let mut at = 0u64;
-        let mut i = 0usize;
-        while i < steps.len() {
-            // A segment: consecutive steps run in one transaction, or one step without.
-            let in_tx = steps[i].file.mode.in_transaction();
-            let end = if in_tx {
-                i + steps[i..]
-                    .iter()
-                    .take_while(|s| s.file.mode.in_transaction())
-                    .count()
+        for segment in segments(steps) {
+            let part = &steps[segment.start..segment.end];
+            if segment.transaction {
+                self.run_transaction(part, &segment, &mut run)?;
             } else {
-                i + 1
-            };
-            let fail = |at: u64, dirty: bool, completed: &[StepReport], cause: RunError| {
-                if completed.is_empty() && !dirty {
-                    RunFailure::NothingChanged { at, cause }
-                } else {
-                    RunFailure::PartWay {
-                        at,
-                        dirty,
-                        completed: completed.to_vec(),
-                        cause,
-                    }
-                }
-            };
-            if let Err(f) = self.backend.begin() {
-                let e = self.query_error("starting a transaction", f);
-                if from.is_none() {
-                    at = self.best_version();
-                }
-                return Err(fail(at, false, &completed, e.into()));
+                self.run_dirty(&part[0], &segment, &mut run)?;
             }
-            let start = if from.is_none() {
-                self.check_start(first)
-            } else {
-                self.check_start(&steps[i])
-            };
-            match start {
-                Ok(v) => {
-                    if from.is_none() {
-                        from = Some(v);
-                        at = v;
-                    }
-                }
-                Err(e) => {
-                    self.rollback();
-                    if from.is_none() {
-                        at = self.best_version();
-                    }
-                    return Err(fail(at, false, &completed, e));
-                }
-            }
-            if in_tx {
-                let mut reports = Vec::new();
-                for step in &steps[i..end] {
-                    let t = Instant::now();
-                    let body = step.file.body();
-                    for s in &body {
-                        if let Err(f) = self.backend.exec(&s.text) {
-                            self.rollback();
-                            let e = Self::statement_error(step, s.line, s.excerpt(), f.said);
-                            return Err(fail(at, false, &completed, e));
-                        }
-                        done += 1;
-                        progress(done, total);
-                    }
-                    let mut sql = self.bookkeeping_sql(step, false);
-                    let last = std::ptr::eq(step, &steps[end - 1]);
-                    if last {
-                        // The commit rides with the last bookkeeping: one round trip less.
-                        sql.push_str(" COMMIT");
-                    }
-                    if let Err(f) = self.backend.exec(&sql) {
-                        self.rollback();
-                        let doing = if last {
-                            "updating schema_migrations and committing"
-                        } else {
-                            "updating schema_migrations"
-                        };
-                        let e = self.query_error(doing, f);
-                        return Err(fail(at, false, &completed, e.into()));
-                    }
-                    reports.push(StepReport {
-                        version: step.version,
-                        direction: step.direction,
-                        path: step.file.path.clone(),
-                        checksum: step.file.checksum.clone(),
-                        mode: step.file.mode.clone(),
-                        statements: body.len() as u64,
-                        duration: t.elapsed(),
-                        version_after: step.version_after,
-                    });
-                }
-                at = steps[end - 1].version_after;
-                completed.extend(reports);
-            } else {
-                // golang-migrate's protocol: dirty first, run, then clean.
-                let step = &steps[i];
-                let t = Instant::now();
-                let mark = self.bookkeeping_sql(step, true);
-                let marked = self
-                    .backend
-                    .exec(&mark)
-                    .and_then(|_| self.backend.exec("COMMIT"));
-                if let Err(f) = marked {
-                    self.rollback();
-                    let e = self.query_error("marking schema_migrations dirty", f);
-                    return Err(fail(at, false, &completed, e.into()));
-                }
-                let body = step.file.body();
-                for s in &body {
-                    if let Err(f) = self.backend.exec(&s.text) {
-                        self.rollback();
-                        let evidence = Evidence {
-                            version: step.version,
-                            direction: step.direction,
-                            file: step.file.path.clone(),
-                            line: s.line as u64,
-                            statement: s.excerpt(),
-                            database_said: f.said.clone(),
-                            recorded_at: String::new(),
-                        };
-                        // Best effort: the dirty flag is already set whatever happens here.
-                        let _ = self.backend.write_evidence(&evidence);
-                        let e = Self::statement_error(step, s.line, s.excerpt(), f.said);
-                        return Err(fail(step.version_after, true, &completed, e));
-                    }
-                    done += 1;
-                    progress(done, total);
-                }
-                let clean = self.bookkeeping_sql(step, false);
-                let cleaned = self
-                    .backend
-                    .begin()
-                    .and_then(|_| self.backend.exec(&clean))
-                    .and_then(|_| self.backend.exec("COMMIT"));
-                if let Err(f) = cleaned {
-                    self.rollback();
-                    let e = self.query_error("clearing the dirty flag", f);
-                    return Err(fail(step.version_after, true, &completed, e.into()));
-                }
-                at = step.version_after;
-                completed.push(StepReport {
-                    version: step.version,
-                    direction: step.direction,
-                    path: step.file.path.clone(),
-                    checksum: step.file.checksum.clone(),
-                    mode: step.file.mode.clone(),
-                    statements: body.len() as u64,
-                    duration: t.elapsed(),
-                    version_after: step.version_after,
-                });
-            }
-            i = end;
         }
         Ok(RunReport {
-            from: from.unwrap_or(0),
-            to: at,
-            steps: completed,
+            from: run.from.unwrap_or(0),
+            to: run.at,
+            steps: run.completed,
             duration: started.elapsed(),
         })
+    }
+
+    /// A run of no steps: the database's version, unchanged.
+    fn empty_run(&mut self, started: Instant) -> Result<RunReport, RunFailure> {
+        let (raw, _) = self.backend.read_version().map_err(|f| {
+            let e = self.query_error("reading schema_migrations", f);
+            RunFailure::NothingChanged {
+                at: 0,
+                cause: e.into(),
+            }
+        })?;
+        let v = version_of(raw);
+        Ok(RunReport {
+            from: v,
+            to: v,
+            steps: Vec::new(),
+            duration: started.elapsed(),
+        })
+    }
+
+    /// A failure that left the database clean where the run stands (read from the database if
+    /// the run had not started yet).
+    fn stop(&mut self, run: &mut Run<'_>, cause: RunError) -> RunFailure {
+        if run.from.is_none() {
+            run.at = self.best_version();
+        }
+        run.fail(run.at, false, cause)
+    }
+
+    /// Opens a transaction and checks the database is clean and where `step` starts; the first
+    /// time, records where the run starts.
+    fn begin_checked(&mut self, step: &Step, run: &mut Run<'_>) -> Result<(), RunFailure> {
+        if let Err(f) = self.backend.begin() {
+            let e = self.query_error("starting a transaction", f);
+            return Err(self.stop(run, e.into()));
+        }
+        match self.check_start(step) {
+            Ok(v) => {
+                if run.from.is_none() {
+                    run.from = Some(v);
+                    run.at = v;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.rollback();
+                Err(self.stop(run, e))
+            }
+        }
+    }
+
+    /// Executes statements in order, counting progress; the first that fails and what the
+    /// database said.
+    fn exec_statements<'s>(
+        &mut self,
+        statements: &[&'s Statement],
+        run: &mut Run<'_>,
+    ) -> Result<(), (&'s Statement, String)> {
+        for s in statements {
+            self.backend.exec(&s.text).map_err(|f| (*s, f.said))?;
+            run.step_done();
+        }
+        Ok(())
+    }
+
+    /// Applies a wrapped file's pragmas outside any transaction.
+    fn apply_pragmas(
+        &mut self,
+        step: &Step,
+        pragmas: &[Statement],
+        protocol: &str,
+    ) -> Result<(), RunError> {
+        for s in pragmas {
+            if let Err(f) = self.backend.exec(&s.text) {
+                return Err(statement_error(step, s, f.said, protocol));
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps that share one transaction, with the pragmas of wrapped files applied before it and
+    /// after it; the trailing pragmas also when it fails, so the connection is restored.
+    fn run_transaction(
+        &mut self,
+        steps: &[Step],
+        segment: &Segment,
+        run: &mut Run<'_>,
+    ) -> Result<(), RunFailure> {
+        let (first, last) = (&steps[0], &steps[steps.len() - 1]);
+        let (before, _) = first.file.mode.wrap().unwrap_or((&[], &[]));
+        let (_, after) = last.file.mode.wrap().unwrap_or((&[], &[]));
+        let result = match self.apply_pragmas(first, before, &protocol(first, segment)) {
+            Ok(()) => self.run_in_transaction(steps, segment, run),
+            Err(e) => Err(self.stop(run, e)),
+        };
+        if after.is_empty() {
+            return result;
+        }
+        // Our transaction is over (committed, or rolled back by the failure).
+        self.rollback();
+        let restored = self.apply_pragmas(last, after, &protocol(last, segment));
+        match (result, restored) {
+            (Err(failure), _) => Err(failure),
+            // Committed: the steps are done, the connection is not restored.
+            (Ok(()), Err(e)) => Err(self.stop(run, e)),
+            (Ok(()), Ok(())) => Ok(()),
+        }
+    }
+
+    /// Opens the transaction, runs each step's body and bookkeeping in it, and commits with the
+    /// last bookkeeping.
+    fn run_in_transaction(
+        &mut self,
+        steps: &[Step],
+        segment: &Segment,
+        run: &mut Run<'_>,
+    ) -> Result<(), RunFailure> {
+        self.begin_checked(&steps[0], run)?;
+        let mut reports = Vec::with_capacity(steps.len());
+        for (k, step) in steps.iter().enumerate() {
+            let last = k + 1 == steps.len();
+            match self.run_step_in_transaction(step, segment, last, run) {
+                Ok(report) => reports.push(report),
+                Err(e) => {
+                    self.rollback();
+                    return Err(self.stop(run, e));
+                }
+            }
+        }
+        run.at = steps[steps.len() - 1].version_after;
+        run.completed.extend(reports);
+        Ok(())
+    }
+
+    /// One step inside the open transaction: its body, then its bookkeeping (with the commit
+    /// when it is the transaction's last step). The caller rolls back on failure.
+    fn run_step_in_transaction(
+        &mut self,
+        step: &Step,
+        segment: &Segment,
+        last: bool,
+        run: &mut Run<'_>,
+    ) -> Result<StepReport, RunError> {
+        let t = Instant::now();
+        let protocol = protocol(step, segment);
+        let body = step.file.body();
+        if let Err((s, said)) = self.exec_statements(&body, run) {
+            return Err(statement_error(step, s, said, &protocol));
+        }
+        let mut sql = self.bookkeeping_sql(step, false);
+        if last {
+            // The commit rides with the last bookkeeping: one round trip less.
+            sql.push_str(" COMMIT");
+        }
+        if let Err(f) = self.backend.exec(&sql) {
+            let doing = if last {
+                "updating schema_migrations and committing"
+            } else {
+                "updating schema_migrations"
+            };
+            return Err(self.query_error(doing, f).into());
+        }
+        Ok(StepReport::of(step, protocol, body.len(), t))
+    }
+
+    /// golang-migrate's protocol for a file that cannot run in a transaction: mark the version
+    /// dirty, run the file as written, then clear the mark; a failure of the file keeps the mark
+    /// and records the evidence.
+    fn run_dirty(
+        &mut self,
+        step: &Step,
+        segment: &Segment,
+        run: &mut Run<'_>,
+    ) -> Result<(), RunFailure> {
+        self.begin_checked(step, run)?;
+        let t = Instant::now();
+        let protocol = protocol(step, segment);
+        let mark = self.bookkeeping_sql(step, true);
+        let marked = self
+            .backend
+            .exec(&mark)
+            .and_then(|_| self.backend.exec("COMMIT"));
+        if let Err(f) = marked {
+            self.rollback();
+            let e = self.query_error("marking schema_migrations dirty", f);
+            return Err(self.stop(run, e.into()));
+        }
+        let body = step.file.body();
+        if let Err((s, said)) = self.exec_statements(&body, run) {
+            self.rollback();
+            self.record_evidence(step, s, &said);
+            let e = statement_error(step, s, said, &protocol);
+            return Err(run.fail(step.version_after, true, e));
+        }
+        let clean = self.bookkeeping_sql(step, false);
+        let cleaned = self
+            .backend
+            .begin()
+            .and_then(|_| self.backend.exec(&clean))
+            .and_then(|_| self.backend.exec("COMMIT"));
+        if let Err(f) = cleaned {
+            self.rollback();
+            let e = self.query_error("clearing the dirty flag", f);
+            return Err(run.fail(step.version_after, true, e.into()));
+        }
+        run.at = step.version_after;
+        run.completed
+            .push(StepReport::of(step, protocol, body.len(), t));
+        Ok(())
+    }
+
+    /// Best effort: the dirty flag is already set whatever happens here.
+    fn record_evidence(&mut self, step: &Step, s: &Statement, said: &str) {
+        let evidence = Evidence {
+            version: step.version,
+            direction: step.direction,
+            file: step.file.path.clone(),
+            line: s.line as u64,
+            statement: s.excerpt(),
+            database_said: said.to_owned(),
+            recorded_at: String::new(),
+        };
+        let _ = self.backend.write_evidence(&evidence);
+    }
+}
+
+/// A run under way: where the database stands and what has been committed.
+struct Run<'p> {
+    /// The version at the start, once checked.
+    from: Option<u64>,
+    /// The version the database is at, as committed.
+    at: u64,
+    /// The steps committed.
+    completed: Vec<StepReport>,
+    /// Statements executed so far.
+    done: u64,
+    /// Statements in the run.
+    total: u64,
+    /// Told `(done, total)` after each statement.
+    progress: &'p mut dyn FnMut(u64, u64),
+}
+
+impl Run<'_> {
+    fn step_done(&mut self) {
+        self.done += 1;
+        (self.progress)(self.done, self.total);
+    }
+
+    /// The failure: nothing changed when nothing was committed and the database is clean.
+    fn fail(&self, at: u64, dirty: bool, cause: RunError) -> RunFailure {
+        if self.completed.is_empty() && !dirty {
+            RunFailure::NothingChanged { at, cause }
+        } else {
+            RunFailure::PartWay {
+                at,
+                dirty,
+                completed: self.completed.clone(),
+                cause,
+            }
+        }
+    }
+}
+
+/// Consecutive steps that commit together: in one transaction of ours, or (`transaction` false)
+/// one step on the dirty protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    /// The first step's index.
+    start: usize,
+    /// Past the last step's index.
+    end: usize,
+    /// Whether the steps run in one transaction of ours.
+    transaction: bool,
+    /// A transaction committed apart from a neighbouring one, because the connection pragmas of
+    /// their files differ.
+    apart: bool,
+}
+
+/// Splits steps into segments: consecutive in-transaction steps share one transaction while
+/// their modes allow it ([`TxMode::can_share_transaction_with`]); a dirty-protocol step stands
+/// alone.
+fn segments(steps: &[Step]) -> Vec<Segment> {
+    let mut out: Vec<Segment> = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let mode = &step.file.mode;
+        if let Some(last) = out.last_mut() {
+            if last.transaction
+                && steps[last.end - 1]
+                    .file
+                    .mode
+                    .can_share_transaction_with(mode)
+            {
+                last.end = i + 1;
+                continue;
+            }
+        }
+        out.push(Segment {
+            start: i,
+            end: i + 1,
+            transaction: mode.in_transaction(),
+            apart: false,
+        });
+    }
+    for k in 1..out.len() {
+        if out[k - 1].transaction && out[k].transaction {
+            out[k - 1].apart = true;
+            out[k].apart = true;
+        }
+    }
+    out
+}
+
+/// The protocol a step runs under and why, in words (see [`StepReport::protocol`]).
+fn protocol(step: &Step, segment: &Segment) -> String {
+    let mut text = step.file.mode.to_string();
+    let others = segment.end - segment.start - 1;
+    if others > 0 {
+        let s = if others == 1 { "" } else { "s" };
+        text.push_str(&format!(
+            "; the transaction is shared with {others} other file{s} of this run"
+        ));
+    }
+    if segment.apart {
+        text.push_str(
+            "; committed apart from the neighbouring files of this run, as their connection pragmas differ and a pragma cannot be applied inside a transaction",
+        );
+    }
+    text
+}
+
+fn statement_error(step: &Step, s: &Statement, said: String, protocol: &str) -> RunError {
+    RunError::Statement {
+        version: step.version,
+        direction: step.direction,
+        file: step.file.path.clone(),
+        line: s.line as u64,
+        statement: s.excerpt(),
+        database_said: said,
+        protocol: protocol.to_owned(),
+    }
+}
+
+impl StepReport {
+    fn of(step: &Step, protocol: String, statements: usize, started: Instant) -> StepReport {
+        StepReport {
+            version: step.version,
+            direction: step.direction,
+            path: step.file.path.clone(),
+            checksum: step.file.checksum.clone(),
+            mode: step.file.mode.clone(),
+            protocol,
+            statements: statements as u64,
+            duration: started.elapsed(),
+            version_after: step.version_after,
+        }
     }
 }
 

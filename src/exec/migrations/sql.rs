@@ -46,6 +46,19 @@ pub enum TxMode {
     /// The file opens and commits its own transaction; its `BEGIN`/`COMMIT` are dropped and its
     /// body runs inside ours.
     OwnTransaction,
+    /// SQLite's documented shape for table changes: connection pragmas (`PRAGMA
+    /// foreign_keys=OFF`, …) before one `BEGIN`, the body, its `COMMIT`, and pragmas after it
+    /// (`PRAGMA foreign_keys=ON`). Such a pragma does nothing inside a transaction, so the
+    /// leading ones are applied before our transaction and the trailing ones after it — also
+    /// when the body fails, so the connection is restored; the body and the version update run
+    /// inside our one transaction, so a failure changes nothing.
+    Wrapped {
+        /// The pragmas before the file's `BEGIN`, applied before our transaction.
+        before: Vec<Statement>,
+        /// The pragmas after the file's `COMMIT`, applied after our transaction ends, however
+        /// it ends.
+        after: Vec<Statement>,
+    },
     /// The file cannot run inside a transaction; it runs with golang-migrate's dirty protocol.
     NoTransaction {
         /// Why: the `-- no-transaction` marker, or the statement that cannot run in one.
@@ -58,14 +71,87 @@ impl TxMode {
     pub fn in_transaction(&self) -> bool {
         !matches!(self, TxMode::NoTransaction { .. })
     }
+
+    /// The pragmas applied before and after our transaction, for [`TxMode::Wrapped`].
+    pub fn wrap(&self) -> Option<(&[Statement], &[Statement])> {
+        match self {
+            TxMode::Wrapped { before, after } => Some((before, after)),
+            _ => None,
+        }
+    }
 }
 
+impl TxMode {
+    /// Whether a file of this mode can share one transaction with a file of `other`'s mode
+    /// that follows it in a run. Both must run in a transaction, and either neither has pragmas
+    /// to apply around it, or both have the same ones and the trailing ones reset only what the
+    /// leading ones set: then applying the leading ones once, running both bodies, and applying
+    /// the trailing ones once is what running the two files one after the other does. Otherwise
+    /// each gets its own transaction (a pragma cannot be applied inside one).
+    pub fn can_share_transaction_with(&self, other: &TxMode) -> bool {
+        let same = |a: &[Statement], b: &[Statement]| {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| words(&x.text, 8) == words(&y.text, 8))
+        };
+        match (self, other) {
+            (TxMode::NoTransaction { .. }, _) | (_, TxMode::NoTransaction { .. }) => false,
+            (
+                TxMode::Wrapped { before, after },
+                TxMode::Wrapped {
+                    before: before2,
+                    after: after2,
+                },
+            ) => {
+                same(before, before2)
+                    && same(after, after2)
+                    && after.iter().all(|a| {
+                        before
+                            .iter()
+                            .any(|b| pragma_name(&b.text) == pragma_name(&a.text))
+                    })
+            }
+            (TxMode::Wrapped { .. }, _) | (_, TxMode::Wrapped { .. }) => false,
+            _ => true,
+        }
+    }
+}
+
+/// `PRAGMA a=1 and PRAGMA b=2`, for messages.
+fn pragmas(statements: &[Statement]) -> String {
+    statements
+        .iter()
+        .map(Statement::excerpt)
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// The protocol a file runs under, in words: `one transaction`, `one transaction; PRAGMA
+/// foreign_keys=OFF applied before it and PRAGMA foreign_keys=ON after`, `dirty protocol: line
+/// 3: VACUUM cannot run inside a transaction`.
 impl fmt::Display for TxMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TxMode::Transactional => f.write_str("transactional"),
-            TxMode::OwnTransaction => f.write_str("own transaction, run inside ours"),
-            TxMode::NoTransaction { reason } => write!(f, "no transaction ({reason})"),
+            TxMode::Transactional => f.write_str("one transaction"),
+            TxMode::OwnTransaction => {
+                f.write_str("one transaction (the file's own BEGIN/COMMIT run as ours)")
+            }
+            TxMode::Wrapped { before, after } => {
+                f.write_str("one transaction")?;
+                match (before.is_empty(), after.is_empty()) {
+                    (false, false) => write!(
+                        f,
+                        "; {} applied before it and {} after",
+                        pragmas(before),
+                        pragmas(after)
+                    ),
+                    (false, true) => write!(f, "; {} applied before it", pragmas(before)),
+                    (true, false) => write!(f, "; {} applied after it", pragmas(after)),
+                    (true, true) => Ok(()),
+                }
+            }
+            TxMode::NoTransaction { reason } => write!(f, "dirty protocol: {reason}"),
         }
     }
 }
@@ -136,12 +222,18 @@ impl SqlFile {
         }
     }
 
-    /// The statements to execute: for [`TxMode::OwnTransaction`], without the file's own
-    /// `BEGIN`/`COMMIT`; otherwise all of them.
+    /// The statements to execute inside the run: for [`TxMode::OwnTransaction`], without the
+    /// file's own `BEGIN`/`COMMIT`; for [`TxMode::Wrapped`], only those between them (the
+    /// pragmas around them are applied outside); otherwise all of them.
     pub fn body(&self) -> Vec<&Statement> {
-        match self.mode {
+        match &self.mode {
             TxMode::OwnTransaction => self
                 .statements
+                .iter()
+                .filter(|s| control(&s.text).is_none())
+                .collect(),
+            TxMode::Wrapped { before, after } => self.statements
+                [before.len()..self.statements.len() - after.len()]
                 .iter()
                 .filter(|s| control(&s.text).is_none())
                 .collect(),
@@ -197,11 +289,81 @@ fn cannot_run_in_transaction(text: &str) -> Option<&'static str> {
         ["CREATE", "TABLESPACE", ..] | ["DROP", "TABLESPACE", ..] => Some("CREATE/DROP TABLESPACE"),
         ["ALTER", "SYSTEM", ..] => Some("ALTER SYSTEM"),
         // SQLite ignores these inside a transaction, which would silently change their meaning.
-        ["PRAGMA", p, ..] if p.starts_with("FOREIGN_KEYS") || p.starts_with("JOURNAL_MODE") => {
-            Some("PRAGMA foreign_keys/journal_mode")
+        ["PRAGMA", ..] if pragma_name(text).is_some_and(|n| n == "FOREIGN_KEYS") => {
+            Some("PRAGMA foreign_keys")
+        }
+        ["PRAGMA", ..] if pragma_name(text).is_some_and(|n| n == "JOURNAL_MODE") => {
+            Some("PRAGMA journal_mode")
         }
         _ => None,
     }
+}
+
+/// The name of a `PRAGMA` statement (uppercased, without a `main.`/`temp.` schema), if it is one.
+fn pragma_name(text: &str) -> Option<String> {
+    let mut w = words(text, 3).into_iter();
+    if w.next().as_deref() != Some("PRAGMA") {
+        return None;
+    }
+    match w.next() {
+        Some(schema) if schema == "MAIN" || schema == "TEMP" => w.next(),
+        name => name,
+    }
+}
+
+/// Whether a statement is a pragma that sets this connection's behaviour, may stand outside the
+/// file's `BEGIN`/`COMMIT`, and can be applied outside our transaction without changing the
+/// database: `foreign_keys` (a no-op inside a transaction) and `legacy_alter_table` (the two of
+/// SQLite's documented table-change procedure). `journal_mode` is not one: it changes the
+/// database file for every connection, so a file with it keeps the dirty protocol.
+pub fn is_connection_pragma(text: &str) -> bool {
+    pragma_name(text).is_some_and(|n| n == "FOREIGN_KEYS" || n == "LEGACY_ALTER_TABLE")
+}
+
+/// How many connection pragmas lead the file and how many trail it.
+fn edges(statements: &[Statement]) -> (usize, usize) {
+    let lead = statements
+        .iter()
+        .take_while(|s| is_connection_pragma(&s.text))
+        .count();
+    let trail = statements[lead..]
+        .iter()
+        .rev()
+        .take_while(|s| is_connection_pragma(&s.text))
+        .count();
+    (lead, trail)
+}
+
+/// SQLite's table-change shape: connection pragmas, one `BEGIN`, a body that can run inside a
+/// transaction, its `COMMIT`, connection pragmas; at least one pragma outside the pair.
+fn wrapped(statements: &[Statement]) -> Option<TxMode> {
+    let (lead, trail) = edges(statements);
+    if lead + trail + 2 > statements.len() {
+        return None;
+    }
+    let outside = statements[..lead]
+        .iter()
+        .chain(&statements[statements.len() - trail..]);
+    // Pragmas that work inside a transaction (legacy_alter_table) alone need no wrapping: the
+    // file is an ordinary own-transaction one.
+    if !outside
+        .clone()
+        .any(|s| cannot_run_in_transaction(&s.text).is_some())
+    {
+        return None;
+    }
+    let inner = &statements[lead..statements.len() - trail];
+    let (first, rest) = inner.split_first()?;
+    let (last, body) = rest.split_last()?;
+    let fits = control(&first.text) == Some(Control::Begin)
+        && control(&last.text) == Some(Control::Commit)
+        && body
+            .iter()
+            .all(|s| control(&s.text).is_none() && cannot_run_in_transaction(&s.text).is_none());
+    fits.then(|| TxMode::Wrapped {
+        before: statements[..lead].to_vec(),
+        after: statements[statements.len() - trail..].to_vec(),
+    })
 }
 
 /// Decides how a file must be run.
@@ -211,7 +373,14 @@ pub fn classify(text: &str, statements: &[Statement]) -> TxMode {
             reason: "the file starts with `-- no-transaction`".into(),
         };
     }
-    for s in statements {
+    if let Some(mode) = wrapped(statements) {
+        return mode;
+    }
+    // Connection pragmas leading or trailing the file could be applied outside our transaction,
+    // were the rest one BEGIN/COMMIT pair; what else keeps the file out of one is named first.
+    let (lead, trail) = edges(statements);
+    let inner = &statements[lead..statements.len() - trail];
+    for s in inner {
         if let Some(what) = cannot_run_in_transaction(&s.text) {
             return TxMode::NoTransaction {
                 reason: format!("line {}: {what} cannot run inside a transaction", s.line),
@@ -245,6 +414,18 @@ pub fn classify(text: &str, statements: &[Statement]) -> TxMode {
     if open {
         return TxMode::NoTransaction {
             reason: "the file opens a transaction it does not commit".into(),
+        };
+    }
+    let mut outside = statements[..lead]
+        .iter()
+        .chain(&statements[lead + inner.len()..]);
+    if let Some(s) = outside.find(|s| cannot_run_in_transaction(&s.text).is_some()) {
+        return TxMode::NoTransaction {
+            reason: format!(
+                "line {}: {} cannot run inside a transaction, and the rest of the file is not one BEGIN ... COMMIT to apply it around",
+                s.line,
+                excerpt(&s.text)
+            ),
         };
     }
     if seen {
@@ -565,5 +746,112 @@ mod tests {
         let f = SqlFile::parse("x.sql", "BEGIN;\nSELECT 1;\nCOMMIT;\n".to_owned());
         assert_eq!(f.body().len(), 1);
         assert_eq!(f.checksum.len(), 96);
+    }
+
+    /// SQLite's documented procedure for table changes.
+    const TABLE_CHANGE: &str = "-- rebuild teams\nPRAGMA foreign_keys=OFF;\nBEGIN;\nCREATE TABLE new_teams (id INTEGER PRIMARY KEY, name TEXT NOT NULL);\nINSERT INTO new_teams SELECT id, name FROM teams;\nDROP TABLE teams;\nALTER TABLE new_teams RENAME TO teams;\nPRAGMA foreign_key_check;\nCOMMIT;\nPRAGMA foreign_keys=ON;\n";
+
+    #[test]
+    fn the_table_change_shape_is_wrapped() {
+        let f = SqlFile::parse("x.sql", TABLE_CHANGE.to_owned());
+        let Some((before, after)) = f.mode.wrap() else {
+            panic!("{:?}", f.mode)
+        };
+        assert_eq!(
+            (before[0].line, before[0].text.as_str()),
+            (2, "PRAGMA foreign_keys=OFF")
+        );
+        assert_eq!(
+            (after[0].line, after[0].text.as_str()),
+            (10, "PRAGMA foreign_keys=ON")
+        );
+        assert!(f.mode.in_transaction());
+        let body: Vec<_> = f.body().iter().map(|s| s.line).collect();
+        assert_eq!(body, vec![4, 5, 6, 7, 8]);
+        assert_eq!(
+            f.mode.to_string(),
+            "one transaction; PRAGMA foreign_keys=OFF applied before it and PRAGMA foreign_keys=ON after"
+        );
+        // Spelling, a schema name, legacy_alter_table, pragmas on one side only.
+        let m = |sql: &str| SqlFile::parse("x.sql", sql.to_owned()).mode;
+        assert!(
+            m("pragma main.foreign_keys = 0; begin transaction; drop table a; end;")
+                .wrap()
+                .is_some()
+        );
+        let legacy = m("PRAGMA foreign_keys=OFF;\nPRAGMA legacy_alter_table=ON;\nBEGIN;\nALTER TABLE a RENAME TO b;\nCOMMIT;\nPRAGMA legacy_alter_table=OFF;\nPRAGMA foreign_keys=ON;");
+        assert_eq!(legacy.wrap().map(|(b, a)| (b.len(), a.len())), Some((2, 2)));
+        // legacy_alter_table works inside a transaction: alone it needs no wrapping.
+        assert_eq!(
+            m("PRAGMA legacy_alter_table=ON;\nBEGIN;\nALTER TABLE a RENAME TO b;\nCOMMIT;\nPRAGMA legacy_alter_table=OFF;"),
+            TxMode::OwnTransaction
+        );
+        assert_eq!(
+            m("PRAGMA legacy_alter_table=ON;\nALTER TABLE a RENAME TO b;"),
+            TxMode::Transactional
+        );
+        let trailing = m("BEGIN;\nCREATE TABLE a (x int);\nCOMMIT;\nPRAGMA foreign_keys=ON;");
+        assert_eq!(
+            trailing.to_string(),
+            "one transaction; PRAGMA foreign_keys=ON applied after it"
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_wrapped_keeps_the_dirty_protocol() {
+        let m = |sql: &str| SqlFile::parse("x.sql", sql.to_owned()).mode;
+        let dirty = |sql: &str| {
+            let mode = m(sql);
+            assert!(!mode.in_transaction(), "{sql}: {mode:?}");
+            mode.to_string()
+        };
+        // A pragma between statements of the body.
+        let between = dirty(
+            "BEGIN;\nCREATE TABLE a (x int);\nPRAGMA foreign_keys=OFF;\nDROP TABLE b;\nCOMMIT;",
+        );
+        assert_eq!(
+            between,
+            "dirty protocol: line 3: PRAGMA foreign_keys cannot run inside a transaction"
+        );
+        // No BEGIN/COMMIT pair to wrap.
+        dirty("PRAGMA foreign_keys=OFF;\nDROP TABLE a;\nPRAGMA foreign_keys=ON;");
+        // An unpaired BEGIN.
+        dirty("PRAGMA foreign_keys=OFF;\nBEGIN;\nDROP TABLE a;\nPRAGMA foreign_keys=ON;");
+        // Two pairs with pragmas between them.
+        dirty("PRAGMA foreign_keys=OFF;\nBEGIN;\nDROP TABLE a;\nCOMMIT;\nPRAGMA foreign_keys=ON;\nPRAGMA foreign_keys=OFF;\nBEGIN;\nDROP TABLE b;\nCOMMIT;\nPRAGMA foreign_keys=ON;");
+        // Something else outside the pair.
+        dirty("PRAGMA foreign_keys=OFF;\nDROP TABLE c;\nBEGIN;\nDROP TABLE a;\nCOMMIT;\nPRAGMA foreign_keys=ON;");
+        // journal_mode changes the file for every connection: not ours to apply outside.
+        let journal = dirty("PRAGMA journal_mode=WAL;\nBEGIN;\nCREATE TABLE a (x int);\nCOMMIT;");
+        assert!(journal.contains("line 1: PRAGMA journal_mode"), "{journal}");
+        // A body that cannot run in a transaction.
+        let vacuum = dirty("PRAGMA foreign_keys=OFF;\nBEGIN;\nDROP TABLE a;\nCOMMIT;\nVACUUM;\nPRAGMA foreign_keys=ON;");
+        assert!(vacuum.contains("VACUUM"), "{vacuum}");
+        assert_eq!(
+            dirty("-- no-transaction\nPRAGMA foreign_keys=OFF;\nBEGIN;\nSELECT 1;\nCOMMIT;"),
+            "dirty protocol: the file starts with `-- no-transaction`"
+        );
+    }
+
+    #[test]
+    fn which_files_can_share_a_transaction() {
+        let m = |sql: &str| SqlFile::parse("x.sql", sql.to_owned()).mode;
+        let plain = m("CREATE TABLE a (x int);");
+        let own = m("BEGIN;\nCREATE TABLE a (x int);\nCOMMIT;");
+        let wrapped = m(TABLE_CHANGE);
+        let spelled = m(
+            "PRAGMA foreign_keys = off;\nBEGIN;\nDROP TABLE z;\nCOMMIT;\npragma FOREIGN_KEYS = ON;",
+        );
+        let other = m("PRAGMA foreign_keys=OFF;\nBEGIN;\nDROP TABLE z;\nCOMMIT;");
+        // The trailing pragma sets something the leading ones did not.
+        let resets_more = m("PRAGMA foreign_keys=OFF;\nBEGIN;\nDROP TABLE z;\nCOMMIT;\nPRAGMA legacy_alter_table=OFF;");
+        let vacuum = m("VACUUM;");
+        assert!(plain.can_share_transaction_with(&own));
+        assert!(wrapped.can_share_transaction_with(&spelled));
+        assert!(!plain.can_share_transaction_with(&wrapped));
+        assert!(!wrapped.can_share_transaction_with(&own));
+        assert!(!wrapped.can_share_transaction_with(&other));
+        assert!(!resets_more.can_share_transaction_with(&resets_more));
+        assert!(!plain.can_share_transaction_with(&vacuum));
     }
 }

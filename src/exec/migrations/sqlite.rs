@@ -61,6 +61,20 @@ impl SqliteDb {
     pub fn path(&self) -> &Path {
         &self.0.backend.path
     }
+
+    /// Whether this connection enforces foreign keys now (`PRAGMA foreign_keys`): a connection
+    /// setting, which a table-change file turns off before its transaction and on again after.
+    pub fn foreign_keys(&self) -> Result<bool, SchemaError> {
+        self.0
+            .backend
+            .conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .map_err(|e| SchemaError::Query {
+                url: self.0.backend.url.clone(),
+                doing: "reading PRAGMA foreign_keys".to_owned(),
+                database_said: e.to_string(),
+            })
+    }
 }
 
 super::schema::delegate_schema_db!(SqliteDb);
