@@ -298,7 +298,7 @@ impl Journal {
             Err(std::fs::TryLockError::Error(e)) => return Err(fail(&lock_path, e)),
         }
         // A snapshot a crash cut short is only a temporary file: the last one is intact.
-        let _ = std::fs::remove_file(dir.join(format!("{}.tmp", snapshot::FILE_NAME)));
+        let _ = std::fs::remove_file(dir.join(snapshot::TEMPORARY_NAME));
         let path = dir.join(FILE_NAME);
         let conn = Connection::open(&path).map_err(|e| fail(&path, e))?;
         let mut journal = Journal::with(conn, path, Some(lock));
