@@ -1,9 +1,10 @@
 //! The README's runnable examples, run as it says (`examples/NAME/run.sh`, the binary given as
 //! `ROLLBACK_NODE`), in a copy of the checkout's example files and `.gitignore`: each does what
 //! the README says, and afterwards the checkout is clean (`git status --porcelain` says nothing,
-//! and every example file is byte for byte what it was). The HAProxy example needs `haproxy`
-//! itself and two backends; only its script's staying out of the checkout is checked here, by
-//! running the node on it (which is refused, there being no socket).
+//! and every example file is byte for byte what it was). The HAProxy example needs a running
+//! HAProxy and two backends; here its script's HAProxy branch only checks the configuration
+//! (where `haproxy` is installed) and the node is refused for want of a socket, and both leave the
+//! checkout clean.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -250,6 +251,17 @@ fn the_haproxy_example_stays_out_of_the_checkout() {
         "&"
     );
     let copy = Copy::of("haproxy");
+    // Where HAProxy is installed, the script's HAProxy branch checks the copied configuration
+    // (`-c`: nothing is bound or made).
+    if Command::new("haproxy").arg("-v").output().is_ok() {
+        let checked = copy.run("examples/haproxy/run.sh", &["haproxy", "-c"], "");
+        assert!(
+            checked.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
     // No HAProxy runs here: the node is refused at start, naming the copy's socket.
     let output = copy.run("examples/haproxy/run.sh", &[], "");
     let stderr = String::from_utf8_lossy(&output.stderr);
