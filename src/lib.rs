@@ -39,6 +39,7 @@
 extern crate self as rollback_node;
 
 pub mod core;
+pub mod durable;
 pub mod exec;
 pub mod protocol;
 pub mod runtime;

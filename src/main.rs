@@ -10,7 +10,7 @@ use rollback_node::exec::systems::connect;
 use rollback_node::protocol::encode::BodyOut;
 use rollback_node::protocol::values::InFlightView;
 use rollback_node::runtime::ofrep::{FlagsView, OfrepServer};
-use rollback_node::store::journal::{Journal, LOCK_NAME};
+use rollback_node::store::journal::{Journal, FILE_NAME, LOCK_NAME};
 use rollback_node::store::replay::{self, Open};
 use rollback_node::store::{MemoryStore, Store};
 use rollback_node::{Estate, Session, EXAMPLE_ESTATE};
@@ -142,13 +142,32 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         let session = Session::new(machine, executors, MemoryStore::new());
         return run(session, args.ofrep);
     };
-    let (journal, loaded) = Journal::open(
-        dir,
-        given.as_ref().map(|(t, o)| (t.as_str(), o.as_str())),
-        EXAMPLE_ESTATE,
-        &given_dir,
-    )
-    .map_err(config)?;
+    // Everything that can refuse the estate comes before the directory is adopted: a refused
+    // start leaves it exactly as it was.
+    let given_text = given.as_ref().map(|(t, o)| (t.as_str(), o.as_str()));
+    let stored = Journal::stored(dir, given_text).map_err(config)?;
+    let origin = match &given {
+        Some((_, origin)) => origin.clone(),
+        None => format!("{} (stored estate)", dir.join(FILE_NAME).display()),
+    };
+    let text = match (&stored, &given) {
+        (Some(stored), _) => stored.estate.clone(),
+        (None, Some((text, _))) => text.clone(),
+        (None, None) => EXAMPLE_ESTATE.to_owned(),
+    };
+    let estate = Estate::from_toml(&text, &origin).map_err(config)?;
+    let base = stored
+        .and_then(|s| s.estate_dir)
+        .unwrap_or_else(|| given_dir.clone());
+    let (executors, found) = connect(&estate, &base, args.pace).map_err(config)?;
+    let (journal, loaded) =
+        Journal::open(dir, given_text, EXAMPLE_ESTATE, &given_dir).map_err(config)?;
+    if loaded.estate != text {
+        return Err(config(format!(
+            "{}: another node adopted this state directory while this one was starting; start again",
+            dir.display()
+        )));
+    }
     if loaded.created && given.is_none() {
         eprintln!(
             "rollback-node: {} is new and no --estate was given: adopting the built-in example estate (see `rollback-node example-estate`); to manage your own, start with a new --state-dir and --estate FILE",
@@ -158,13 +177,6 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     if let Some(warning) = &loaded.warning {
         eprintln!("rollback-node: {warning}");
     }
-    let origin = match &given {
-        Some((_, origin)) => origin.clone(),
-        None => format!("{} (stored estate)", journal.path().display()),
-    };
-    let estate = Estate::from_toml(&loaded.estate, &origin).map_err(config)?;
-    let base = loaded.estate_dir.clone().unwrap_or(given_dir);
-    let (executors, found) = connect(&estate, &base, args.pace).map_err(config)?;
     let (mut machine, open) = rebuild(
         estate.state,
         loaded.snapshot,

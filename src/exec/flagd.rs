@@ -29,15 +29,16 @@
 //! `defaultVariant` and `targeting` and keeps the other edits.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
+
+use crate::durable::{self, Temporary};
 
 /// The flag-metadata key under which a disabled flag keeps its previous text (a JSON string).
 pub const STASH_KEY: &str = "rollbackNode.killSwitch.previous";
@@ -357,33 +358,16 @@ impl FlagFile {
     /// flag file, then fsyncs the directory. With `expected`, the file on disk must still hold
     /// exactly that text just before the rename, else nothing is written and `Ok(false)` returned.
     fn write_atomic(&self, text: &str, expected: Option<&str>) -> Result<bool, FlagdError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(
-            ".{name}.{}.{}.tmp",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| {
-                io_error(
-                    &dir,
-                    "create a temporary file in the flag file's directory",
-                    e,
-                )
-            })?;
-        let guard = RemoveOnDrop(Some(tmp.clone()));
+        let temporary = Temporary::unique(&self.path);
+        let dir = temporary.directory().to_path_buf();
+        let tmp = temporary.path().to_path_buf();
+        let mut file = temporary.create().map_err(|e| {
+            io_error(
+                &dir,
+                "create a temporary file in the flag file's directory",
+                e.source,
+            )
+        })?;
         let mut previous_mtime = None;
         if expected.is_some() {
             let old = fs::metadata(&self.path)
@@ -405,39 +389,27 @@ impl FlagFile {
                     .map_err(|e| io_error(&tmp, "set the modification time of", e))?;
             }
         }
-        file.sync_all().map_err(|e| io_error(&tmp, "fsync", e))?;
+        temporary
+            .sync_file(&file)
+            .map_err(|e| io_error(&tmp, "fsync", e.source))?;
         drop(file);
         if let Some(expected) = expected {
             let now = fs::read_to_string(&self.path)
                 .map_err(|e| io_error(&self.path, "read the flag file", e))?;
             if now != expected {
+                temporary
+                    .discard()
+                    .map_err(|e| io_error(&tmp, "remove", e))?;
                 return Ok(false);
             }
         }
-        fs::rename(&tmp, &self.path)
-            .map_err(|e| io_error(&self.path, "rename the new version over", e))?;
-        guard.disarm();
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error(&dir, "fsync the directory of the flag file", e))?;
+        temporary.install().map_err(|e| match e.step {
+            durable::Step::SyncDirectory => {
+                io_error(&dir, "fsync the directory of the flag file", e.source)
+            }
+            _ => io_error(&self.path, "rename the new version over", e.source),
+        })?;
         Ok(true)
-    }
-}
-
-/// Removes a temporary file unless disarmed.
-struct RemoveOnDrop(Option<PathBuf>);
-
-impl RemoveOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = fs::remove_file(path);
-        }
     }
 }
 

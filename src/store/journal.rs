@@ -97,6 +97,26 @@ pub struct Loaded {
     pub estate_dir: Option<PathBuf>,
 }
 
+/// What a state directory was created for, read before a start adopts it
+/// ([`Journal::stored`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The estate description stored with the journal (TOML).
+    pub estate: String,
+    /// The directory the estate file was in: its relative paths are relative to it.
+    pub estate_dir: Option<PathBuf>,
+}
+
+fn another_estate(dir: &Path, origin: &str) -> JournalError {
+    fail(
+        dir,
+        format!(
+            "this state directory was created for another estate than {origin}; \
+             start without --estate to resume it, or use a new --state-dir for {origin}"
+        ),
+    )
+}
+
 /// An open journal.
 #[derive(Debug)]
 pub struct Journal {
@@ -298,7 +318,7 @@ impl Journal {
             Err(std::fs::TryLockError::Error(e)) => return Err(fail(&lock_path, e)),
         }
         // A snapshot a crash cut short is only a temporary file: the last one is intact.
-        let _ = std::fs::remove_file(dir.join(format!("{}.tmp", snapshot::FILE_NAME)));
+        let _ = std::fs::remove_file(dir.join(snapshot::TEMPORARY_NAME));
         let path = dir.join(FILE_NAME);
         let conn = Connection::open(&path).map_err(|e| fail(&path, e))?;
         let mut journal = Journal::with(conn, path, Some(lock));
@@ -307,13 +327,7 @@ impl Journal {
         let created = stored.is_none();
         match (&stored, estate) {
             (Some(stored), Some((given, origin))) if stored != given => {
-                return Err(fail(
-                    dir,
-                    format!(
-                        "this state directory was created for another estate than {origin}; \
-                         start without --estate to resume it, or use a new --state-dir for {origin}"
-                    ),
-                ));
+                return Err(another_estate(dir, origin));
             }
             (Some(_), _) => {}
             (None, given) => {
@@ -332,6 +346,75 @@ impl Journal {
         journal.snapshot_seq = loaded.snapshot.as_ref().map_or(0, |s| s.seq);
         journal.since_snapshot = loaded.entries.len() as u64;
         Ok((journal, loaded))
+    }
+
+    /// What the state directory `dir` was created for, read the way a start needs it before it
+    /// may adopt the directory: nothing is created (not even `dir`), written or locked, so a
+    /// start that is refused afterwards (its estate does not parse, a real system cannot be
+    /// reached) leaves the directory exactly as it was. `Ok(None)`: there is no journal yet, and
+    /// [`Journal::open`] would create one.
+    ///
+    /// `estate` is the estate the caller was given (TOML text and where it came from), or `None`.
+    ///
+    /// # Errors
+    /// What [`Journal::open`] would refuse without writing: another node serves the directory;
+    /// the database is damaged or of another format; it was created for another estate than the
+    /// one given.
+    pub fn stored(
+        dir: &Path,
+        estate: Option<(&str, &str)>,
+    ) -> Result<Option<Stored>, JournalError> {
+        let lock_path = dir.join(LOCK_NAME);
+        if let Ok(lock) = File::open(&lock_path) {
+            if let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock_shared() {
+                return Err(fail(
+                    dir,
+                    "another rollback-node is serving this state directory; stop it first",
+                ));
+            }
+        }
+        let path = dir.join(FILE_NAME);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let read_only = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // Without a write-ahead log beside it (the node that wrote it stopped cleanly) the
+        // database file holds everything, and is read as immutable: SQLite then makes no
+        // shared-memory or log file. With one, it is read through the log, which exists already.
+        let wal = dir.join(format!("{FILE_NAME}-wal"));
+        let conn = if wal.exists() {
+            Connection::open_with_flags(&path, read_only)
+        } else {
+            let uri = format!("file:{}?immutable=1", path.display());
+            Connection::open_with_flags(uri, read_only | OpenFlags::SQLITE_OPEN_URI)
+        }
+        .map_err(|e| damaged(&path, e))?;
+        let journal = Journal::with(conn, path, None);
+        let has_meta: bool = journal
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|e| damaged(&journal.path, e))?;
+        if !has_meta {
+            return Ok(None);
+        }
+        journal.check_format()?;
+        let Some(stored) = journal.meta("estate")? else {
+            return Ok(None);
+        };
+        if let Some((given, origin)) = estate {
+            if stored != given {
+                return Err(another_estate(dir, origin));
+            }
+        }
+        Ok(Some(Stored {
+            estate: stored,
+            estate_dir: journal.meta("estate_dir")?.map(PathBuf::from),
+        }))
     }
 
     /// Opens an existing journal to read it (`status`, `history`); takes no lock, writes nothing.

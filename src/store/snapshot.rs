@@ -7,13 +7,16 @@
 //! not used.
 
 use crate::core::machine::{Snapshot, SnapshotOut};
-use std::io::Write;
+use crate::durable::{self, Temporary};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread;
 
 /// The snapshot file inside a state directory.
 pub const FILE_NAME: &str = "snapshot.json";
+/// The temporary file a snapshot is written to before it is renamed over [`FILE_NAME`]; one a
+/// crash left behind is removed at the next start.
+pub const TEMPORARY_NAME: &str = "snapshot.json.tmp";
 
 /// Writes snapshots in the background, one at a time; a snapshot taken while the previous one
 /// is still being written replaces it in the queue (only the newest matters).
@@ -55,18 +58,11 @@ impl SnapshotWriter {
 fn write(dir: &Path, snapshot: &SnapshotOut) -> Result<String, String> {
     let data = serde_json::to_vec(snapshot).map_err(|e| e.to_string())?;
     let path = dir.join(FILE_NAME);
-    let temporary = dir.join(format!("{FILE_NAME}.tmp"));
-    let written = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&temporary)?;
-        writeln!(file, "{:08x}", crc32fast::hash(&data))?;
-        file.write_all(&data)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, &path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    written
+    let mut text = format!("{:08x}\n", crc32fast::hash(&data)).into_bytes();
+    text.extend_from_slice(&data);
+    durable::write(Temporary::named(&path, TEMPORARY_NAME), &text)
         .map(|()| path.display().to_string())
-        .map_err(|e| format!("{}: cannot write a snapshot: {e}", path.display()))
+        .map_err(|e| format!("{}: cannot write a snapshot: {}", path.display(), e.source))
 }
 
 /// Reads the snapshot of `dir`: `Ok(None)` when there is none.

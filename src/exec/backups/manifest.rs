@@ -2,11 +2,12 @@
 //! file must hash to, the rows each table holds and the schema version it was taken at, so a
 //! restore can be checked before and after it touches the live database.
 
+use crate::durable::{self, Temporary};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The suffix of a manifest file: `NAME.manifest.json`.
@@ -89,27 +90,18 @@ impl Manifest {
             .map_err(|e| format!("{}: not a backup manifest: {e}", path.display()))
     }
 
-    /// Writes the manifest beside its backup, durably (temporary file, fsync, rename).
+    /// Writes the manifest beside its backup, durably (temporary file, fsync, rename, fsync of
+    /// the directory).
     ///
     /// # Errors
     /// The directory cannot be written.
     pub fn write(&self, dir: &Path) -> Result<(), String> {
         let path = Self::path(dir, &self.name);
-        let tmp = dir.join(format!(".{}{MANIFEST_SUFFIX}.tmp", self.name));
-        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
-        let write = || -> std::io::Result<()> {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            sync_dir(dir);
-            Ok(())
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            format!("{}: cannot be written: {e}", path.display())
-        })
+        let mut text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        text.push('\n');
+        let temporary = Temporary::named(&path, &format!(".{}{MANIFEST_SUFFIX}.tmp", self.name));
+        durable::write(temporary, text.as_bytes())
+            .map_err(|e| format!("{}: cannot be written: {}", path.display(), e.source))
     }
 }
 

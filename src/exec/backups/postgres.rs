@@ -5,9 +5,10 @@
 //! in one transaction, after its sessions are closed; the old database is kept as
 //! `<db>_before_restore_<unix>`.
 
-use super::manifest::{application_rows, check_file, check_tables, sync_dir, unix_now, Manifest};
+use super::manifest::{application_rows, check_file, check_tables, unix_now, Manifest};
 use super::sqlite::Inspection;
 use super::{RestoreError, Restored};
+use crate::durable::{self, Temporary};
 use ::postgres::config::Host;
 use ::postgres::{Client, Config, NoTls};
 use std::collections::BTreeMap;
@@ -472,34 +473,31 @@ pub fn take(dir: &Path, url: &str, name: &str, why: &str) -> Result<Manifest, St
     let database = dbname(&config);
     let file = format!("{name}.dump");
     let path = dir.join(&file);
-    let tmp = dir.join(format!(".{file}.tmp"));
-    let result = (|| -> Result<Inspection, String> {
-        let out = command("pg_dump", &config, &database)
-            .arg("-Fc")
-            .arg("-f")
-            .arg(&tmp)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("pg_dump could not be started: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "pg_dump of database {database} failed ({}): {}",
-                out.status,
-                tail(&String::from_utf8_lossy(&out.stderr))
-            ));
-        }
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| format!("{}: cannot be synced: {e}", tmp.display()))?;
-        let inspection = scan(&tmp)?;
-        std::fs::rename(&tmp, &path)
-            .map_err(|e| format!("{}: cannot be written: {e}", path.display()))?;
-        sync_dir(dir);
-        Ok(inspection)
-    })();
-    let inspection = result.inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
+    let temporary = Temporary::named(&path, &format!(".{file}.tmp"));
+    let inspection = durable::replace_with(
+        temporary,
+        |tmp| -> Result<Inspection, String> {
+            let out = command("pg_dump", &config, &database)
+                .arg("-Fc")
+                .arg("-f")
+                .arg(tmp)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("pg_dump could not be started: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "pg_dump of database {database} failed ({}): {}",
+                    out.status,
+                    tail(&String::from_utf8_lossy(&out.stderr))
+                ));
+            }
+            scan(tmp)
+        },
+        |e| match e.step {
+            durable::Step::Sync => format!("{}: cannot be synced: {}", e.path.display(), e.source),
+            _ => format!("{}: cannot be written: {}", e.path.display(), e.source),
+        },
+    )?;
     Manifest::record(
         dir,
         name,

@@ -3,8 +3,9 @@
 //! one write transaction on the live database, so a reader in WAL mode sees the old content or
 //! the new, never an error or a half — and taking a backup the same way.
 
-use super::manifest::{application_rows, check_file, check_tables, sync_dir, Manifest};
+use super::manifest::{application_rows, check_file, check_tables, Manifest};
 use super::{RestoreError, Restored};
+use crate::durable::{self, Temporary};
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 use std::collections::BTreeMap;
@@ -266,30 +267,36 @@ pub fn live_version(live: &Path) -> Result<u64, String> {
 pub fn take(dir: &Path, live: &Path, name: &str, why: &str) -> Result<Manifest, String> {
     let file = format!("{name}.db");
     let path = dir.join(&file);
-    let tmp = dir.join(format!(".{file}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| -> Result<Inspection, String> {
-        let source = open_read_only(live)?;
-        let mut target = Connection::open(&tmp).map_err(|e| said(&tmp, "cannot be created", e))?;
-        copy(&source, &mut target, -1, &mut |_, _| {})
-            .map_err(|e| said(live, "backing it up", e))?;
-        drop(source);
-        // A self-contained file: no WAL beside it.
-        let _: String = target
-            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
-            .map_err(|e| said(&tmp, "setting its journal mode", e))?;
-        let inspection = inspect_conn(&target, &tmp)?;
-        drop(target);
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| said(&tmp, "cannot be synced", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| said(&path, "cannot be written", e))?;
-        sync_dir(dir);
-        Ok(inspection)
-    })();
-    let inspection = result.inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
+    let temporary = Temporary::named(&path, &format!(".{file}.tmp"));
+    // A leftover of a crashed backup is not a database to open: start from nothing.
+    std::fs::remove_file(temporary.path())
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        })
+        .map_err(|e| said(temporary.path(), "cannot be removed", e))?;
+    let inspection = durable::replace_with(
+        temporary,
+        |tmp| -> Result<Inspection, String> {
+            let source = open_read_only(live)?;
+            let mut target =
+                Connection::open(tmp).map_err(|e| said(tmp, "cannot be created", e))?;
+            copy(&source, &mut target, -1, &mut |_, _| {})
+                .map_err(|e| said(live, "backing it up", e))?;
+            drop(source);
+            // A self-contained file: no WAL beside it.
+            let _: String = target
+                .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+                .map_err(|e| said(tmp, "setting its journal mode", e))?;
+            let inspection = inspect_conn(&target, tmp)?;
+            drop(target);
+            Ok(inspection)
+        },
+        |e| match e.step {
+            durable::Step::Sync => said(&e.path, "cannot be synced", e.source),
+            _ => said(&e.path, "cannot be written", e.source),
+        },
+    )?;
     Manifest::record(
         dir,
         name,
