@@ -6,7 +6,6 @@
 //! serde_json.
 
 use serde::ser::{SerializeMap, Serializer};
-use serde::Serialize;
 
 /// A reply body: its wire `type` and its fields, in order.
 ///
@@ -61,8 +60,8 @@ pub fn write_reply<B: ReplyBody + ?Sized>(
     }
 }
 
-/// Appends a reply body `{"type":…,"in_reply_to":…,…}`: the bytes serde_json writes for
-/// [`BodyOut`]. Returns `false`, having written part of it, if a field failed to serialize
+/// Appends a reply body `{"type":…,"in_reply_to":…,…}`: the bytes serde_json writes for a
+/// map of `type`, `in_reply_to` and the body's fields. Returns `false`, having written part of it, if a field failed to serialize
 /// (which cannot happen for the reply types here: string keys, finite numbers).
 pub fn write_body<B: ReplyBody + ?Sized>(
     out: &mut Vec<u8>,
@@ -144,38 +143,39 @@ impl Decimal {
     }
 }
 
-/// A reply body as it goes on the wire: `type`, `in_reply_to`, then the body's fields. The
-/// serde view of what [`write_body`] writes.
-pub struct BodyOut<'a, B: ReplyBody + ?Sized> {
-    in_reply_to: Option<u64>,
-    body: &'a B,
-}
-
-impl<'a, B: ReplyBody + ?Sized> BodyOut<'a, B> {
-    /// The body of a reply to `in_reply_to`.
-    pub fn new(in_reply_to: Option<u64>, body: &'a B) -> Self {
-        BodyOut { in_reply_to, body }
-    }
-}
-
-impl<B: ReplyBody + ?Sized> Serialize for BodyOut<'_, B> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("type", self.body.type_name())?;
-        if let Some(id) = self.in_reply_to {
-            map.serialize_entry("in_reply_to", &id)?;
-        }
-        self.body.serialize_fields(&mut map)?;
-        map.end()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::replies::*;
     use crate::protocol::{Environment, Refusal, RestoreRecord};
+    use serde::Serialize;
     use std::collections::BTreeMap;
+
+    /// A reply body as it goes on the wire: `type`, `in_reply_to`, then the body's fields. The
+    /// serde view of what [`write_body`] writes.
+    struct BodyOut<'a, B: ReplyBody + ?Sized> {
+        in_reply_to: Option<u64>,
+        body: &'a B,
+    }
+
+    impl<'a, B: ReplyBody + ?Sized> BodyOut<'a, B> {
+        /// The body of a reply to `in_reply_to`.
+        fn new(in_reply_to: Option<u64>, body: &'a B) -> Self {
+            BodyOut { in_reply_to, body }
+        }
+    }
+
+    impl<B: ReplyBody + ?Sized> Serialize for BodyOut<'_, B> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut map = serializer.serialize_map(None)?;
+            map.serialize_entry("type", self.body.type_name())?;
+            if let Some(id) = self.in_reply_to {
+                map.serialize_entry("in_reply_to", &id)?;
+            }
+            self.body.serialize_fields(&mut map)?;
+            map.end()
+        }
+    }
 
     /// The whole reply envelope for serde_json: what [`write_reply`] must write byte for byte.
     #[derive(Serialize)]
