@@ -589,3 +589,39 @@ fn an_interrupted_operation_is_answered_not_run() {
     assert_eq!(machine.interrupted().len(), 1);
     assert_eq!(machine.interrupted()[0].found["schema_version"], 3);
 }
+
+#[test]
+fn a_failed_effect_is_said_once_in_the_reply() {
+    let mut state = rollback_node::Estate::example().state;
+    let operation = Operation {
+        plan: Plan::Restore {
+            backup: "bad".to_owned(),
+            schema_version: 2,
+            rows: 1,
+        },
+        effects: vec![Effect::Restore {
+            backup: "bad".to_owned(),
+        }],
+    };
+    let completion = Completion::Failed(Failure::nothing_changed(ExecError::failed(
+        "restoring bad",
+        Some("/backups".to_owned()),
+        "bad.db fails its checksum",
+    )));
+    let refusal = state.finish(&operation, &completion).unwrap_err();
+    assert_eq!(
+        refusal.text(),
+        "restoring bad failed at /backups: bad.db fails its checksum; nothing changed, the schema is at version 3 as before"
+    );
+    // An error of another action is quoted whole after the reply's own.
+    let completion = Completion::Failed(Failure::nothing_changed(ExecError::failed(
+        "reading the backups directory",
+        None,
+        "permission denied",
+    )));
+    let refusal = state.finish(&operation, &completion).unwrap_err();
+    assert_eq!(
+        refusal.text(),
+        "restoring bad failed: reading the backups directory failed: permission denied; nothing changed, the schema is at version 3 as before"
+    );
+}

@@ -347,66 +347,25 @@ impl State {
         operation: &Operation,
         completion: &Completion,
     ) -> Result<Reply, Refusal> {
-        let state = self;
         if let Completion::Done(Done {
             backups: Some(backups),
             ..
         }) = completion
         {
-            state.backups.clone_from(backups);
+            self.backups.clone_from(backups);
         }
-        let (done, failure) = match completion {
-            Completion::Done(_) => (operation.effects.len(), None),
-            Completion::Failed(failure) => (
-                failure.completed.min(operation.effects.len()),
-                Some(failure),
-            ),
+        let failure = match completion {
+            Completion::Done(_) => None,
+            Completion::Failed(failure) => Some(failure),
         };
         match &operation.plan {
-            Plan::Rollback { from, to } => {
-                for effect in &operation.effects[..done] {
-                    if let Effect::RunDown { version, .. } = effect {
-                        state.schema_version = state.previous_version(*version);
-                    }
-                }
-                if let Some(now) = failure.and_then(|f| f.now.as_ref()) {
-                    now.apply(state);
-                }
-                match (completion, failure) {
-                    (Completion::Done(Done { duration, .. }), _) => {
-                        Ok(Reply::RollbackComplete(RollbackComplete {
-                            rolled_back_from: *from,
-                            rolled_back_to: *to,
-                            duration_seconds: *duration,
-                        }))
-                    }
-                    (_, failure) => Err(schema_failure(state, operation, *from, failure)),
-                }
-            }
-            Plan::Migrate { from, to } => {
-                for effect in &operation.effects[..done] {
-                    if let Effect::RunUp { version, .. } = effect {
-                        state.schema_version = *version;
-                    }
-                }
-                if let Some(now) = failure.and_then(|f| f.now.as_ref()) {
-                    now.apply(state);
-                }
-                match (completion, failure) {
-                    (Completion::Done(Done { duration, .. }), _) => {
-                        Ok(Reply::MigrateComplete(MigrateComplete {
-                            migrated_from: *from,
-                            migrated_to: *to,
-                            duration_seconds: *duration,
-                        }))
-                    }
-                    (_, failure) => Err(schema_failure(state, operation, *from, failure)),
-                }
+            Plan::Rollback { from, .. } | Plan::Migrate { from, .. } => {
+                self.finish_migrations(operation, completion, *from)
             }
             Plan::ForceVersion { from, to, evidence } => match failure {
                 None => {
-                    state.schema_version = *to;
-                    state.schema_health.dirty = None;
+                    self.schema_version = *to;
+                    self.schema_health.dirty = None;
                     Ok(Reply::VersionForced(VersionForced {
                         previous_version: *from,
                         version: *to,
@@ -417,78 +376,23 @@ impl State {
                     &format!("forcing version {to}"),
                     operation,
                     failure,
-                    format!("the recorded version stays {}", state.schema_version),
+                    format!("the recorded version stays {}", self.schema_version),
                 )),
             },
-            Plan::SetFlag { feature, enabled } => match failure {
-                None => {
-                    if let Some(flag) = state.flags.get_mut(feature) {
-                        *flag = *enabled;
-                    }
-                    Ok(if *enabled {
-                        Reply::FeatureEnabled(FeatureEnabled {
-                            feature: feature.clone(),
-                        })
-                    } else {
-                        Reply::FeatureDisabled(FeatureDisabled {
-                            feature: feature.clone(),
-                            rolled_back_instant: true,
-                        })
-                    })
-                }
-                Some(failure) => Err(failed(
-                    &format!("setting flag {feature}"),
-                    operation,
-                    failure,
-                    format!(
-                        "the flag keeps its value ({})",
-                        on_off(state.flags.get(feature).copied().unwrap_or(false))
-                    ),
-                )),
-            },
-            Plan::SwitchTraffic { from, to } => match failure {
-                Some(failure) if failure.now.is_some() => {
-                    if let Some(now) = &failure.now {
-                        now.apply(state);
-                    }
-                    Err(failed(
-                        &format!("switching traffic from {from} to {to}"),
-                        operation,
-                        failure,
-                        format!(
-                            "{} is live, as read back from the load balancer",
-                            state.traffic.live
-                        ),
-                    ))
-                }
-                None => {
-                    state.traffic.live = *to;
-                    Ok(Reply::TrafficSwitched(TrafficSwitched {
-                        current_environment: *to,
-                        downtime_seconds: 0,
-                    }))
-                }
-                Some(failure) => Err(failed(
-                    &format!("switching traffic from {from} to {to}"),
-                    operation,
-                    failure,
-                    if !failure.is_part_way(&operation.effects) {
-                        format!("traffic stays on {from}")
-                    } else {
-                        format!("{to} was made ready but {from} may still take traffic; check the load balancer")
-                    },
-                )),
-            },
+            Plan::SetFlag { feature, enabled } => {
+                self.finish_flag(operation, failure, feature, *enabled)
+            }
+            Plan::SwitchTraffic { from, to } => self.finish_switch(operation, failure, *from, *to),
             Plan::Restore {
                 backup,
                 schema_version,
                 rows,
-            } => match (completion, failure) {
-                (Completion::Done(done), _) => {
+            } => match completion {
+                Completion::Done(done) => {
                     let restored_rows = done.rows.unwrap_or(*rows);
                     let schema_version = done.schema_version.unwrap_or(*schema_version);
-                    state.schema_version = schema_version;
-                    state.last_restore = Some(RestoreRecord {
+                    self.schema_version = schema_version;
+                    self.last_restore = Some(RestoreRecord {
                         backup: backup.clone(),
                         restored_rows,
                         schema_version,
@@ -499,16 +403,139 @@ impl State {
                         duration_seconds: done.duration,
                     }))
                 }
-                (_, failure) => Err(failed(
+                Completion::Failed(failure) => Err(failed(
                     &format!("restoring {backup}"),
                     operation,
-                    failure.expect("a failed completion"),
-                    format!(
-                        "the schema is at version {} as before",
-                        state.schema_version
-                    ),
+                    failure,
+                    format!("the schema is at version {} as before", self.schema_version),
                 )),
             },
+        }
+    }
+
+    /// A rollback or migration from `from`: each completed down() or up() moves the version,
+    /// and a failure takes what the database says now.
+    fn finish_migrations(
+        &mut self,
+        operation: &Operation,
+        completion: &Completion,
+        from: u64,
+    ) -> Result<Reply, Refusal> {
+        let done = match completion {
+            Completion::Done(_) => operation.effects.len(),
+            Completion::Failed(failure) => failure.completed.min(operation.effects.len()),
+        };
+        for effect in &operation.effects[..done] {
+            match effect {
+                Effect::RunDown { version, .. } => {
+                    self.schema_version = self.previous_version(*version)
+                }
+                Effect::RunUp { version, .. } => self.schema_version = *version,
+                _ => {}
+            }
+        }
+        match (completion, &operation.plan) {
+            (Completion::Done(Done { duration, .. }), Plan::Rollback { to, .. }) => {
+                Ok(Reply::RollbackComplete(RollbackComplete {
+                    rolled_back_from: from,
+                    rolled_back_to: *to,
+                    duration_seconds: *duration,
+                }))
+            }
+            (Completion::Done(Done { duration, .. }), _) => {
+                Ok(Reply::MigrateComplete(MigrateComplete {
+                    migrated_from: from,
+                    migrated_to: match operation.plan {
+                        Plan::Migrate { to, .. } => to,
+                        _ => self.schema_version,
+                    },
+                    duration_seconds: *duration,
+                }))
+            }
+            (Completion::Failed(failure), _) => {
+                if let Some(now) = &failure.now {
+                    now.apply(self);
+                }
+                Err(schema_failure(self, operation, from, Some(failure)))
+            }
+        }
+    }
+
+    /// A flag change: the flag takes its value, or keeps it.
+    fn finish_flag(
+        &mut self,
+        operation: &Operation,
+        failure: Option<&Failure>,
+        feature: &str,
+        enabled: bool,
+    ) -> Result<Reply, Refusal> {
+        let Some(failure) = failure else {
+            if let Some(flag) = self.flags.get_mut(feature) {
+                *flag = enabled;
+            }
+            return Ok(if enabled {
+                Reply::FeatureEnabled(FeatureEnabled {
+                    feature: feature.to_owned(),
+                })
+            } else {
+                Reply::FeatureDisabled(FeatureDisabled {
+                    feature: feature.to_owned(),
+                    rolled_back_instant: true,
+                })
+            });
+        };
+        Err(failed(
+            &format!("setting flag {feature}"),
+            operation,
+            failure,
+            format!(
+                "the flag keeps its value ({})",
+                on_off(self.flags.get(feature).copied().unwrap_or(false))
+            ),
+        ))
+    }
+
+    /// A traffic switch: `to` is live, or where traffic stands as the load balancer says.
+    fn finish_switch(
+        &mut self,
+        operation: &Operation,
+        failure: Option<&Failure>,
+        from: Environment,
+        to: Environment,
+    ) -> Result<Reply, Refusal> {
+        let what = format!("switching traffic from {from} to {to}");
+        match failure {
+            None => {
+                self.traffic.live = to;
+                Ok(Reply::TrafficSwitched(TrafficSwitched {
+                    current_environment: to,
+                    downtime_seconds: 0,
+                }))
+            }
+            Some(failure) if failure.now.is_some() => {
+                if let Some(now) = &failure.now {
+                    now.apply(self);
+                }
+                Err(failed(
+                    &what,
+                    operation,
+                    failure,
+                    format!(
+                        "{} is live, as read back from the load balancer",
+                        self.traffic.live
+                    ),
+                ))
+            }
+            Some(failure) => Err(failed(
+                &what,
+                operation,
+                failure,
+                if !failure.is_part_way(&operation.effects) {
+                    format!("traffic stays on {from}")
+                } else {
+                    format!("{to} was made ready but {from} may still take traffic; check the load balancer")
+                },
+            )),
         }
     }
 }
