@@ -7,15 +7,19 @@
 //!
 //! # Layout
 //! Dependencies run one way: `protocol` ← `core` ← {`wire`, `exec`, `store`} ← `runtime` ← the
-//! binary. `ARCHITECTURE.md` gives the bird's-eye view.
+//! binary, with [`durable`] below `exec` and `store`. `ARCHITECTURE.md` gives the bird's-eye view.
 //! - [`protocol`]: reply bodies, the values they carry, [`Refusal`], the one reply encoder.
 //! - [`core`]: the pure state machine — the estate's state, the transitions (one
 //!   `#[transition]` method per message; [`macro@protocol`] derives [`Request`] and the
 //!   dispatcher), decisions and effects as data, lanes and queues, the retry memory.
 //! - [`wire`]: request lines in (capped line splitting, the single-pass and full decoders).
-//! - [`exec`]: one small trait per capability and the simulated executor (the cost model).
+//! - [`exec`]: the executor contract (an [`exec::Executor`] performs its layer's effects), the
+//!   estate file, the registry of real systems and connecting them, the simulated executor (the
+//!   cost model) and the real ones.
 //! - [`store`]: the journal of intents and outcomes with snapshots, and replay.
-//! - [`runtime`]: the session (line in, replies out) and the concurrent event loop.
+//! - [`runtime`]: the session (line in, replies out), the concurrent event loop, and assembling a
+//!   node from its options.
+//! - [`durable`]: writing a file atomically.
 //!
 //! ```
 //! use rollback_node::Session;

@@ -7,6 +7,7 @@
 //! Everything here is plain, serializable data: the journal records operations and completions
 //! as they are, and `dry_run` shows the effects without performing them.
 
+pub use crate::core::state::LayerKind;
 use crate::core::state::{Backup, Health, Migration, SchemaHealth, State};
 use crate::protocol::values::{Environment, Seconds};
 use serde::{Deserialize, Serialize};
@@ -46,59 +47,6 @@ impl Lane {
     pub const ALL: [Lane; 3] = [Lane::Schema, Lane::Traffic, Lane::Flags];
 
     /// Its position in [`Lane::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// The four layers of an estate, each performed by one executor.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    strum::Display,
-    strum::EnumIter,
-    strum::IntoStaticStr,
-)]
-#[serde(rename_all = "lowercase")]
-#[strum(serialize_all = "lowercase")]
-pub enum LayerKind {
-    /// Migrations: `RunDown`, `RunUp`, `ForceVersion`.
-    Schema,
-    /// Backups: `TakeBackup`, `Restore`.
-    Backups,
-    /// Feature flags: `WriteFlags`.
-    Flags,
-    /// Blue-green traffic: `CheckHealthy`, `SetServerState`.
-    Traffic,
-}
-
-impl LayerKind {
-    /// Every layer.
-    pub const ALL: [LayerKind; 4] = [
-        LayerKind::Schema,
-        LayerKind::Backups,
-        LayerKind::Flags,
-        LayerKind::Traffic,
-    ];
-
-    /// The lane its operations run in.
-    pub fn lane(self) -> Lane {
-        match self {
-            LayerKind::Schema | LayerKind::Backups => Lane::Schema,
-            LayerKind::Flags => Lane::Flags,
-            LayerKind::Traffic => Lane::Traffic,
-        }
-    }
-
-    /// Its position in [`LayerKind::ALL`].
     pub fn index(self) -> usize {
         self as usize
     }

@@ -71,6 +71,50 @@ pub struct Backup {
     pub schema_version: u64,
 }
 
+/// The four layers of an estate, each performed by one executor.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum LayerKind {
+    /// Migrations: `RunDown`, `RunUp`, `ForceVersion`.
+    Schema,
+    /// Backups: `TakeBackup`, `Restore`.
+    Backups,
+    /// Feature flags: `WriteFlags`.
+    Flags,
+    /// Blue-green traffic: `CheckHealthy`, `SetServerState`.
+    Traffic,
+}
+
+impl LayerKind {
+    /// Every layer.
+    pub const ALL: [LayerKind; 4] = [
+        LayerKind::Schema,
+        LayerKind::Backups,
+        LayerKind::Flags,
+        LayerKind::Traffic,
+    ];
+
+    /// Its position in [`LayerKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// How the node manages one layer of the estate.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Layer {
@@ -158,8 +202,8 @@ impl Default for Layers {
 
 impl Layers {
     /// The layer of `kind`.
-    pub fn get(&self, kind: crate::core::effects::LayerKind) -> &Layer {
-        use crate::core::effects::LayerKind;
+    pub fn get(&self, kind: LayerKind) -> &Layer {
+        use LayerKind;
         match kind {
             LayerKind::Schema => &self.schema,
             LayerKind::Backups => &self.backups,
@@ -169,8 +213,8 @@ impl Layers {
     }
 
     /// The layer of `kind`, to set.
-    pub fn get_mut(&mut self, kind: crate::core::effects::LayerKind) -> &mut Layer {
-        use crate::core::effects::LayerKind;
+    pub fn get_mut(&mut self, kind: LayerKind) -> &mut Layer {
+        use LayerKind;
         match kind {
             LayerKind::Schema => &mut self.schema,
             LayerKind::Backups => &mut self.backups,

@@ -6,7 +6,8 @@
 use crate::core::effects::LayerKind;
 use crate::core::state::{Backup, Health, Layer, Layers, Migration, SchemaHealth, State, Traffic};
 use crate::exec::simulated::CostModel;
-use crate::exec::systems::{Configured, Section, SYSTEMS};
+use crate::exec::system::{one_line, Configured, Section};
+use crate::exec::systems::SYSTEMS;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -254,31 +255,6 @@ impl Estate {
             costs,
             systems,
         })
-    }
-}
-
-/// A TOML error on one line: `line L (the line's text): what was wrong`, with type names said
-/// in words.
-pub(crate) fn one_line(error: &toml::de::Error, text: &str) -> String {
-    let mut message = error.message().trim().replace('\n', " ");
-    for (name, words) in [
-        ("u64", "a whole number from 0 to 18446744073709551615"),
-        ("u32", "a whole number from 0 to 4294967295"),
-        ("a boolean", "true or false"),
-    ] {
-        message = message.replace(&format!("expected {name}"), &format!("expected {words}"));
-    }
-    match error.span() {
-        Some(span) => {
-            let start = span.start.min(text.len());
-            let line = text[..start].matches('\n').count() + 1;
-            let line_text = text.lines().nth(line - 1).unwrap_or_default().trim();
-            format!(
-                "line {line} ({}): {message}",
-                crate::protocol::quote(line_text)
-            )
-        }
-        None => message,
     }
 }
 

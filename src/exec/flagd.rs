@@ -977,7 +977,7 @@ fn append_flag(text: &str, key: &str, value: &Value, raws: &[&str]) -> String {
 pub const SYSTEM: System = System {
     section: "flagd",
     layer: LayerKind::Flags,
-    applies: crate::exec::systems::any_value,
+    applies: crate::exec::system::any_value,
     conflict: None,
     needs: None,
     read: |section| Ok(Box::new(section.parse::<FlagdConfig>()?)),
@@ -1060,6 +1060,6 @@ impl Executor for FlagFile {
 
 use crate::core::effects::{Completion, Done, Effect, ExecError, Failure, Found, LayerKind};
 use crate::core::state::State;
-use crate::exec::systems::{Config, Connected, Connecting, System};
+use crate::exec::system::{Config, Connected, Connecting, System};
 use crate::exec::{Executor, Report};
 use crate::protocol::values::Seconds;

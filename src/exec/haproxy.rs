@@ -538,7 +538,7 @@ impl Haproxy {
 pub const SYSTEM: System = System {
     section: "haproxy",
     layer: LayerKind::Traffic,
-    applies: crate::exec::systems::any_value,
+    applies: crate::exec::system::any_value,
     conflict: Some("[haproxy] names a real load balancer, so [traffic] must not be given too: HAProxy's server states are the truth"),
     needs: None,
     read: |section| Ok(Box::new(section.parse::<HaproxyConfig>()?)),
@@ -693,6 +693,6 @@ use crate::core::effects::{
     ServerState as TargetState,
 };
 use crate::core::state::State;
-use crate::exec::systems::{Config, Connected, Connecting, System};
+use crate::exec::system::{Config, Connected, Connecting, System};
 use crate::exec::{Executor, Report};
 use crate::protocol::values::Seconds;

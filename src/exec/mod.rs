@@ -6,7 +6,7 @@
 //! is true now ([`Found`]) so that an operation a crash interrupted can be reconciled.
 //!
 //! Each layer (schema, backups, flags, traffic) has one executor: the [`simulated`] world with
-//! the estate's cost model, or a real system chosen from the estate by [`systems`]. A lane's
+//! the estate's cost model, or a real system chosen from the estate by [`connect`]. A lane's
 //! [`LaneExecutor`] holds the executors of its layers and walks an operation's effects,
 //! handing each consecutive run to the executor of its layer, stopping at the first failure.
 //!
@@ -14,12 +14,14 @@
 //! plus one line in [`systems::SYSTEMS`].
 
 pub mod backups;
+pub mod connect;
 pub mod database;
 pub mod estate;
 pub mod flagd;
 pub mod haproxy;
 pub mod migrations;
 pub mod simulated;
+pub mod system;
 pub mod systems;
 
 use crate::core::effects::{Completion, Effect, Found, Lane, LayerKind, Operation, StatementView};

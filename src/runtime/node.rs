@@ -5,7 +5,8 @@
 
 use crate::core::effects::Found;
 use crate::core::machine::Machine;
-use crate::exec::systems::connect;
+use crate::exec::connect::connect;
+use crate::exec::estate::{Estate, EXAMPLE_ESTATE};
 use crate::protocol::encode::body_string;
 use crate::protocol::values::InFlightView;
 use crate::runtime::ofrep::{FlagsView, OfrepServer};
@@ -13,7 +14,6 @@ use crate::runtime::session::Session;
 use crate::store::journal::{Journal, FILE_NAME, LOCK_NAME};
 use crate::store::replay::{self, Open};
 use crate::store::{MemoryStore, Store};
-use crate::{Estate, EXAMPLE_ESTATE};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -155,7 +155,7 @@ fn estate_dir(path: &Path) -> PathBuf {
 /// A machine rebuilt from a snapshot (or the estate) and the journal entries after it; the
 /// real systems' catalogue is taken first, so replay decides against it.
 fn rebuild(
-    state: crate::State,
+    state: crate::core::state::State,
     snapshot: Option<crate::core::Snapshot>,
     entries: Vec<crate::store::Entry>,
     journal: &Journal,

@@ -6,7 +6,7 @@ use crate::core::effects::LayerKind;
 use crate::core::effects::{Completion, Done, Effect, ExecError, Failure, FailureKind, Found};
 use crate::core::state::{Backup, State};
 use crate::exec::migrations::executor::Migrations;
-use crate::exec::systems::{Config, Connected, Connecting, System};
+use crate::exec::system::{Config, Connected, Connecting, System};
 use crate::exec::{Executor, Reader, Report};
 use crate::protocol::values::{BackupView, Progress, Seconds};
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@ use crate::core::effects::{
 };
 use crate::core::state::{Migration, SchemaHealth, State};
 use crate::exec::database::Database;
-use crate::exec::systems::{Config, Connected, Connecting, System};
+use crate::exec::system::{Config, Connected, Connecting, System};
 use crate::exec::{Executor, Reader, Report};
 use crate::protocol::values::{Progress, Seconds};
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use std::sync::Arc;
 pub const SYSTEM: System = System {
     section: "schema",
     layer: LayerKind::Schema,
-    applies: crate::exec::systems::any_value,
+    applies: crate::exec::system::any_value,
     conflict: Some("[schema] names a real database, so schema_version and [[migrations]] must not be given too: the database and its migrations directory are the truth"),
     needs: None,
     read: |section| Ok(Box::new(section.parse::<SchemaConfig>()?)),
@@ -60,7 +60,7 @@ impl Config for SchemaConfig {
         let database = Database::in_estate(&self.database, base).ok()?;
         Some((
             database,
-            crate::exec::systems::resolve(base, &self.migrations),
+            crate::exec::system::resolve(base, &self.migrations),
         ))
     }
 }
