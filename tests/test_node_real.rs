@@ -734,3 +734,128 @@ fn a_dry_run_behind_queued_work_is_decided_against_the_state_its_predecessors_le
     );
     node.finish();
 }
+
+/// A SQLite file of about `mib` MiB with one table of random rows.
+fn large_sqlite(path: &Path, mib: usize) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;
+         CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {})
+         INSERT INTO blobs (data) SELECT randomblob(1000) FROM n;",
+        mib * 1024
+    ))
+    .unwrap();
+}
+
+#[test]
+fn the_kill_switch_is_answered_while_backups_lists_large_files() {
+    let dir = example("sqlite");
+    let backups = dir.path().join("backups");
+    std::fs::create_dir(&backups).unwrap();
+    large_sqlite(&backups.join("large_1.db"), 48);
+    for i in 2..=3 {
+        std::fs::copy(
+            backups.join("large_1.db"),
+            backups.join(format!("large_{i}.db")),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.path().join("estate.toml"),
+        "[schema]\ndatabase = \"sqlite:app.db\"\nmigrations = \"migrations\"\n\
+         [backups]\ndir = \"backups\"\n[flags]\nnew_checkout = true\n",
+    )
+    .unwrap();
+    let mut node = Node::start(&["--estate", "estate.toml"], dir.path());
+    // Listing reads every file whole (no manifests): it takes long. The flag change sent after
+    // it is answered first, because the listing does not run on the thread that answers flags.
+    node.send(1, serde_json::json!({"type": "backups"}));
+    node.send(
+        2,
+        serde_json::json!({"type": "disable_feature", "feature": "new_checkout"}),
+    );
+    node.next = 2;
+    let mut order = Vec::new();
+    while order.len() < 2 {
+        let mut line = String::new();
+        assert!(
+            node.stdout.read_line(&mut line).unwrap() > 0,
+            "the node ended"
+        );
+        let reply: Value = serde_json::from_str(&line).unwrap();
+        order.push((reply["body"]["in_reply_to"].clone(), reply["body"].clone()));
+    }
+    assert_eq!(order[0].0, 2, "the kill switch first: {order:?}");
+    assert_eq!(order[0].1["type"], "feature_disabled");
+    assert_eq!(order[1].1["type"], "backups_ok", "{order:?}");
+    let listed = order[1].1["backups"].as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|b| b["verified"] == true), "{listed:?}");
+    node.finish();
+}
+
+#[test]
+fn a_failing_table_change_file_answers_14_and_leaves_the_database_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let migrations = dir.path().join("migrations");
+    std::fs::create_dir(&migrations).unwrap();
+    std::fs::write(
+        migrations.join("1_teams.up.sql"),
+        "CREATE TABLE teams (id INTEGER PRIMARY KEY, name TEXT);\n\
+         CREATE TABLE users (id INTEGER PRIMARY KEY, team INTEGER REFERENCES teams(id));\n",
+    )
+    .unwrap();
+    std::fs::write(
+        migrations.join("1_teams.down.sql"),
+        "DROP TABLE users;\nDROP TABLE teams;\n",
+    )
+    .unwrap();
+    // SQLite's documented shape for a table change, whose body fails at its fourth statement.
+    std::fs::write(
+        migrations.join("2_rebuild_teams.up.sql"),
+        "PRAGMA foreign_keys=OFF;\nBEGIN;\n\
+         CREATE TABLE teams_new (id INTEGER PRIMARY KEY, name TEXT NOT NULL);\n\
+         INSERT INTO teams_new SELECT id, name FROM teams;\n\
+         DROP TABLE teams;\n\
+         INSERT INTO no_such_table VALUES (1);\n\
+         ALTER TABLE teams_new RENAME TO teams;\n\
+         COMMIT;\nPRAGMA foreign_keys=ON;\n",
+    )
+    .unwrap();
+    std::fs::write(migrations.join("2_rebuild_teams.down.sql"), "SELECT 1;\n").unwrap();
+    std::fs::write(
+        dir.path().join("estate.toml"),
+        "[schema]\ndatabase = \"sqlite:app.db\"\nmigrations = \"migrations\"\n",
+    )
+    .unwrap();
+    let mut node = Node::start(&["--estate", "estate.toml"], dir.path());
+    let done = node.ask(serde_json::json!({"type": "migrate", "version": 1}));
+    assert_eq!(done["type"], "migrate_complete", "{done}");
+    let failed = node.ask(serde_json::json!({"type": "migrate", "version": 2}));
+    assert_eq!(
+        failed["code"], 14,
+        "nothing changed, so 14, not 13: {failed}"
+    );
+    let text = failed["text"].as_str().unwrap();
+    assert!(text.contains("2_rebuild_teams.up.sql"), "{text}");
+    assert!(text.contains("no_such_table"), "{text}");
+    assert!(
+        text.contains("PRAGMA foreign_keys=OFF"),
+        "the protocol is named: {text}"
+    );
+    let status = node.ask(serde_json::json!({"type": "status"}));
+    assert_eq!(status["schema_version"], 1, "{status}");
+    assert_eq!(status["database"]["dirty"], false, "{status}");
+    node.finish();
+    assert_eq!(sqlite_version(&dir.path().join("app.db")), (1, false));
+    let conn = rusqlite::Connection::open(dir.path().join("app.db")).unwrap();
+    let teams: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('teams', 'teams_new')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(teams, 1, "teams is as it was, teams_new rolled back");
+}
