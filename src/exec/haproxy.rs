@@ -420,14 +420,19 @@ impl Haproxy {
     /// Which of blue and green takes new traffic, as HAProxy says. Both or neither is an error
     /// naming the states.
     pub fn live(&self) -> Result<Environment, HaproxyError> {
-        let [blue, green] = self.states()?;
+        self.live_of(&self.states()?)
+    }
+
+    /// Which of blue and green takes new traffic in `rows` (blue's, green's).
+    fn live_of(&self, rows: &[ServerRow; 2]) -> Result<Environment, HaproxyError> {
+        let [blue, green] = rows;
         match (blue.live(), green.live()) {
             (true, false) => Ok(Environment::Blue),
             (false, true) => Ok(Environment::Green),
             (both, _) => Err(HaproxyError::NotExactlyOneLive {
                 backend: self.backend.clone(),
                 both,
-                states: describe(&blue, &green),
+                states: describe(blue, green),
             }),
         }
     }
@@ -518,16 +523,17 @@ impl Haproxy {
     /// HAProxy could not be asked, or neither or both servers are live.
     pub fn found(&self) -> Result<crate::core::effects::Found, HaproxyError> {
         use crate::core::state::Health as NodeHealth;
-        let health = |server| -> Result<NodeHealth, HaproxyError> {
-            Ok(if self.health(server)?.is_healthy() {
+        let rows = self.states()?;
+        let health = |row: &ServerRow| {
+            if row.health().is_healthy() {
                 NodeHealth::Healthy
             } else {
                 NodeHealth::Unhealthy
-            })
+            }
         };
         Ok(crate::core::effects::Found {
-            live_environment: Some(self.live()?),
-            health: Some((health(Environment::Blue)?, health(Environment::Green)?)),
+            live_environment: Some(self.live_of(&rows)?),
+            health: Some((health(&rows[0]), health(&rows[1]))),
             ..crate::core::effects::Found::default()
         })
     }
@@ -579,10 +585,15 @@ impl Config for HaproxyConfig {
 impl Executor for Haproxy {
     fn perform(&mut self, effects: &[Effect], _report: Report<'_>) -> Completion {
         let started = Instant::now();
+        // The servers' states as last read: each effect reads them before acting (once, then
+        // each read-back serves the next effect), so a switch takes five commands.
+        let mut rows = None;
         for (i, effect) in effects.iter().enumerate() {
             let result = match effect {
-                Effect::CheckHealthy { server } => self.check_healthy(*server),
-                Effect::SetServerState { server, state } => self.set_server(*server, *state),
+                Effect::CheckHealthy { server } => self.check_healthy(*server, &mut rows),
+                Effect::SetServerState { server, state } => {
+                    self.set_server(*server, *state, &mut rows)
+                }
                 other => Err((
                     FailureKind::NothingChanged,
                     HaproxyError::Unexpected {
@@ -618,6 +629,14 @@ impl Executor for Haproxy {
     }
 }
 
+/// `server`'s row of `rows` (blue's, green's).
+fn row_of(rows: &[ServerRow; 2], server: Environment) -> &ServerRow {
+    match server {
+        Environment::Blue => &rows[0],
+        Environment::Green => &rows[1],
+    }
+}
+
 fn describe_effect(effect: &Effect) -> String {
     match effect {
         Effect::CheckHealthy { server } => format!("checking {server}'s health"),
@@ -628,10 +647,16 @@ fn describe_effect(effect: &Effect) -> String {
 
 impl Haproxy {
     /// `server` must be up by HAProxy's own checks.
-    fn check_healthy(&self, server: Environment) -> Result<(), (FailureKind, HaproxyError)> {
-        let verdict = self
-            .health(server)
+    fn check_healthy(
+        &self,
+        server: Environment,
+        rows: &mut Option<[ServerRow; 2]>,
+    ) -> Result<(), (FailureKind, HaproxyError)> {
+        let read = self
+            .states()
             .map_err(|e| (FailureKind::NothingChanged, e))?;
+        let verdict = row_of(&read, server).health();
+        *rows = Some(read);
         if verdict.is_healthy() {
             return Ok(());
         }
@@ -650,19 +675,20 @@ impl Haproxy {
         &self,
         server: Environment,
         state: TargetState,
+        rows: &mut Option<[ServerRow; 2]>,
     ) -> Result<(), (FailureKind, HaproxyError)> {
-        let row = |rows: [ServerRow; 2]| match server {
-            Environment::Blue => rows[0].clone(),
-            Environment::Green => rows[1].clone(),
-        };
         let is_so = |row: &ServerRow| match state {
             TargetState::Ready => row.ready(),
             TargetState::Drain => row.draining() && !row.in_maintenance(),
         };
-        let before = self
-            .states()
-            .map_err(|e| (FailureKind::NothingChanged, e))?;
-        if is_so(&row(before)) {
+        let before = match rows.take() {
+            Some(read) => read,
+            None => self
+                .states()
+                .map_err(|e| (FailureKind::NothingChanged, e))?,
+        };
+        if is_so(row_of(&before, server)) {
+            *rows = Some(before);
             return Ok(());
         }
         // A refusal changed nothing; a lost answer may have.
@@ -673,8 +699,9 @@ impl Haproxy {
                 }
                 e => (FailureKind::PartWay, e),
             })?;
-        let after = self.states().map_err(|e| (FailureKind::PartWay, e))?;
-        let after = row(after);
+        let read = self.states().map_err(|e| (FailureKind::PartWay, e))?;
+        let after = row_of(&read, server).clone();
+        *rows = Some(read);
         if !is_so(&after) {
             return Err((
                 FailureKind::PartWay,
