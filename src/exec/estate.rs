@@ -424,6 +424,30 @@ mod tests {
     }
 
     #[test]
+    fn real_layers_are_typed_and_status_hides_a_password() {
+        let estate = Estate::from_toml(
+            "[schema]\ndatabase = \"postgres://app:secret@db/app\"\nmigrations = \"m\"\n[flags]\nx = true\n",
+            "test.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            estate.state.layers.schema,
+            Layer::Real("postgres://app:***@db/app".to_owned())
+        );
+        assert_eq!(estate.state.layers.flags, Layer::Simulated);
+        assert_eq!(estate.state.layers.traffic, Layer::Absent);
+        let status = crate::core::transitions::status_of(&estate.state);
+        assert_eq!(status.database.unwrap().url, "postgres://app:***@db/app");
+        let error = Estate::from_toml("[envoy]\nx = 1\n", "test.toml").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("test.toml: line 1 ([envoy]): unknown field `envoy`"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn restore_hint_picks_newest_backup_at_or_below() {
         let state = Estate::example().state;
         assert_eq!(
