@@ -192,26 +192,21 @@ impl State {
         }
         // A real load balancer's checks may have changed since the node read them: it checks
         // the target again, changing nothing if it is not healthy now.
-        let check = self
-            .layers
-            .traffic
-            .is_real()
-            .then_some(Effect::CheckHealthy { server: to });
+        let mut effects = Vec::with_capacity(3);
+        if self.layers.traffic.is_real() {
+            effects.push(Effect::CheckHealthy { server: to });
+        }
+        effects.push(Effect::SetServerState {
+            server: to,
+            state: ServerState::Ready,
+        });
+        effects.push(Effect::SetServerState {
+            server: from,
+            state: ServerState::Drain,
+        });
         Ok(Decision::Accept(Operation {
             plan: Plan::SwitchTraffic { from, to },
-            effects: check
-                .into_iter()
-                .chain([
-                    Effect::SetServerState {
-                        server: to,
-                        state: ServerState::Ready,
-                    },
-                    Effect::SetServerState {
-                        server: from,
-                        state: ServerState::Drain,
-                    },
-                ])
-                .collect(),
+            effects,
         }))
     }
 
@@ -503,7 +498,7 @@ impl State {
         from: Environment,
         to: Environment,
     ) -> Result<Reply, Refusal> {
-        let what = format!("switching traffic from {from} to {to}");
+        let what = || format!("switching traffic from {from} to {to}");
         match failure {
             None => {
                 self.traffic.live = to;
@@ -517,7 +512,7 @@ impl State {
                     now.apply(self);
                 }
                 Err(failed(
-                    &what,
+                    &what(),
                     operation,
                     failure,
                     format!(
@@ -527,7 +522,7 @@ impl State {
                 ))
             }
             Some(failure) => Err(failed(
-                &what,
+                &what(),
                 operation,
                 failure,
                 if !failure.is_part_way(&operation.effects) {

@@ -98,6 +98,24 @@ impl LaneExecutor {
     /// goes to that layer's executor; the first failure ends the operation, counting every
     /// effect completed before it.
     pub fn perform(&mut self, operation: &Operation, report: Report<'_>) -> Completion {
+        // Most operations are one run of one layer (a flag, a switch, a rollback): hand it over
+        // whole, with nothing to add up.
+        if let [first, rest @ ..] = operation.effects.as_slice() {
+            let layer = first.layer();
+            if self.layers.len() == 1 || rest.iter().all(|e| e.layer() == layer) {
+                if let Some(executor) = self.executor(layer) {
+                    let completion = executor.perform(&operation.effects, report);
+                    if self.layers.len() > 1 && matches!(completion, Completion::Done(_)) {
+                        for (other, executor) in &mut self.layers {
+                            if *other != layer {
+                                executor.notice(&operation.effects);
+                            }
+                        }
+                    }
+                    return completion;
+                }
+            }
+        }
         let mut done = crate::core::effects::Done::default();
         let mut completed = 0;
         for run in operation.effects.chunk_by(|a, b| a.layer() == b.layer()) {

@@ -117,11 +117,12 @@ impl Simulated {
 
 impl Executor for Simulated {
     fn perform(&mut self, effects: &[Effect], report: Report<'_>) -> Completion {
-        let mut done = Done::default();
         let migrations = effects
             .iter()
             .filter(|e| matches!(e, Effect::RunDown { .. } | Effect::RunUp { .. }))
             .count() as u64;
+        let mut seconds_total = 0u64;
+        let mut rows = None;
         let mut migrated = 0;
         for effect in effects {
             let seconds = match effect {
@@ -129,34 +130,33 @@ impl Executor for Simulated {
                 Effect::RunUp { version, .. } => self.costs.up_seconds(*version),
                 Effect::Restore { backup } => {
                     let seconds = self.costs.restore_seconds(backup);
-                    let rows = self.backup_rows.get(backup).copied().unwrap_or(0);
-                    self.wait(seconds, "rows", rows, report);
-                    done = done.then(Done {
-                        rows: Some(rows),
-                        ..Done::took(Seconds::Modelled(seconds))
-                    });
+                    let restored = self.backup_rows.get(backup).copied().unwrap_or(0);
+                    self.wait(seconds, "rows", restored, report);
+                    rows = Some(restored);
+                    seconds_total = seconds_total.saturating_add(seconds);
                     continue;
                 }
                 Effect::ForceVersion { .. }
                 | Effect::TakeBackup { .. }
                 | Effect::WriteFlags { .. }
                 | Effect::SetServerState { .. }
-                | Effect::CheckHealthy { .. } => 0,
+                | Effect::CheckHealthy { .. } => continue,
             };
             self.wait(seconds, "seconds", seconds, &mut |_| {});
-            done = done.then(Done::took(Seconds::Modelled(seconds)));
-            if matches!(effect, Effect::RunDown { .. } | Effect::RunUp { .. }) {
-                migrated += 1;
-                if self.pace > 0.0 {
-                    report(Progress {
-                        done: migrated,
-                        total: migrations,
-                        unit: "migrations".to_owned(),
-                    });
-                }
+            seconds_total = seconds_total.saturating_add(seconds);
+            migrated += 1;
+            if self.pace > 0.0 {
+                report(Progress {
+                    done: migrated,
+                    total: migrations,
+                    unit: "migrations".to_owned(),
+                });
             }
         }
-        Completion::Done(done)
+        Completion::Done(Done {
+            rows,
+            ..Done::took(Seconds::Modelled(seconds_total))
+        })
     }
 
     fn observe(&mut self, believed: &State) -> Found {
