@@ -10,7 +10,13 @@
 //! not blank gets a diagnostic, or was queued behind a running operation; replies are bounded by
 //! the input that produced them; the retry memory and the queues stay bounded; once everything
 //! completes, nothing is left running or queued.
+//!
+//! Cost: the example estate is parsed from its TOML once per process and cloned per input
+//! (`Session::example()` per input re-parsed it — about a quarter of each execution); every
+//! input still starts from a fresh session, store and machine.
 #![no_main]
+
+use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use rollback_node::core::effects::{Completion, Done, ExecError, Failure, FailureKind, Lane};
@@ -19,6 +25,13 @@ use rollback_node::core::retries::{PER_SENDER, SENDERS};
 use rollback_node::protocol::values::{Progress, Seconds};
 use rollback_node::runtime::{Performing, Session};
 use rollback_node::wire::lines::{LineSplitter, Piece};
+use rollback_node::Estate;
+
+/// The example estate, parsed once; each input gets a clone, as `Session::example()` would build.
+fn example_estate() -> Estate {
+    static ESTATE: OnceLock<Estate> = OnceLock::new();
+    ESTATE.get_or_init(Estate::example).clone()
+}
 
 /// The line cap for the fuzzer; the binary uses `MAX_LINE_BYTES` (1 MiB).
 const CAP: usize = 4096;
@@ -113,7 +126,7 @@ fuzz_target!(|data: &[u8]| {
         expected.pop();
     }
 
-    let mut session = Session::example().performing(Performing::Manual);
+    let mut session = Session::simulated(example_estate()).performing(Performing::Manual);
     let mut splitter = LineSplitter::new(CAP);
     let mut index = 0usize;
     let mut out = Vec::new();
