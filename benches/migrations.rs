@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rollback_node::exec::migrations::{open, Catalogue, Direction, SchemaDb, SqlFile, Step};
+use rollback_node::exec::migrations::{open, Catalogue, Direction, SchemaDb, Step};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -72,15 +72,7 @@ fn all_steps(catalogue: &Catalogue, direction: Direction) -> Vec<Step> {
     let mut steps: Vec<Step> = catalogue
         .migrations
         .iter()
-        .map(|m| Step {
-            version: m.version,
-            direction,
-            file: SqlFile::load(m.file(direction).unwrap()).unwrap(),
-            version_after: match direction {
-                Direction::Up => m.version,
-                Direction::Down => catalogue.previous(m.version),
-            },
-        })
+        .map(|m| Step::load(catalogue, m.version, direction).unwrap())
         .collect();
     if direction == Direction::Down {
         steps.reverse();

@@ -17,12 +17,10 @@ mod pyclient;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rollback_node::core::effects::{Completion, Effect, ServerState};
+use rollback_node::core::effects::Completion;
 use rollback_node::exec::flagd::FlagFile;
 use rollback_node::exec::haproxy::Haproxy;
-use rollback_node::exec::Executor;
 use rollback_node::runtime::ofrep::{FlagsView, OfrepServer};
-use rollback_node::Environment;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -82,23 +80,6 @@ fn ofrep() {
     summary("publish -> Python OFREP client's next evaluation", samples);
 }
 
-/// Performs the effects `switch_traffic` emits for a real traffic layer: check the target, ready
-/// it, drain the source.
-fn switch(hx: &mut Haproxy, from: Environment, to: Environment) -> Completion {
-    let effects = [
-        Effect::CheckHealthy { server: to },
-        Effect::SetServerState {
-            server: to,
-            state: ServerState::Ready,
-        },
-        Effect::SetServerState {
-            server: from,
-            state: ServerState::Drain,
-        },
-    ];
-    hx.perform(&effects, &mut |_| {})
-}
-
 fn haproxy() {
     let blue = haproxy_support::ColourServer::start("blue");
     let green = haproxy_support::ColourServer::start("green");
@@ -117,7 +98,7 @@ fn haproxy() {
     for _ in 0..50 {
         let to = from.other();
         let start = Instant::now();
-        match switch(&mut hx, from, to) {
+        match haproxy_support::switch(&mut hx, from, to) {
             Completion::Done(_) => samples.push(start.elapsed()),
             Completion::Failed(failure) => {
                 panic!("switch {from} -> {to} failed: {}", failure.error)

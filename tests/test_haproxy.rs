@@ -17,14 +17,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rollback_node::core::effects::{
-    Completion, Decision, Done, Effect, Failure, FailureKind, Plan, ServerState,
-};
+use rollback_node::core::effects::{Completion, Decision, Done, Failure, FailureKind, Plan};
 use rollback_node::core::state::{Health, Layer};
 use rollback_node::exec::haproxy::{CheckVerdict, Haproxy, HaproxyError};
 use rollback_node::exec::Executor;
 use rollback_node::{Environment, Estate, Refusal, Request, State};
-use support::{get_once, wait_until, ColourServer, HaproxyProc, Load};
+use support::{get_once, switch, switch_effects, wait_until, ColourServer, HaproxyProc, Load};
 
 const BLUE: Environment = Environment::Blue;
 const GREEN: Environment = Environment::Green;
@@ -44,27 +42,6 @@ fn rig() -> Rig {
         green,
         haproxy,
     }
-}
-
-/// The effects `switch_traffic` emits for a real traffic layer: check the target, ready it,
-/// drain the source.
-fn switch_effects(from: Environment, to: Environment) -> Vec<Effect> {
-    vec![
-        Effect::CheckHealthy { server: to },
-        Effect::SetServerState {
-            server: to,
-            state: ServerState::Ready,
-        },
-        Effect::SetServerState {
-            server: from,
-            state: ServerState::Drain,
-        },
-    ]
-}
-
-/// Performs a switch's effects with the HAProxy executor.
-fn switch(hx: &mut Haproxy, from: Environment, to: Environment) -> Completion {
-    hx.perform(&switch_effects(from, to), &mut |_| {})
 }
 
 fn done(completion: Completion) -> Done {

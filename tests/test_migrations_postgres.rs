@@ -10,8 +10,7 @@ use std::path::PathBuf;
 
 use rollback_node::exec::migrations::postgres::advisory_lock_id;
 use rollback_node::exec::migrations::{
-    open, Catalogue, Direction, Dirty, RunError, RunFailure, SchemaDb, SchemaError, SqlFile, Step,
-    TxMode,
+    open, Catalogue, Direction, Dirty, RunError, RunFailure, SchemaDb, SchemaError, Step, TxMode,
 };
 use tempfile::TempDir;
 
@@ -28,19 +27,7 @@ const BACKFILL: u64 = 20251002173000;
 fn steps(c: &Catalogue, direction: Direction, versions: &[u64]) -> Vec<Step> {
     versions
         .iter()
-        .map(|&version| {
-            let m = c.get(version).expect("a version of the directory");
-            let path = m.file(direction).expect("the file exists");
-            Step {
-                version,
-                direction,
-                file: SqlFile::load(path).unwrap(),
-                version_after: match direction {
-                    Direction::Up => version,
-                    Direction::Down => c.previous(version),
-                },
-            }
-        })
+        .map(|&version| Step::load(c, version, direction).expect("a file of the directory"))
         .collect()
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use rollback_node::exec::migrations::sqlite::SqliteDb;
 use rollback_node::exec::migrations::{
     open, Catalogue, CatalogueError, Direction, Dirty, RunError, RunFailure, SchemaDb, SchemaError,
-    SqlFile, Step, TxMode,
+    Step, TxMode,
 };
 use rusqlite::Connection;
 use tempfile::TempDir;
@@ -27,19 +27,7 @@ const ALL: [u64; 5] = [USERS, EMAIL_INDEX, AUDIT, COMPACT, SEED];
 fn steps(c: &Catalogue, direction: Direction, versions: &[u64]) -> Vec<Step> {
     versions
         .iter()
-        .map(|&version| {
-            let m = c.get(version).expect("a version of the directory");
-            let path = m.file(direction).expect("the file exists");
-            Step {
-                version,
-                direction,
-                file: SqlFile::load(path).unwrap(),
-                version_after: match direction {
-                    Direction::Up => version,
-                    Direction::Down => c.previous(version),
-                },
-            }
-        })
+        .map(|&version| Step::load(c, version, direction).expect("a file of the directory"))
         .collect()
 }
 

@@ -285,11 +285,6 @@ impl Done {
     /// Two runs of one operation's effects, one after the other: durations add up, files run
     /// are listed in order, and what the later one reports wins.
     pub fn then(mut self, later: Done) -> Done {
-        fn take<T>(into: &mut Option<T>, from: Option<T>) {
-            if from.is_some() {
-                *into = from;
-            }
-        }
         self.duration = self.duration.plus(later.duration);
         self.ran.extend(later.ran);
         take(&mut self.rows, later.rows);
@@ -338,6 +333,13 @@ pub struct Ran {
     /// golang-migrate's dirty protocol); empty in rows written before it was recorded.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub protocol: String,
+}
+
+/// Puts `from` into `into` when it holds something: what a later report says wins.
+fn take<T>(into: &mut Option<T>, from: Option<T>) {
+    if from.is_some() {
+        *into = from;
+    }
 }
 
 /// How a failed effect left its system.
@@ -471,11 +473,6 @@ pub struct Found {
 impl Found {
     /// What both say, `later` winning where both say something.
     pub fn merge(mut self, later: Found) -> Found {
-        fn take<T>(into: &mut Option<T>, from: Option<T>) {
-            if from.is_some() {
-                *into = from;
-            }
-        }
         take(&mut self.schema_version, later.schema_version);
         take(&mut self.schema_health, later.schema_health);
         take(&mut self.catalogue, later.catalogue);

@@ -365,11 +365,7 @@ impl Machine {
             reply(sink, src, addressed, msg_id, &answer);
             return;
         };
-        let lane_busy = {
-            let state = &self.lanes[lane.index()];
-            state.running.is_some() || !state.queue.is_empty()
-        };
-        if dry_run && !lane_busy {
+        if dry_run && self.lane_is_free(lane) {
             self.answer_dry_run(src, addressed, msg_id, &request, sink);
             return;
         }
@@ -411,10 +407,9 @@ impl Machine {
             joined: Vec::new(),
             dry_run,
         };
-        let state = &mut self.lanes[lane.index()];
-        if state.running.is_none() && state.queue.is_empty() {
+        if self.lane_is_free(lane) {
             self.decide_pending(lane, pending, sink);
-        } else if state.queue.len() >= QUEUE_LIMIT {
+        } else if self.lanes[lane.index()].queue.len() >= QUEUE_LIMIT {
             let refusal = Refusal::TemporarilyUnavailable(format!(
                 "the {lane} lane has {QUEUE_LIMIT} requests waiting; nothing changed, retry later"
             ));
@@ -427,8 +422,14 @@ impl Machine {
                 &Err::<Reply, _>(refusal),
             );
         } else {
-            state.queue.push_back(pending);
+            self.lanes[lane.index()].queue.push_back(pending);
         }
+    }
+
+    /// Whether nothing runs or waits in `lane`: a request is decided at once.
+    fn lane_is_free(&self, lane: Lane) -> bool {
+        let state = &self.lanes[lane.index()];
+        state.running.is_none() && state.queue.is_empty()
     }
 
     /// `addressed`, shared with the previous request's when it is the same.

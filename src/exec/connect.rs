@@ -3,7 +3,7 @@
 //! say at start.
 
 use crate::core::effects::{Effect, Found, StatementView};
-use crate::core::state::{LayerKind, State};
+use crate::core::state::LayerKind;
 use crate::exec::estate::Estate;
 use crate::exec::simulated::Simulated;
 use crate::exec::system::Connecting;
@@ -64,10 +64,10 @@ pub fn connect(estate: &Estate, base: &Path, pace: f64) -> Result<(Executors, Fo
 struct Readers(Vec<Arc<dyn Reader>>);
 
 impl Reader for Readers {
-    fn backups(&self, state: &State) -> Result<Vec<BackupView>, String> {
+    fn backups(&self) -> Result<Vec<BackupView>, String> {
         match self.0.iter().find(|r| r.lists_backups()) {
-            Some(reader) => reader.backups(state),
-            None => Ok(crate::core::machine::simulated_backups(state)),
+            Some(reader) => reader.backups(),
+            None => Ok(Vec::new()),
         }
     }
 

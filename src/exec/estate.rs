@@ -139,8 +139,12 @@ impl Estate {
             origin: origin.to_owned(),
             problem,
         };
-        let file: File = toml::from_str(text).map_err(|e| error(one_line(&e, text)))?;
         let table: toml::Table = toml::from_str(text).map_err(|e| error(one_line(&e, text)))?;
+        // From the table parsed once; a mistake is read again from the text, for its line.
+        let file: File = match toml::Value::Table(table.clone()).try_into() {
+            Ok(file) => file,
+            Err(_) => toml::from_str(text).map_err(|e| error(one_line(&e, text)))?,
+        };
         let mut systems = Vec::new();
         let mut layers = Layers {
             schema: Layer::Absent,

@@ -116,14 +116,6 @@ pub enum HaproxyError {
     },
 }
 
-impl HaproxyError {
-    /// Whether this is a refusal for a precondition (unhealthy target, source not live): the
-    /// switch did nothing.
-    pub fn is_precondition(&self) -> bool {
-        matches!(self, HaproxyError::Unhealthy { .. })
-    }
-}
-
 /// HAProxy's health-check verdict on a server (the node's own [`crate::core::state::Health`]
 /// is whether it may take traffic: only [`CheckVerdict::Up`] is healthy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

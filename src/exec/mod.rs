@@ -24,7 +24,9 @@ pub mod simulated;
 pub mod system;
 pub mod systems;
 
-use crate::core::effects::{Completion, Effect, Found, Lane, LayerKind, Operation, StatementView};
+use crate::core::effects::{
+    Completion, Done, Effect, ExecError, Failure, Found, Lane, LayerKind, Operation, StatementView,
+};
 use crate::core::state::State;
 use crate::protocol::values::{BackupView, Progress};
 
@@ -56,12 +58,13 @@ pub trait Executor: Send {
 /// worker): backups, and the statements migration files would run. Serves look-ups off the
 /// owner thread.
 pub trait Reader: Send + Sync {
-    /// The backups, newest first, as the system holds them now.
+    /// The backups, newest first, as the system holds them now (asked only of a reader that
+    /// [`Reader::lists_backups`]).
     ///
     /// # Errors
     /// They could not be read; the text says why.
-    fn backups(&self, state: &State) -> Result<Vec<BackupView>, String> {
-        Ok(crate::core::machine::simulated_backups(state))
+    fn backups(&self) -> Result<Vec<BackupView>, String> {
+        Ok(Vec::new())
     }
 
     /// Whether it lists backups (a real backups directory); otherwise the state's are listed.
@@ -98,42 +101,29 @@ impl LaneExecutor {
     /// goes to that layer's executor; the first failure ends the operation, counting every
     /// effect completed before it.
     pub fn perform(&mut self, operation: &Operation, report: Report<'_>) -> Completion {
-        // Most operations are one run of one layer (a flag, a switch, a rollback): hand it over
-        // whole, with nothing to add up.
-        if let [first, rest @ ..] = operation.effects.as_slice() {
-            let layer = first.layer();
-            if self.layers.len() == 1 || rest.iter().all(|e| e.layer() == layer) {
-                if let Some(executor) = self.executor(layer) {
-                    let completion = executor.perform(&operation.effects, report);
-                    if self.layers.len() > 1 && matches!(completion, Completion::Done(_)) {
-                        for (other, executor) in &mut self.layers {
-                            if *other != layer {
-                                executor.notice(&operation.effects);
-                            }
-                        }
-                    }
-                    return completion;
-                }
-            }
-        }
-        let mut done = crate::core::effects::Done::default();
+        // Most operations are one run of one layer (a flag, a switch, a rollback): its
+        // completion is the operation's as it is, with nothing to add up.
+        let mut done: Option<Done> = None;
         let mut completed = 0;
         for run in operation.effects.chunk_by(|a, b| a.layer() == b.layer()) {
             let layer = run[0].layer();
             let Some(executor) = self.executor(layer) else {
-                return Completion::Failed(crate::core::effects::Failure {
+                return Completion::Failed(Failure {
                     completed,
-                    ..crate::core::effects::Failure::nothing_changed(
-                        crate::core::effects::ExecError::failed(
-                            format!("performing {layer} effects"),
-                            None,
-                            "no executor of this lane performs them",
-                        ),
-                    )
+                    ..Failure::nothing_changed(ExecError::failed(
+                        format!("performing {layer} effects"),
+                        None,
+                        "no executor of this lane performs them",
+                    ))
                 });
             };
             match executor.perform(run, report) {
-                Completion::Done(more) => done = done.then(more),
+                Completion::Done(more) => {
+                    done = Some(match done {
+                        Some(before) => before.then(more),
+                        None => more,
+                    })
+                }
                 Completion::Failed(mut failure) => {
                     failure.completed += completed;
                     return Completion::Failed(failure);
@@ -146,7 +136,7 @@ impl LaneExecutor {
                 }
             }
         }
-        Completion::Done(done)
+        Completion::Done(done.unwrap_or_default())
     }
 
     /// What is true now for the layers `operation` touches.

@@ -125,16 +125,21 @@ impl<'a> Section<'a> {
         Section { text, key, value }
     }
 
-    /// Its value.
-    pub fn value(&self) -> &toml::Value {
-        self.value
-    }
-
-    /// Its content as `T`; an error names the line and key, on one line.
+    /// Its content as `T`, from the value already parsed; an error names the line and key, on
+    /// one line.
     ///
     /// # Errors
     /// A missing, unknown or mistyped key.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+        match self.value.clone().try_into() {
+            Ok(parsed) => Ok(parsed),
+            Err(_) => self.parse_spanned(),
+        }
+    }
+
+    /// The error of [`Section::parse`], with its line: the text is read again, with spans (only
+    /// when the section is wrong).
+    fn parse_spanned<T: DeserializeOwned>(&self) -> Result<T, String> {
         use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
         struct Only<'k, T>(&'k str, std::marker::PhantomData<T>);
         impl<'de, T: DeserializeOwned> Visitor<'de> for Only<'_, T> {

@@ -129,7 +129,7 @@ pub fn serve<S: Store>(
         if let Some(lookups) = &lookups {
             for lookup in session.take_lookups() {
                 looking_up += 1;
-                let _ = lookups.send((lookup, session.machine().state().clone()));
+                let _ = lookups.send(lookup);
             }
         }
         if out.len() >= FLUSH_AT {
@@ -241,12 +241,12 @@ fn spawn_reader(
 fn spawn_reader_of_lookups(
     reader: std::sync::Arc<dyn crate::exec::Reader>,
     events: SyncSender<Event>,
-) -> Sender<(Lookup, crate::core::state::State)> {
-    let (jobs, queue) = mpsc::channel::<(Lookup, crate::core::state::State)>();
+) -> Sender<Lookup> {
+    let (jobs, queue) = mpsc::channel::<Lookup>();
     thread::spawn(move || {
-        for (lookup, state) in queue {
+        for lookup in queue {
             if events
-                .send(Event::Answered(lookup.answer(&*reader, &state)))
+                .send(Event::Answered(lookup.answer(&*reader)))
                 .is_err()
             {
                 return;

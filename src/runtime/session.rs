@@ -88,13 +88,9 @@ pub struct Lookup {
 
 impl Lookup {
     /// The reply line (with its `\n`) to this look-up, from what `reader` lists now.
-    pub fn answer(
-        &self,
-        reader: &dyn crate::exec::Reader,
-        state: &crate::core::state::State,
-    ) -> Vec<u8> {
+    pub fn answer(&self, reader: &dyn crate::exec::Reader) -> Vec<u8> {
         let mut line = Vec::new();
-        match reader.backups(state) {
+        match reader.backups() {
             Ok(backups) => write_reply(
                 &mut line,
                 &self.from,
@@ -145,8 +141,8 @@ impl<S: Store> Sink for Outputs<'_, S> {
     }
 
     fn backups(&mut self, state: &crate::core::state::State) -> Result<Vec<BackupView>, String> {
-        match self.executors.reader() {
-            Some(reader) => reader.backups(state),
+        match self.executors.reader().filter(|r| r.lists_backups()) {
+            Some(reader) => reader.backups(),
             None => Ok(crate::core::machine::simulated_backups(state)),
         }
     }

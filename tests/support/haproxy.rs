@@ -15,6 +15,36 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The effects `switch_traffic` emits for a real traffic layer: check the target, ready it,
+/// drain the source.
+pub fn switch_effects(
+    from: rollback_node::Environment,
+    to: rollback_node::Environment,
+) -> Vec<rollback_node::core::effects::Effect> {
+    use rollback_node::core::effects::{Effect, ServerState};
+    vec![
+        Effect::CheckHealthy { server: to },
+        Effect::SetServerState {
+            server: to,
+            state: ServerState::Ready,
+        },
+        Effect::SetServerState {
+            server: from,
+            state: ServerState::Drain,
+        },
+    ]
+}
+
+/// Performs a switch's effects with the HAProxy executor.
+pub fn switch(
+    hx: &mut rollback_node::exec::haproxy::Haproxy,
+    from: rollback_node::Environment,
+    to: rollback_node::Environment,
+) -> rollback_node::core::effects::Completion {
+    use rollback_node::exec::Executor;
+    hx.perform(&switch_effects(from, to), &mut |_| {})
+}
+
 /// The `haproxy` binary; installs Debian's package when missing and running as root, else
 /// panics saying how to install it.
 pub fn ensure_haproxy() -> &'static str {

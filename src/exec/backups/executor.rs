@@ -73,7 +73,7 @@ struct DirectoryReader {
 }
 
 impl Reader for DirectoryReader {
-    fn backups(&self, _state: &State) -> Result<Vec<BackupView>, String> {
+    fn backups(&self) -> Result<Vec<BackupView>, String> {
         Ok(list(&self.dir).into_iter().map(view).collect())
     }
 

@@ -3,7 +3,7 @@
 //! committed, whether the database may be part-way (dirty), and what the database says now.
 
 use super::catalogue::Catalogue;
-use super::schema::{DbState, Direction, Dirty, RunFailure, SchemaDb, Step};
+use super::schema::{DbState, Direction, Dirty, RunFailure, SchemaDb, Step, StepError};
 use super::sql::SqlFile;
 use super::url::open;
 use crate::core::effects::LayerKind;
@@ -246,37 +246,23 @@ impl Migrations {
                     )))
                 }
             };
-            let path = catalogue
-                .get(version)
-                .and_then(|m| m.file(direction))
-                .map(Path::to_owned);
-            let Some(path) = path else {
-                return Completion::Failed(Failure::nothing_changed(ExecError::failed(
-                    format!("finding the {direction} file of version {version}"),
-                    Some(self.directory.display().to_string()),
-                    "the migrations directory no longer has it",
-                )));
-            };
-            let file = match SqlFile::load(&path) {
-                Ok(file) => file,
-                Err(e) => {
+            match Step::load(&catalogue, version, direction) {
+                Ok(step) => steps.push(step),
+                Err(StepError::Missing) => {
+                    return Completion::Failed(Failure::nothing_changed(ExecError::failed(
+                        format!("finding the {direction} file of version {version}"),
+                        Some(self.directory.display().to_string()),
+                        "the migrations directory no longer has it",
+                    )))
+                }
+                Err(StepError::Unreadable(path, e)) => {
                     return Completion::Failed(Failure::nothing_changed(ExecError::failed(
                         "reading a migration",
                         Some(path.display().to_string()),
                         e,
                     )))
                 }
-            };
-            let version_after = match direction {
-                Direction::Up => version,
-                Direction::Down => catalogue.previous(version),
-            };
-            steps.push(Step {
-                version,
-                direction,
-                file,
-                version_after,
-            });
+            }
         }
         let result = self.db.run(&steps, &mut |done, total| {
             report(Progress {

@@ -54,7 +54,7 @@ pub mod url;
 pub use catalogue::{Catalogue, CatalogueError, Migration};
 pub use schema::{
     DbState, Direction, Dirty, Drift, Evidence, ForceReport, NotInDirectory, RunError, RunFailure,
-    RunReport, SchemaDb, SchemaError, Step, StepReport,
+    RunReport, SchemaDb, SchemaError, Step, StepError, StepReport,
 };
 pub use sql::{SqlFile, SqlFileError, Statement, TxMode};
 pub use url::open;

@@ -51,6 +51,43 @@ pub struct Step {
     pub version_after: u64,
 }
 
+/// Why a step could not be loaded from its directory.
+#[derive(Debug)]
+pub enum StepError {
+    /// The directory has no file of that version and direction.
+    Missing,
+    /// Its file could not be read.
+    Unreadable(PathBuf, super::sql::SqlFileError),
+}
+
+impl Step {
+    /// The step of `version` in `direction`, its file loaded from `catalogue`: up ends at the
+    /// version, down at the one before it in the directory.
+    ///
+    /// # Errors
+    /// The directory has no such file, or it cannot be read.
+    pub fn load(
+        catalogue: &Catalogue,
+        version: u64,
+        direction: Direction,
+    ) -> Result<Step, StepError> {
+        let path = catalogue
+            .get(version)
+            .and_then(|m| m.file(direction))
+            .ok_or(StepError::Missing)?;
+        let file = SqlFile::load(path).map_err(|e| StepError::Unreadable(path.to_owned(), e))?;
+        Ok(Step {
+            version,
+            direction,
+            file,
+            version_after: match direction {
+                Direction::Up => version,
+                Direction::Down => catalogue.previous(version),
+            },
+        })
+    }
+}
+
 /// Evidence of a dirty state, recorded by us when a file run outside a transaction failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evidence {
