@@ -112,15 +112,7 @@ mod tests {
     }
 
     #[test]
-    fn hides_passwords() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(
-            redact("postgres://u@/db?host=/tmp/x"),
-            "postgres://u@/db?host=/tmp/x"
-        );
+    fn shows_a_postgres_database_without_its_password() {
         assert_eq!(
             Database::Postgres("postgres://u:pw@h/d".into()).to_string(),
             "postgres://u:***@h/d"
