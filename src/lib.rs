@@ -45,8 +45,10 @@ extern crate self as rollback_node;
 pub mod core;
 pub mod durable;
 pub mod exec;
+pub mod node;
 pub mod protocol;
 pub mod runtime;
+pub mod service;
 pub mod store;
 pub mod wire;
 

@@ -4,7 +4,8 @@
 //! reply; diagnostics go to stderr. This file is the command line only.
 
 use clap::{Args, Parser, Subcommand};
-use rollback_node::runtime::node::{self, Failure, Options};
+use rollback_node::node::{self, Failure, Options};
+use rollback_node::exec::estate::Role;
 use rollback_node::EXAMPLE_ESTATE;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -51,6 +52,11 @@ struct ServeArgs {
     /// such as 127.0.0.1:8016: a client's next evaluation after a reply sees the change.
     #[arg(long, value_name = "ADDR")]
     ofrep: Option<SocketAddr>,
+    /// Serve the HTTP API, the event stream, the incident page (at /) and OFREP at ADDR, such
+    /// as 127.0.0.1:8080. Needs [[tokens]] in the estate (see `new-token`). stdin keeps working;
+    /// its end no longer stops the node: SIGTERM or SIGINT does.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
 }
 
 fn pace(text: &str) -> Result<f64, String> {
@@ -83,6 +89,23 @@ enum Command {
     },
     /// Print the built-in example estate (TOML) on stdout: a starting point for your own.
     ExampleEstate,
+    /// Make a token for --listen: prints a fresh secret (first line; shown only now), then the
+    /// [[tokens]] lines to paste into the estate, which hold the secret's SHA-256, never the
+    /// secret.
+    NewToken {
+        /// The token's name: requests made with it are sent as this name.
+        name: String,
+        /// viewer (reads), operator (flags, traffic, dry runs) or admin (rollback, migrate,
+        /// restore too).
+        #[arg(value_parser = role)]
+        role: Role,
+    },
+}
+
+fn role(text: &str) -> Result<Role, String> {
+    text.parse::<Role>().map_err(|_| {
+        format!("{text} is not a role; give viewer, operator or admin")
+    })
 }
 
 fn main() -> ExitCode {
@@ -93,6 +116,7 @@ fn main() -> ExitCode {
             state_dir: cli.serve.state_dir,
             pace: cli.serve.pace,
             ofrep: cli.serve.ofrep,
+            listen: cli.serve.listen,
         }),
         Some(Command::Status { state_dir }) => {
             node::status(&state_dir).and_then(|line| print_lines([line]))
@@ -102,6 +126,10 @@ fn main() -> ExitCode {
             print_lines(lines).and(damage)
         }
         Some(Command::ExampleEstate) => print_lines([EXAMPLE_ESTATE.trim_end().to_owned()]),
+        Some(Command::NewToken { name, role }) => node::new_token(&name, role).and_then(|(secret, lines)| {
+            eprintln!("rollback-node: the secret is on the first line and is shown only now; the estate keeps only its SHA-256");
+            print_lines([secret, String::new(), lines])
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -377,7 +377,7 @@ struct Collect {
 }
 
 impl Sink for Collect {
-    fn reply(&mut self, _to: &str, _addressed: Option<&str>, body: &str) {
+    fn reply(&mut self, _to: &str, _addressed: Option<&str>, _msg_id: u64, body: &str) {
         self.replies.push(serde_json::from_str(body).unwrap());
     }
     fn record(&mut self, record: Record<'_>) {

@@ -32,9 +32,9 @@ pub const INTERRUPTED_KEPT: usize = 100;
 
 /// Where the machine's outputs go.
 pub trait Sink {
-    /// A reply body for the sender `to`; `addressed` is whom its request was addressed to (the
-    /// reply's `src` before `init`).
-    fn reply(&mut self, to: &str, addressed: Option<&str>, body: &str);
+    /// A reply body for the sender `to`, to its request `msg_id`; `addressed` is whom that
+    /// request was addressed to (the reply's `src` before `init`).
+    fn reply(&mut self, to: &str, addressed: Option<&str>, msg_id: u64, body: &str);
     /// A journal record: an intent must be durable before its effects start, an outcome before
     /// its reply is sent.
     fn record(&mut self, record: Record<'_>);
@@ -302,6 +302,15 @@ impl Machine {
         self.decide(request)
     }
 
+    /// Where the estate stands, as `status` answers it: the four layers, what is in flight and
+    /// what a crash interrupted.
+    pub fn status(&self) -> StatusOk {
+        let mut status = status_of(&self.state);
+        status.in_flight = self.in_flight();
+        status.interrupted = self.interrupted();
+        status
+    }
+
     /// Decides `request` against the estate's state (its transition); changes nothing.
     ///
     /// # Errors
@@ -372,7 +381,7 @@ impl Machine {
         if let Some(answer) = self.answered.get(src, msg_id).filter(|_| !dry_run) {
             if answer.request == request {
                 let body = answer.body.clone();
-                sink.reply(src, addressed, &body);
+                sink.reply(src, addressed, msg_id, &body);
             } else {
                 let refusal = reused(src, msg_id, answer.request.type_name(), &request);
                 reply(sink, src, addressed, msg_id, &Err::<Reply, _>(refusal));
@@ -462,11 +471,7 @@ impl Machine {
         sink: &mut impl Sink,
     ) -> Result<Reply, Refusal> {
         match decision {
-            Decision::Reply(Reply::StatusOk(mut status)) => {
-                status.in_flight = self.in_flight();
-                status.interrupted = self.interrupted();
-                Ok(Reply::StatusOk(status))
-            }
+            Decision::Reply(Reply::StatusOk(_)) => Ok(Reply::StatusOk(self.status())),
             Decision::Reply(reply) => Ok(reply),
             Decision::Lookup(Lookup::Backups) => sink
                 .backups(&self.state)
@@ -504,7 +509,7 @@ impl Machine {
                 plan
             });
         match plan {
-            Ok(plan) => sink.reply(src, addressed, &body_string(Some(msg_id), &plan)),
+            Ok(plan) => sink.reply(src, addressed, msg_id, &body_string(Some(msg_id), &plan)),
             Err(refusal) => reply(sink, src, addressed, msg_id, &Err::<Reply, _>(refusal)),
         }
     }
@@ -588,7 +593,7 @@ impl Machine {
             answer: &answer,
         });
         for addressed in std::iter::once(&addressed).chain(&joined) {
-            sink.reply(&src, addressed.as_deref(), &answer.body);
+            sink.reply(&src, addressed.as_deref(), msg_id, &answer.body);
         }
         self.answered.insert_shared(&src, msg_id, answer);
         false
@@ -642,7 +647,7 @@ impl Machine {
             answer: remembered,
         });
         for addressed in std::iter::once(&addressed).chain(&joined) {
-            sink.reply(&src, addressed.as_deref(), &answer.body);
+            sink.reply(&src, addressed.as_deref(), msg_id, &answer.body);
         }
         self.advance(lane, sink);
     }
@@ -925,7 +930,7 @@ fn reply<B: ReplyBody>(
         Ok(reply) => body_string(Some(msg_id), reply),
         Err(refusal) => body_string(Some(msg_id), refusal),
     };
-    sink.reply(src, addressed, &body);
+    sink.reply(src, addressed, msg_id, &body);
 }
 
 fn reused(src: &str, msg_id: u64, earlier: &str, request: &Request) -> Refusal {

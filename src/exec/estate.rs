@@ -24,6 +24,34 @@ pub struct Estate {
     pub costs: CostModel,
     /// The real systems, read from their sections, in the order of [`SYSTEMS`].
     pub systems: Vec<Configured>,
+    /// Who may use the HTTP service (`[[tokens]]`): by name, role and the secret's hash.
+    pub tokens: Vec<Token>,
+}
+
+/// What a token may do over HTTP; each role may do what the one before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, strum::Display, strum::EnumString)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Role {
+    /// Reads: status, history, backups, the event stream, the page without buttons.
+    Viewer,
+    /// A viewer who may also change flags and traffic, and dry-run anything.
+    Operator,
+    /// An operator who may also roll back, migrate, restore, force a version and approve.
+    Admin,
+}
+
+/// One `[[tokens]]` entry: a name (the sender of its requests), a role and the SHA-256 of the
+/// secret (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Token {
+    /// The name its requests are sent as.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Lowercase hex of the SHA-256 of the secret's bytes.
+    pub sha256: String,
 }
 
 /// Why an estate description was rejected.
@@ -37,13 +65,14 @@ pub struct EstateError {
 }
 
 /// The sections the estate itself reads; any other top-level key must be a real system's.
-const OWN_KEYS: [&str; 6] = [
+const OWN_KEYS: [&str; 7] = [
     "schema_version",
     "migrations",
     "flags",
     "traffic",
     "backups",
     "permissions",
+    "tokens",
 ];
 
 #[derive(Deserialize)]
@@ -56,6 +85,8 @@ struct File {
     backups: Option<FileBackups>,
     #[serde(default)]
     permissions: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    tokens: Vec<Token>,
 }
 
 /// `[[backups]]` (simulated backups) or a `[backups]` table (real ones: read by its system).
@@ -258,6 +289,7 @@ impl Estate {
             state,
             costs,
             systems,
+            tokens: file.tokens,
         })
     }
 }
@@ -307,6 +339,30 @@ impl File {
             .is_some_and(|f| f.keys().any(String::is_empty))
         {
             return Err("flags: a flag name is empty".to_owned());
+        }
+        for (index, token) in self.tokens.iter().enumerate() {
+            if token.name.is_empty() {
+                return Err(format!("tokens[{index}] has an empty name"));
+            }
+            if self.tokens[..index].iter().any(|t| t.name == token.name) {
+                return Err(format!(
+                    "tokens[{index}]: the name \"{}\" is used twice",
+                    token.name
+                ));
+            }
+            let hex = token.sha256.as_bytes();
+            if hex.len() != 64 || !hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                return Err(format!(
+                    "tokens[{index}] (\"{}\"): sha256 is not 64 lowercase hex digits; it is the SHA-256 of the secret, as `rollback-node new-token NAME ROLE` prints it",
+                    token.name
+                ));
+            }
+            if self.tokens[..index].iter().any(|t| t.sha256 == token.sha256) {
+                return Err(format!(
+                    "tokens[{index}] (\"{}\"): the same secret is already given to another token; give each its own (`rollback-node new-token`)",
+                    token.name
+                ));
+            }
         }
         for (kind, senders) in &self.permissions {
             if !crate::core::transitions::Request::TYPES.contains(&kind.as_str()) {

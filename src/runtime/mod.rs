@@ -3,8 +3,7 @@
 //! event loop with its reader thread and lane workers. The binary's stdio lives in `main.rs`
 //! only: [`serve::serve`] takes any reader and writer.
 
-pub mod node;
-pub mod ofrep;
+pub mod flags;
 pub mod serve;
 pub mod session;
 

@@ -11,22 +11,36 @@
 //! the replies, and hands started operations to their workers. So a piped batch is committed
 //! and written in large groups while an interactive caller sees each reply at once. At the end
 //! of input it waits for every running and queued operation, then returns.
+//!
+//! With a [`Link`] (the HTTP service), calls arrive on the same channel as [`Event::Call`]s,
+//! the end of input does not stop the loop ([`Call::Stop`] does), and after each commit the loop
+//! tells its [`Audience`] the entries that ended and, at most ten times a second, the status.
 
 use crate::core::effects::{Completion, ExecError, Failure, FailureKind, Lane, Operation};
 use crate::exec::LaneExecutor;
 use crate::protocol::values::Progress;
-use crate::runtime::session::{Lookup, Session};
+use crate::protocol::replies::HistoryEntry;
+use crate::runtime::session::{Lookup, Session, Unanswerable, Waiter};
 use crate::store::{Store, StoreError};
 use crate::wire::lines::{LineSplitter, Piece};
 use crate::wire::MAX_LINE_BYTES;
 use std::io::{self, Read, Write};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::thread;
+use std::time::{Duration, Instant};
 
 /// How many bytes the reader reads at a time (at most).
 const CHUNK: usize = 1 << 20;
-/// How many chunks may wait for the owner thread (bounds memory when input outruns it).
+/// How many input chunks the reader may have read ahead of the owner thread (bounds memory when
+/// input outruns it: the reader reuses these buffers and waits for one to come back).
 const CHUNKS_WAITING: usize = 4;
+/// How many events may wait for the owner thread (input chunks are bounded apart).
+const EVENTS_WAITING: usize = 4_096;
+/// The least time between two published statuses (at most ten a second).
+const STATUS_EVERY: Duration = Duration::from_millis(100);
+/// How long a stopping node waits for its running operations before it leaves them to be
+/// reconciled as interrupted at the next start.
+const STOP_WITHIN: Duration = Duration::from_secs(8);
 /// Replies are written out once this many bytes are waiting, even while input keeps coming.
 const FLUSH_AT: usize = 1 << 16;
 
@@ -46,8 +60,105 @@ pub enum Event {
     Progress(Lane, u64, Progress),
     /// A worker's operation ended.
     Completed(Lane, u64, Box<Completion>),
-    /// A look-up answered off the owner thread: its reply line.
-    Answered(Vec<u8>),
+    /// A look-up answered off the owner thread: its reply line for stdout, if it had one.
+    Answered(Option<Vec<u8>>),
+    /// A call from the HTTP service.
+    Call(Call),
+}
+
+/// What the HTTP service asks of the owner thread. Every answer goes through a one-shot
+/// channel; a dropped sender means the node is stopping.
+#[derive(Debug)]
+pub enum Call {
+    /// A request body, as stdin's line would carry it, from `sender` (a token's name).
+    Message {
+        /// The sender.
+        sender: String,
+        /// The request body.
+        body: Vec<u8>,
+        /// Where its reply body goes (or why there is none).
+        reply: tokio::sync::oneshot::Sender<Result<String, Unanswerable>>,
+    },
+    /// The body of `status_ok`, without `in_reply_to`.
+    Status(tokio::sync::oneshot::Sender<String>),
+    /// The body of `history_ok` for the last `limit` entries, without `in_reply_to`.
+    History {
+        /// How many (20 by default).
+        limit: Option<u32>,
+        /// Where the body goes.
+        reply: tokio::sync::oneshot::Sender<String>,
+    },
+    /// The entries that ended after `after` (an event stream resuming).
+    After {
+        /// The last sequence number the client saw.
+        after: u64,
+        /// At most this many.
+        limit: u32,
+        /// Where they go.
+        reply: tokio::sync::oneshot::Sender<Result<Vec<HistoryEntry>, String>>,
+    },
+    /// The body of `backups_ok`, without `in_reply_to`.
+    Backups(tokio::sync::oneshot::Sender<String>),
+    /// Stop: let running operations finish (for a few seconds), then return.
+    Stop,
+}
+
+/// A handle for the HTTP service to call the owner thread.
+#[derive(Debug, Clone)]
+pub struct Calls(SyncSender<Event>);
+
+impl Calls {
+    /// Hands over `call` if there is room now; gives it back when the owner thread is busy.
+    ///
+    /// # Errors
+    /// No room now (the call is given back), or the node stopped.
+    pub fn try_call(&self, call: Call) -> Result<(), Option<Call>> {
+        match self.0.try_send(Event::Call(call)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::TrySendError::Full(Event::Call(call))) => Err(Some(call)),
+            Err(_) => Err(None),
+        }
+    }
+
+    /// Hands over `call`, waiting for room. Returns whether the node took it.
+    pub fn call(&self, call: Call) -> bool {
+        self.0.send(Event::Call(call)).is_ok()
+    }
+}
+
+/// Who hears what the node publishes: the HTTP service's event streams.
+pub trait Audience: Send {
+    /// Where the estate stands now (a `status_ok` body without `in_reply_to`).
+    fn status(&mut self, body: String);
+    /// Operations that ended, now durable.
+    fn ended(&mut self, entries: Vec<HistoryEntry>);
+}
+
+/// The HTTP service's end of the owner thread's channel.
+pub struct Link {
+    calls: Calls,
+    inbox: Receiver<Event>,
+    sender: SyncSender<Event>,
+    audience: Box<dyn Audience>,
+}
+
+impl Link {
+    /// A new channel to the owner thread; the service calls through [`Link::calls`] and hears
+    /// through `audience`.
+    pub fn new(audience: Box<dyn Audience>) -> Link {
+        let (sender, inbox) = mpsc::sync_channel(EVENTS_WAITING);
+        Link {
+            calls: Calls(sender.clone()),
+            inbox,
+            sender,
+            audience,
+        }
+    }
+
+    /// The handle the service calls through.
+    pub fn calls(&self) -> Calls {
+        self.calls.clone()
+    }
 }
 
 /// Why serving stopped early.
@@ -69,14 +180,106 @@ pub enum ServeError {
 pub fn serve<S: Store>(
     mut session: Session<S>,
     input: impl Read + Send + 'static,
-    mut output: impl Write,
-    mut diagnostics: impl Write,
+    output: impl Write,
+    diagnostics: impl Write,
 ) -> Result<(), ServeError> {
     let slow = session.take_slow_executors();
     if slow.is_empty() {
         return serve_inline(session, input, output, diagnostics);
     }
-    let (events, inbox) = mpsc::sync_channel::<Event>(CHUNKS_WAITING);
+    let (events, inbox) = mpsc::sync_channel::<Event>(EVENTS_WAITING);
+    serve_events(session, slow, input, output, diagnostics, events, inbox, None)
+}
+
+/// Serves `input` to `output` and the HTTP service's calls through `link`, until a
+/// [`Call::Stop`] (the end of input does not stop it).
+///
+/// # Errors
+/// Reading or writing failed, or the store could not commit.
+pub fn serve_linked<S: Store>(
+    mut session: Session<S>,
+    input: impl Read + Send + 'static,
+    output: impl Write,
+    diagnostics: impl Write,
+    link: Link,
+) -> Result<(), ServeError> {
+    let slow = session.take_slow_executors();
+    session.keep_ended();
+    let Link {
+        inbox,
+        sender,
+        audience,
+        ..
+    } = link;
+    serve_events(
+        session,
+        slow,
+        input,
+        output,
+        diagnostics,
+        sender,
+        inbox,
+        Some(audience),
+    )
+}
+
+/// What the loop publishes to its audience, and when.
+struct Publishing {
+    audience: Box<dyn Audience>,
+    /// Something happened since the last status.
+    dirty: bool,
+    last: Option<Instant>,
+    last_body: String,
+}
+
+impl Publishing {
+    /// Publishes the ended entries; the status when due. Returns how long until a status is due
+    /// (none when nothing is waiting).
+    fn publish<S: Store>(&mut self, session: &mut Session<S>) -> Option<Duration> {
+        let ended = session.take_ended();
+        if !ended.is_empty() {
+            self.audience.ended(ended);
+        }
+        if !self.dirty {
+            return None;
+        }
+        let now = Instant::now();
+        if let Some(last) = self.last {
+            let since = now.duration_since(last);
+            if since < STATUS_EVERY {
+                return Some(STATUS_EVERY - since);
+            }
+        }
+        self.dirty = false;
+        let body = session.status_body();
+        if body != self.last_body {
+            self.last = Some(now);
+            self.last_body.clone_from(&body);
+            self.audience.status(body);
+        }
+        None
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn serve_events<S: Store>(
+    mut session: Session<S>,
+    slow: Vec<(Lane, LaneExecutor)>,
+    input: impl Read + Send + 'static,
+    mut output: impl Write,
+    mut diagnostics: impl Write,
+    events: SyncSender<Event>,
+    inbox: Receiver<Event>,
+    audience: Option<Box<dyn Audience>>,
+) -> Result<(), ServeError> {
+    let linked = audience.is_some();
+    let mut publishing = audience.map(|audience| Publishing {
+        audience,
+        dirty: true,
+        last: None,
+        last_body: String::new(),
+    });
+    let mut stopping: Option<Instant> = None;
     let (used, recycled) = mpsc::channel::<Vec<u8>>();
     spawn_reader(input, events.clone(), recycled);
     let mut workers: [Option<Sender<Job>>; 3] = Default::default();
@@ -91,20 +294,42 @@ pub fn serve<S: Store>(
     let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
     let mut out = Vec::with_capacity(FLUSH_AT);
     let mut ended = false;
+    if let Some(publishing) = publishing.as_mut() {
+        publishing.publish(&mut session);
+    }
     loop {
         let event = match inbox.try_recv() {
             Ok(event) => event,
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
                 quiet(&mut session, &mut out, &mut output, &workers)?;
-                if ended && session.machine().is_idle() && looking_up == 0 {
+                let due = publishing.as_mut().and_then(|p| p.publish(&mut session));
+                let done = session.machine().is_idle() && looking_up == 0;
+                if let Some(since) = stopping {
+                    if done || since.elapsed() >= STOP_WITHIN {
+                        return Ok(());
+                    }
+                } else if ended && !linked && done {
                     return Ok(());
                 }
-                match inbox.recv() {
+                let wait = match (due, stopping) {
+                    (Some(due), Some(since)) => Some(due.min(STOP_WITHIN.saturating_sub(since.elapsed()))),
+                    (None, Some(since)) => Some(STOP_WITHIN.saturating_sub(since.elapsed())),
+                    (due, None) => due,
+                };
+                let received = match wait {
+                    Some(wait) => inbox.recv_timeout(wait),
+                    None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match received {
                     Ok(event) => event,
-                    Err(_) => return Ok(()),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
                 }
             }
         };
+        if let Some(publishing) = publishing.as_mut() {
+            publishing.dirty |= !matches!(event, Event::Answered(_) | Event::Call(Call::Status(_) | Call::History { .. } | Call::After { .. } | Call::Backups(_)));
+        }
         match event {
             Event::Input(chunk) => {
                 splitter.push(&chunk, |piece| {
@@ -123,8 +348,42 @@ pub fn serve<S: Store>(
             }
             Event::Answered(line) => {
                 looking_up -= 1;
-                out.extend_from_slice(&line);
+                if let Some(line) = line {
+                    out.extend_from_slice(&line);
+                }
             }
+            Event::Call(call) => match call {
+                Call::Message {
+                    sender,
+                    body,
+                    reply,
+                } if stopping.is_none() => {
+                    let waiter = Waiter::new(move |answer| {
+                        let _ = reply.send(answer);
+                    });
+                    session.handle_message(&sender, &body, waiter, &mut out);
+                }
+                Call::Message { .. } => {}
+                Call::Status(reply) => {
+                    let _ = reply.send(session.status_body());
+                }
+                Call::History { limit, reply } => {
+                    let _ = reply.send(session.history_body(limit));
+                }
+                Call::After {
+                    after,
+                    limit,
+                    reply,
+                } => {
+                    let _ = reply.send(session.history_after(after, limit));
+                }
+                Call::Backups(reply) => session.backups_body(Waiter::new(move |answer| {
+                    let _ = reply.send(answer.unwrap_or_else(|why| why.0));
+                })),
+                Call::Stop => {
+                    stopping.get_or_insert_with(Instant::now);
+                }
+            },
         }
         if let Some(lookups) = &lookups {
             for lookup in session.take_lookups() {
@@ -213,8 +472,17 @@ fn spawn_reader(
     events: SyncSender<Event>,
     recycled: Receiver<Vec<u8>>,
 ) {
+    let mut made = 0;
     thread::spawn(move || loop {
-        let mut chunk = recycled.try_recv().unwrap_or_default();
+        let mut chunk = if made < CHUNKS_WAITING {
+            made += 1;
+            Vec::new()
+        } else {
+            match recycled.recv() {
+                Ok(chunk) => chunk,
+                Err(_) => return,
+            }
+        };
         chunk.resize(CHUNK, 0);
         match input.read(&mut chunk) {
             Ok(0) => {

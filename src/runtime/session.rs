@@ -12,13 +12,15 @@ use crate::core::transitions::Request;
 use crate::exec::estate::Estate;
 use crate::exec::simulated::Simulated;
 use crate::exec::{Executors, LaneExecutor};
-use crate::protocol::encode::{write_reply, write_reply_raw};
-use crate::protocol::replies::HistoryEntry;
+use crate::protocol::encode::{body_string, write_reply, write_reply_raw};
+use crate::protocol::replies::{BackupsOk, HistoryEntry, HistoryOk};
+use crate::protocol::Refusal;
 use crate::protocol::values::{BackupView, Progress};
-use crate::runtime::ofrep::FlagsView;
+use crate::runtime::flags::FlagsView;
 use crate::store::replay::Open;
 use crate::store::{MemoryStore, Store, StoreError};
 use crate::wire::{self, MAX_LINE_BYTES};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 /// The node id used before `init` when a message does not say whom it was addressed to.
@@ -60,6 +62,9 @@ pub struct Session<S: Store = MemoryStore> {
     flags_view: Option<FlagsView>,
     /// `Some` when look-ups are answered off the owner thread: those waiting to be taken.
     lookups: Option<Vec<Lookup>>,
+    routes: Routes,
+    /// `Some` when the entries of operations that end are published: those not yet taken.
+    ended: Option<Vec<HistoryEntry>>,
 }
 
 impl Session<MemoryStore> {
@@ -75,42 +80,105 @@ impl Session<MemoryStore> {
     }
 }
 
-/// A `backups` request whose answer is read off the owner thread ([`Session::take_lookups`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where one reply goes when its request did not come from stdin (an HTTP request): it is handed
+/// the reply body (without the envelope), or why there is none, once. Dropped unused (the node
+/// stopped first), it hands over nothing.
+pub struct Waiter(Box<dyn FnOnce(Result<String, Unanswerable>) + Send>);
+
+impl Waiter {
+    /// A waiter that hands the outcome to `deliver`.
+    pub fn new(deliver: impl FnOnce(Result<String, Unanswerable>) + Send + 'static) -> Self {
+        Waiter(Box::new(deliver))
+    }
+
+    /// Hands over the reply body.
+    pub fn send(self, body: String) {
+        (self.0)(Ok(body));
+    }
+
+    /// Says why no reply will come.
+    pub fn refuse(self, why: Unanswerable) {
+        (self.0)(Err(why));
+    }
+}
+
+impl fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Waiter")
+    }
+}
+
+/// Where the replies to `(sender, msg_id)` go, in the order their requests arrived: a waiter,
+/// or stdout (`None`). Empty while nothing but stdin speaks, so that stdin pays nothing for it.
+#[derive(Debug, Default)]
+struct Routes(HashMap<(String, u64), VecDeque<Option<Waiter>>>);
+
+impl Routes {
+    fn push(&mut self, src: &str, msg_id: u64, waiter: Option<Waiter>) {
+        self.0
+            .entry((src.to_owned(), msg_id))
+            .or_default()
+            .push_back(waiter);
+    }
+
+    /// The next reply's route for `(src, msg_id)`: `None` when none was pushed (stdout).
+    fn take(&mut self, src: &str, msg_id: u64) -> Option<Waiter> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let key = (src.to_owned(), msg_id);
+        let queue = self.0.get_mut(&key)?;
+        let waiter = queue.pop_front().flatten();
+        if queue.is_empty() {
+            self.0.remove(&key);
+        }
+        waiter
+    }
+
+    fn contains(&self, src: &str, msg_id: u64) -> bool {
+        !self.0.is_empty() && self.0.contains_key(&(src.to_owned(), msg_id))
+    }
+}
+
+/// A `backups` look-up whose answer is read off the owner thread ([`Session::take_lookups`]).
+#[derive(Debug)]
 pub struct Lookup {
     /// The reply's `src`.
     pub from: String,
     /// The reply's `dest`.
     pub to: String,
-    /// The request's msg_id.
-    pub msg_id: u64,
+    /// The request's msg_id (none for a look-up that is not a protocol request).
+    pub msg_id: Option<u64>,
+    /// Who waits for the body; stdout when none.
+    pub waiter: Option<Waiter>,
 }
 
 impl Lookup {
-    /// The reply line (with its `\n`) to this look-up, from what `reader` lists now.
-    pub fn answer(&self, reader: &dyn crate::exec::Reader) -> Vec<u8> {
-        let mut line = Vec::new();
-        match reader.backups() {
-            Ok(backups) => write_reply(
-                &mut line,
-                &self.from,
-                &self.to,
-                Some(self.msg_id),
-                &crate::protocol::replies::BackupsOk { backups },
-            ),
-            Err(e) => write_reply(
-                &mut line,
-                &self.from,
-                &self.to,
-                Some(self.msg_id),
-                &crate::protocol::Refusal::TemporarilyUnavailable(format!(
-                    "the backups cannot be read: {e}"
-                )),
-            ),
+    /// Answers this look-up from what `reader` lists now: the reply line (with its `\n`) for
+    /// stdout, or nothing when the body went to its waiter.
+    pub fn answer(self, reader: &dyn crate::exec::Reader) -> Option<Vec<u8>> {
+        let answer = reader.backups().map(|backups| BackupsOk { backups }).map_err(|e| {
+            Refusal::TemporarilyUnavailable(format!("the backups cannot be read: {e}"))
+        });
+        if let Some(waiter) = self.waiter {
+            waiter.send(match &answer {
+                Ok(ok) => body_string(self.msg_id, ok),
+                Err(refusal) => body_string(self.msg_id, refusal),
+            });
+            return None;
         }
-        line
+        let mut line = Vec::new();
+        match &answer {
+            Ok(ok) => write_reply(&mut line, &self.from, &self.to, self.msg_id, ok),
+            Err(refusal) => write_reply(&mut line, &self.from, &self.to, self.msg_id, refusal),
+        }
+        Some(line)
     }
 }
+
+/// Why a request that did not come from stdin got no reply: the text a person reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unanswerable(pub String);
 
 /// The sink the machine writes to while the session handles one input.
 struct Outputs<'a, S> {
@@ -120,15 +188,24 @@ struct Outputs<'a, S> {
     starts: &'a mut Vec<(Lane, u64)>,
     executors: &'a mut Executors,
     deferred: Option<&'a mut Vec<Lookup>>,
+    routes: &'a mut Routes,
+    ended: Option<&'a mut Vec<HistoryEntry>>,
 }
 
 impl<S: Store> Sink for Outputs<'_, S> {
-    fn reply(&mut self, to: &str, addressed: Option<&str>, body: &str) {
+    fn reply(&mut self, to: &str, addressed: Option<&str>, msg_id: u64, body: &str) {
+        if let Some(waiter) = self.routes.take(to, msg_id) {
+            waiter.send(body.to_owned());
+            return;
+        }
         let from = self.node_id.or(addressed).unwrap_or(DEFAULT_NODE_ID);
         write_reply_raw(self.out, from, to, body.as_bytes());
     }
 
     fn record(&mut self, record: Record<'_>) {
+        if let Some(ended) = self.ended.as_mut() {
+            ended.extend(crate::store::ended_entry(&record));
+        }
         self.store.record(record);
     }
 
@@ -162,7 +239,8 @@ impl<S: Store> Sink for Outputs<'_, S> {
                 .unwrap_or(DEFAULT_NODE_ID)
                 .to_owned(),
             to: to.to_owned(),
-            msg_id,
+            msg_id: Some(msg_id),
+            waiter: self.routes.take(to, msg_id),
         });
         true
     }
@@ -188,6 +266,8 @@ impl<S: Store> Session<S> {
             performing: Performing::Instant,
             flags_view: None,
             lookups: None,
+            routes: Routes::default(),
+            ended: None,
         }
     }
 
@@ -254,6 +334,8 @@ impl<S: Store> Session<S> {
         starts: &'a mut Vec<(Lane, u64)>,
         executors: &'a mut Executors,
         deferred: Option<&'a mut Vec<Lookup>>,
+        routes: &'a mut Routes,
+        ended: Option<&'a mut Vec<HistoryEntry>>,
     ) -> Outputs<'a, S> {
         Outputs {
             out,
@@ -262,6 +344,8 @@ impl<S: Store> Session<S> {
             starts,
             executors,
             deferred,
+            routes,
+            ended,
         }
     }
 
@@ -305,9 +389,68 @@ impl<S: Store> Session<S> {
                 ))
             }
         };
+        match self.handle_text(text, &mut None, out) {
+            Ok(()) => None,
+            Err(Unanswerable(why)) => self.diagnostic(why),
+        }
+    }
+
+    /// Handles one request that came from elsewhere than stdin (an HTTP request): `body` is what
+    /// stdin's line would carry as its `body`, from sender `src`. Its reply body goes to
+    /// `waiter` (now, or when its operation completes); other replies it causes go to `out`.
+    /// A body stdin could not answer either (not JSON, not an object, a change without
+    /// `msg_id`) changes nothing, and the waiter is told why.
+    pub fn handle_message(&mut self, src: &str, body: &[u8], waiter: Waiter, out: &mut Vec<u8>) {
+        let mut waiter = Some(waiter);
+        if let Err(why) = self.message(src, body, &mut waiter, out) {
+            if let Some(waiter) = waiter {
+                waiter.refuse(why);
+            }
+        }
+    }
+
+    fn message(
+        &mut self,
+        src: &str,
+        body: &[u8],
+        waiter: &mut Option<Waiter>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Unanswerable> {
+        let raw: &serde_json::value::RawValue = serde_json::from_slice(body)
+            .map_err(|e| Unanswerable(format!("the body is not JSON: {e}")))?;
+        if !raw.get().starts_with('{') {
+            return Err(Unanswerable(
+                "the body is not a JSON object; send {\"type\": ..., \"msg_id\": N, ...}".to_owned(),
+            ));
+        }
+        let mut line = String::with_capacity(raw.get().len() + src.len() + 48);
+        line.push_str("{\"src\":");
+        line.push_str(&serde_json::to_string(src).unwrap_or_default());
+        line.push_str(",\"dest\":");
+        let dest = self.node_id.as_deref().unwrap_or(DEFAULT_NODE_ID);
+        line.push_str(&serde_json::to_string(dest).unwrap_or_default());
+        line.push_str(",\"body\":");
+        line.push_str(raw.get());
+        line.push('}');
+        self.handle_text(&line, waiter, out)
+    }
+
+    /// Handles one request line: its reply goes to `waiter` when there is one (taken then), else
+    /// to `out`.
+    fn handle_text(
+        &mut self,
+        text: &str,
+        waiter: &mut Option<Waiter>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Unanswerable> {
         let incoming = match wire::decode(text) {
             Ok(incoming) => incoming,
-            Err(problem) => return self.diagnostic(format!("{problem}; skipped")),
+            Err(problem) => {
+                return Err(Unanswerable(match waiter {
+                    None => format!("{problem}; skipped"),
+                    Some(_) => problem.to_string(),
+                }))
+            }
         };
         let (Some(src), Some(msg_id)) = (incoming.src.as_deref(), incoming.msg_id) else {
             let why = match incoming.request {
@@ -321,29 +464,39 @@ impl<S: Store> Session<S> {
                     request.type_name()
                 ),
             };
-            return self.diagnostic(why);
+            return Err(Unanswerable(why));
         };
         match incoming.request {
-            Err(refusal) => {
-                let from = self
-                    .node_id
-                    .as_deref()
-                    .or(incoming.dest.as_deref())
-                    .unwrap_or(DEFAULT_NODE_ID);
-                write_reply(out, from, src, Some(msg_id), &refusal);
-            }
+            Err(refusal) => match waiter.take() {
+                Some(waiter) => waiter.send(body_string(Some(msg_id), &refusal)),
+                None => {
+                    let from = self
+                        .node_id
+                        .as_deref()
+                        .or(incoming.dest.as_deref())
+                        .unwrap_or(DEFAULT_NODE_ID);
+                    write_reply(out, from, src, Some(msg_id), &refusal);
+                }
+            },
             Ok(request) => {
                 if let Request::Init { node_id, .. } = &request {
                     if !incoming.dry_run && self.machine.check(src, &request).is_ok() {
                         self.node_id = Some(node_id.clone());
                     }
                 }
+                match waiter.take() {
+                    Some(waiter) => self.routes.push(src, msg_id, Some(waiter)),
+                    None if self.routes.contains(src, msg_id) => {
+                        self.routes.push(src, msg_id, None);
+                    }
+                    None => {}
+                }
                 let inbound = Inbound {
                     src,
                     addressed: incoming.dest.as_deref(),
                     msg_id,
                     dry_run: incoming.dry_run,
-                    size: line.len(),
+                    size: text.len(),
                 };
                 let mut sink = Self::outputs(
                     out,
@@ -352,12 +505,89 @@ impl<S: Store> Session<S> {
                     &mut self.starts,
                     &mut self.executors,
                     self.lookups.as_mut(),
+                    &mut self.routes,
+                    self.ended.as_mut(),
                 );
                 self.machine.receive(inbound, request, &mut sink);
                 self.perform_instant(out);
             }
         }
-        None
+        Ok(())
+    }
+
+    /// Where the estate stands, as `status` answers it, without `in_reply_to`.
+    pub fn status_body(&self) -> String {
+        body_string(None, &self.machine.status())
+    }
+
+    /// The body of `history_ok` for the last `limit` entries (20 by default), without
+    /// `in_reply_to`; a refusal's body when the limit is out of range or the store cannot be
+    /// read.
+    pub fn history_body(&mut self, limit: Option<u32>) -> String {
+        let answer = self.machine.state().history(limit).and_then(|decision| {
+            let crate::core::effects::Decision::Lookup(crate::core::effects::Lookup::History {
+                limit,
+            }) = decision
+            else {
+                return Err(Refusal::Crash("history was not a look-up".to_owned()));
+            };
+            self.store
+                .history(limit)
+                .map(|entries| HistoryOk { entries })
+                .map_err(|e| {
+                    Refusal::TemporarilyUnavailable(format!("the audit trail cannot be read: {e}"))
+                })
+        });
+        match answer {
+            Ok(ok) => body_string(None, &ok),
+            Err(refusal) => body_string(None, &refusal),
+        }
+    }
+
+    /// The operations that ended after `after`, oldest first (at most `limit`).
+    ///
+    /// # Errors
+    /// The store could not be read.
+    pub fn history_after(&mut self, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, String> {
+        self.store.history_after(after, limit)
+    }
+
+    /// Answers a `backups` look-up that is not a protocol request (its body without
+    /// `in_reply_to` goes to `waiter`): now from the state, or off the owner thread when a real
+    /// directory is listed ([`Session::take_lookups`]).
+    pub fn backups_body(&mut self, waiter: Waiter) {
+        if let Some(lookups) = self.lookups.as_mut() {
+            lookups.push(Lookup {
+                from: String::new(),
+                to: String::new(),
+                msg_id: None,
+                waiter: Some(waiter),
+            });
+            return;
+        }
+        let answer = match self.executors.reader().filter(|r| r.lists_backups()) {
+            Some(reader) => reader.backups(),
+            None => Ok(crate::core::machine::simulated_backups(self.machine.state())),
+        };
+        waiter.send(match answer {
+            Ok(backups) => body_string(None, &BackupsOk { backups }),
+            Err(e) => body_string(
+                None,
+                &Refusal::TemporarilyUnavailable(format!("the backups cannot be read: {e}")),
+            ),
+        });
+    }
+
+    /// Keeps, from now on, the history entry of every operation that ends, for
+    /// [`Session::take_ended`] (an event stream's `entry` events).
+    pub fn keep_ended(&mut self) {
+        self.ended.get_or_insert_with(Vec::new);
+    }
+
+    /// The entries of the operations that ended since the last call (publish them only after a
+    /// commit: then they are durable).
+    pub fn take_ended(&mut self) -> Vec<HistoryEntry> {
+        self.ended.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Performs, at once, the started operations whose lane is instant, until none is left.
@@ -388,6 +618,8 @@ impl<S: Store> Session<S> {
                 &mut self.starts,
                 &mut self.executors,
                 self.lookups.as_mut(),
+                &mut self.routes,
+                self.ended.as_mut(),
             );
             self.machine.complete(lane, seq, completion, &mut sink);
             self.flags_changed(lane);
@@ -420,6 +652,8 @@ impl<S: Store> Session<S> {
             &mut self.starts,
             &mut self.executors,
             self.lookups.as_mut(),
+            &mut self.routes,
+            self.ended.as_mut(),
         );
         self.machine.complete(lane, seq, completion, &mut sink);
         self.flags_changed(lane);

@@ -674,6 +674,30 @@ impl Journal {
         Ok(entries)
     }
 
+    /// The operations that ended after sequence number `after`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// The journal cannot be read.
+    pub fn history_after(&self, after: u64, limit: u64) -> Result<Vec<HistoryEntry>, JournalError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM journal WHERE outcome IS NOT NULL AND seq > ?1 ORDER BY seq LIMIT ?2"
+            ))
+            .map_err(|e| damaged(&self.path, e))?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement
+            .query_map([after, limit], read_row)
+            .map_err(|e| damaged(&self.path, e))?;
+        let mut entries = Vec::new();
+        for row in rows {
+            let entry = self.verified(row.map_err(|e| damaged(&self.path, e))?)?;
+            entries.extend(entry.history_entry());
+        }
+        Ok(entries)
+    }
+
     fn begin(&mut self) -> rusqlite::Result<()> {
         if !self.in_transaction {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -906,5 +930,9 @@ impl Store for Journal {
 
     fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String> {
         Journal::history(self, Some(u64::from(limit))).map_err(|e| e.to_string())
+    }
+
+    fn history_after(&mut self, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, String> {
+        Journal::history_after(self, after, u64::from(limit)).map_err(|e| e.to_string())
     }
 }

@@ -66,28 +66,81 @@ impl Entry {
             return None;
         }
         let done = match self.outcome.as_deref().map(serde_json::from_str::<Outcome>) {
-            Some(Ok(Outcome::Completion(crate::core::effects::Completion::Done(done)))) => {
-                Some(done)
-            }
+            Some(Ok(Outcome::Completion(Completion::Done(done)))) => Some(done),
             _ => None,
         };
-        let ran = done
-            .as_ref()
-            .filter(|d| !d.ran.is_empty())
-            .and_then(|d| serde_json::value::to_raw_value(&d.ran).ok());
-        Some(HistoryEntry {
-            seq: self.seq,
-            src: self.src.clone(),
-            msg_id: self.msg_id,
-            request: RawValue::from_string(self.request.clone()).ok()?,
-            reply: RawValue::from_string(self.reply.clone()?).ok()?,
-            ran,
-            at: done.as_ref().and_then(|d| d.at),
-            took_seconds: done
-                .map(|d| d.duration)
-                .filter(|d| matches!(d, crate::protocol::values::Seconds::Measured(_))),
-        })
+        entry_of(
+            self.seq,
+            self.src.clone(),
+            self.msg_id,
+            self.request.clone(),
+            self.reply.clone()?,
+            done.as_ref(),
+        )
     }
+}
+
+/// The history entry of an operation that ended, from its journal record (an outcome or an
+/// interruption); `None` for a record that is not one. The same entry the store serves later.
+pub fn ended_entry(record: &Record<'_>) -> Option<HistoryEntry> {
+    let (seq, src, msg_id, answer, done) = match *record {
+        Record::Outcome {
+            seq,
+            src,
+            msg_id,
+            completion,
+            answer,
+        } => {
+            let done = match completion {
+                Completion::Done(done) => Some(done),
+                Completion::Failed(_) => None,
+            };
+            (seq, src, msg_id, answer, done)
+        }
+        Record::Interrupted {
+            seq,
+            src,
+            msg_id,
+            answer,
+            ..
+        } => (seq, src, msg_id, answer, None),
+        Record::Refused { .. } | Record::Intent { .. } => return None,
+    };
+    entry_of(
+        seq,
+        src.to_string(),
+        msg_id,
+        json(&answer.request),
+        answer.body.to_string(),
+        done,
+    )
+}
+
+/// A history entry from its parts: the files a real database ran, when and how long, only when
+/// a real executor measured them.
+fn entry_of(
+    seq: u64,
+    src: String,
+    msg_id: u64,
+    request: String,
+    reply: String,
+    done: Option<&crate::core::effects::Done>,
+) -> Option<HistoryEntry> {
+    let ran = done
+        .filter(|d| !d.ran.is_empty())
+        .and_then(|d| serde_json::value::to_raw_value(&d.ran).ok());
+    Some(HistoryEntry {
+        seq,
+        src,
+        msg_id,
+        request: RawValue::from_string(request).ok()?,
+        reply: RawValue::from_string(reply).ok()?,
+        ran,
+        at: done.and_then(|d| d.at),
+        took_seconds: done
+            .map(|d| d.duration)
+            .filter(|d| matches!(d, crate::protocol::values::Seconds::Measured(_))),
+    })
 }
 
 /// A store that could not record or commit.
@@ -112,6 +165,18 @@ pub trait Store {
     /// # Errors
     /// The store could not be read.
     fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String>;
+
+    /// The operations that ended with a sequence number above `after`, oldest first, at most
+    /// `limit` of them (an event stream's resumption).
+    ///
+    /// # Errors
+    /// The store could not be read.
+    fn history_after(&mut self, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, String> {
+        let mut entries = self.history(u32::try_from(crate::core::machine::HISTORY_WINDOW).unwrap_or(u32::MAX))?;
+        entries.retain(|e| e.seq > after);
+        entries.truncate(limit as usize);
+        Ok(entries)
+    }
 }
 
 /// One operation that ended, in memory: shared with the retry memory.

@@ -9,8 +9,13 @@ use crate::exec::connect::connect;
 use crate::exec::estate::{Estate, EXAMPLE_ESTATE};
 use crate::protocol::encode::body_string;
 use crate::protocol::values::InFlightView;
-use crate::runtime::ofrep::{FlagsView, OfrepServer};
+use crate::exec::estate::Token;
+use crate::runtime::flags::FlagsView;
+use crate::runtime::serve::Link;
 use crate::runtime::session::Session;
+use crate::service::events::Hub;
+use crate::service::ofrep::OfrepServer;
+use crate::service::{Config, Service};
 use crate::store::journal::{Journal, FILE_NAME, LOCK_NAME};
 use crate::store::replay::{self, Open};
 use crate::store::{MemoryStore, Store};
@@ -29,6 +34,44 @@ pub struct Options {
     pub pace: f64,
     /// Where to serve OFREP, if anywhere.
     pub ofrep: Option<SocketAddr>,
+    /// Where to serve the HTTP service (API, events, page, OFREP), if anywhere.
+    pub listen: Option<SocketAddr>,
+}
+
+/// What the HTTP service needs from the estate: where, who, and what each layer is.
+struct Listening {
+    addr: SocketAddr,
+    tokens: Vec<Token>,
+    systems: serde_json::Value,
+}
+
+/// The service's view of the estate, refused when it has no tokens (a listener never starts
+/// open to anyone).
+fn listening(addr: Option<SocketAddr>, estate: &Estate, origin: &str) -> Result<Option<Listening>, Failure> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    if estate.tokens.is_empty() {
+        return Err(config(format!(
+            "--listen needs at least one token, and {origin} has no [[tokens]]; create one with `rollback-node new-token NAME ROLE` and paste the lines it prints into the estate"
+        )));
+    }
+    let layers = &estate.state.layers;
+    let describe = |layer: &crate::core::state::Layer| match layer {
+        crate::core::state::Layer::Absent => "absent".to_owned(),
+        crate::core::state::Layer::Simulated => "simulated".to_owned(),
+        crate::core::state::Layer::Real(place) => place.clone(),
+    };
+    Ok(Some(Listening {
+        addr,
+        tokens: estate.tokens.clone(),
+        systems: serde_json::json!({
+            "schema": describe(&layers.schema),
+            "backups": describe(&layers.backups),
+            "flags": describe(&layers.flags),
+            "traffic": describe(&layers.traffic),
+        }),
+    }))
 }
 
 /// Why a node stopped or would not start: the exit code (2 for a refused configuration, 1 for
@@ -64,15 +107,16 @@ fn serve(args: Options) -> Result<(), Failure> {
         None => std::env::current_dir().unwrap_or_default(),
     };
     let Some(dir) = &args.state_dir else {
-        let estate = match &given {
-            Some((text, origin)) => Estate::from_toml(text, origin).map_err(config)?,
-            None => Estate::example(),
+        let (estate, origin) = match &given {
+            Some((text, origin)) => (Estate::from_toml(text, origin).map_err(config)?, origin.clone()),
+            None => (Estate::example(), "the built-in example estate".to_owned()),
         };
+        let listening = listening(args.listen, &estate, &origin)?;
         let (executors, found) = connect(&estate, &given_dir, args.pace).map_err(config)?;
         let mut machine = Machine::new(estate.state);
         machine.observe(&found);
         let session = Session::new(machine, executors, MemoryStore::new());
-        return serve_session(session, args.ofrep);
+        return serve_session(session, args.ofrep, listening);
     };
     // Everything that can refuse the estate comes before the directory is adopted: a refused
     // start leaves it exactly as it was.
@@ -88,6 +132,7 @@ fn serve(args: Options) -> Result<(), Failure> {
         (None, None) => EXAMPLE_ESTATE.to_owned(),
     };
     let estate = Estate::from_toml(&text, &origin).map_err(config)?;
+    let listening = listening(args.listen, &estate, &origin)?;
     let base = stored
         .and_then(|s| s.estate_dir)
         .unwrap_or_else(|| given_dir.clone());
@@ -138,7 +183,7 @@ fn serve(args: Options) -> Result<(), Failure> {
             );
         }
     }
-    serve_session(session, args.ofrep)
+    serve_session(session, args.ofrep, listening)
 }
 
 /// The directory an estate file is in (its relative paths are relative to it), absolute.
@@ -178,14 +223,18 @@ fn rebuild(
     Ok((machine, open))
 }
 
-/// Serves stdin to stdout, and OFREP at `ofrep` if given.
+/// Serves stdin to stdout, OFREP at `ofrep` and the HTTP service at `listening` if given.
 fn serve_session<S: Store>(
     mut session: Session<S>,
     ofrep: Option<SocketAddr>,
+    listening: Option<Listening>,
 ) -> Result<(), Failure> {
+    let view = FlagsView::new(session.machine().state().flags.clone());
+    if ofrep.is_some() || listening.is_some() {
+        session.publish_flags(view.clone());
+    }
     let _server = match ofrep {
         Some(addr) => {
-            let view = FlagsView::new(session.machine().state().flags.clone());
             let server = OfrepServer::start(addr, view.clone()).map_err(|e| {
                 config(format!(
                     "cannot serve OFREP at {addr}: {e}; give --ofrep a free address such as 127.0.0.1:8016"
@@ -195,13 +244,59 @@ fn serve_session<S: Store>(
                 "rollback-node: serving OFREP flag evaluation at http://{}/ofrep/v1/evaluate/flags",
                 server.local_addr()
             );
-            session.publish_flags(view);
             Some(server)
         }
         None => None,
     };
-    crate::runtime::serve(session, io::stdin(), io::stdout().lock(), io::stderr())
-        .map_err(|e| Failure(1, e.to_string()))
+    let Some(listening) = listening else {
+        return crate::runtime::serve(session, io::stdin(), io::stdout().lock(), io::stderr())
+            .map_err(|e| Failure(1, e.to_string()));
+    };
+    let hub = Hub::new();
+    let link = Link::new(hub.audience());
+    let addr = listening.addr;
+    let service = Service::start(
+        Config {
+            addr,
+            tokens: listening.tokens,
+            systems: listening.systems,
+        },
+        link.calls(),
+        hub,
+        view,
+    )
+    .map_err(|e| {
+        config(format!(
+            "cannot listen at {addr}: {e}; give --listen a free address such as 127.0.0.1:8080"
+        ))
+    })?;
+    eprintln!("rollback-node: listening on http://{}", service.local_addr());
+    let served = crate::runtime::serve::serve_linked(
+        session,
+        io::stdin(),
+        io::stdout().lock(),
+        io::stderr(),
+        link,
+    );
+    service.stop();
+    served.map_err(|e| Failure(1, e.to_string()))
+}
+
+/// A fresh token: a secret from the operating system's random source, and the estate lines
+/// that hold its name, role and the SHA-256 of the secret (never the secret).
+///
+/// # Errors
+/// An empty name, or the random source cannot be read.
+pub fn new_token(name: &str, role: crate::exec::estate::Role) -> Result<(String, String), Failure> {
+    if name.trim().is_empty() {
+        return Err(config("a token needs a name: its requests are sent as that name"));
+    }
+    let secret = crate::service::auth::random_secret()
+        .map_err(|e| Failure(1, format!("the random source cannot be read: {e}")))?;
+    let hash = hex::encode(crate::service::auth::sha256(secret.as_bytes()));
+    let name = toml::Value::String(name.to_owned());
+    let lines = format!("[[tokens]]\nname = {name}\nrole = \"{role}\"\nsha256 = \"{hash}\"");
+    Ok((secret, lines))
 }
 
 /// Where the estate of a state directory stands, as one JSON line.
