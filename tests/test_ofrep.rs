@@ -10,7 +10,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use rollback_node::runtime::ofrep::{FlagsView, OfrepServer};
+use rollback_node::runtime::flags::FlagsView;
+use rollback_node::service::ofrep::OfrepServer;
 use serde_json::{json, Value};
 
 struct Answer {

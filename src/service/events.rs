@@ -144,9 +144,15 @@ pub async fn events(State(app): State<App>, headers: HeaderMap) -> Response {
         forward(&tx, &mut status, &mut entries, &seen, stopping).await;
     });
     let stream = ReceiverStream::new(rx).map(Ok::<Event, Infallible>);
-    Sse::new(stream)
+    let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
-        .into_response()
+        .into_response();
+    // A stream that ends (the client did not keep up, or the node stops) closes its connection.
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Forwards what is published to one client until it stops keeping up, goes away, or the node
