@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use rollback_node::core::effects::Completion;
 use rollback_node::exec::flagd::FlagFile;
 use rollback_node::exec::haproxy::Haproxy;
-use rollback_node::runtime::ofrep::{FlagsView, OfrepServer};
+use rollback_node::runtime::flags::FlagsView;
+use rollback_node::service::ofrep::OfrepServer;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;

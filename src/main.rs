@@ -4,8 +4,8 @@
 //! reply; diagnostics go to stderr. This file is the command line only.
 
 use clap::{Args, Parser, Subcommand};
-use rollback_node::node::{self, Failure, Options};
 use rollback_node::exec::estate::Role;
+use rollback_node::node::{self, Failure, Options};
 use rollback_node::EXAMPLE_ESTATE;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -103,9 +103,8 @@ enum Command {
 }
 
 fn role(text: &str) -> Result<Role, String> {
-    text.parse::<Role>().map_err(|_| {
-        format!("{text} is not a role; give viewer, operator or admin")
-    })
+    text.parse::<Role>()
+        .map_err(|_| format!("{text} is not a role; give viewer, operator or admin"))
 }
 
 fn main() -> ExitCode {

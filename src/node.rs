@@ -6,10 +6,10 @@
 use crate::core::effects::Found;
 use crate::core::machine::Machine;
 use crate::exec::connect::connect;
+use crate::exec::estate::Token;
 use crate::exec::estate::{Estate, EXAMPLE_ESTATE};
 use crate::protocol::encode::body_string;
 use crate::protocol::values::InFlightView;
-use crate::exec::estate::Token;
 use crate::runtime::flags::FlagsView;
 use crate::runtime::serve::Link;
 use crate::runtime::session::Session;
@@ -47,7 +47,11 @@ struct Listening {
 
 /// The service's view of the estate, refused when it has no tokens (a listener never starts
 /// open to anyone).
-fn listening(addr: Option<SocketAddr>, estate: &Estate, origin: &str) -> Result<Option<Listening>, Failure> {
+fn listening(
+    addr: Option<SocketAddr>,
+    estate: &Estate,
+    origin: &str,
+) -> Result<Option<Listening>, Failure> {
     let Some(addr) = addr else {
         return Ok(None);
     };
@@ -108,7 +112,10 @@ fn serve(args: Options) -> Result<(), Failure> {
     };
     let Some(dir) = &args.state_dir else {
         let (estate, origin) = match &given {
-            Some((text, origin)) => (Estate::from_toml(text, origin).map_err(config)?, origin.clone()),
+            Some((text, origin)) => (
+                Estate::from_toml(text, origin).map_err(config)?,
+                origin.clone(),
+            ),
             None => (Estate::example(), "the built-in example estate".to_owned()),
         };
         let listening = listening(args.listen, &estate, &origin)?;
@@ -270,7 +277,10 @@ fn serve_session<S: Store>(
             "cannot listen at {addr}: {e}; give --listen a free address such as 127.0.0.1:8080"
         ))
     })?;
-    eprintln!("rollback-node: listening on http://{}", service.local_addr());
+    eprintln!(
+        "rollback-node: listening on http://{}",
+        service.local_addr()
+    );
     let served = crate::runtime::serve::serve_linked(
         session,
         io::stdin(),
@@ -289,7 +299,9 @@ fn serve_session<S: Store>(
 /// An empty name, or the random source cannot be read.
 pub fn new_token(name: &str, role: crate::exec::estate::Role) -> Result<(String, String), Failure> {
     if name.trim().is_empty() {
-        return Err(config("a token needs a name: its requests are sent as that name"));
+        return Err(config(
+            "a token needs a name: its requests are sent as that name",
+        ));
     }
     let secret = crate::service::auth::random_secret()
         .map_err(|e| Failure(1, format!("the random source cannot be read: {e}")))?;

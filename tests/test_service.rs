@@ -27,9 +27,16 @@ fn stdin_bodies(src: &str, bodies: &[&str], args: &[&str]) -> Vec<String> {
         .unwrap();
     let mut input = String::new();
     for body in bodies {
-        input.push_str(&format!("{{\"src\":\"{src}\",\"dest\":\"n1\",\"body\":{body}}}\n"));
+        input.push_str(&format!(
+            "{{\"src\":\"{src}\",\"dest\":\"n1\",\"body\":{body}}}\n"
+        ));
     }
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     String::from_utf8(out.stdout)
         .unwrap()
@@ -55,37 +62,60 @@ fn listen_without_tokens_refuses_to_start_and_names_the_fix() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("[[tokens]]") && stderr.contains("new-token"), "{stderr}");
+    assert!(
+        stderr.contains("[[tokens]]") && stderr.contains("new-token"),
+        "{stderr}"
+    );
     assert!(!state.exists(), "a refused start adopts nothing");
 }
 
 #[test]
 fn new_token_prints_a_fresh_secret_and_lines_the_estate_accepts() {
     let run = || {
-        let out = binary().args(["new-token", "deploy-bot", "operator"]).output().unwrap();
+        let out = binary()
+            .args(["new-token", "deploy-bot", "operator"])
+            .output()
+            .unwrap();
         assert!(out.status.success());
         String::from_utf8(out.stdout).unwrap()
     };
     let (first, second) = (run(), run());
     let secret = first.lines().next().unwrap();
     assert_eq!(secret.len(), 64);
-    assert_ne!(secret, second.lines().next().unwrap(), "each secret is fresh");
-    assert!(!first[secret.len()..].contains(secret), "the estate lines never hold the secret");
+    assert_ne!(
+        secret,
+        second.lines().next().unwrap(),
+        "each secret is fresh"
+    );
+    assert!(
+        !first[secret.len()..].contains(secret),
+        "the estate lines never hold the secret"
+    );
     let hash = service::tokens_toml(); // the same hashing the tests use
     assert!(hash.contains("sha256 = \""));
     let expected = rollback_node::service::auth::sha256(secret.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect::<String>();
-    assert!(first.contains(&format!("sha256 = \"{expected}\"")), "{first}");
+    assert!(
+        first.contains(&format!("sha256 = \"{expected}\"")),
+        "{first}"
+    );
     assert!(first.contains("name = \"deploy-bot\"") && first.contains("role = \"operator\""));
     // The lines go into an estate as they are, and the secret then works.
     let dir = tempfile::tempdir().unwrap();
     let estate = dir.path().join("estate.toml");
     let lines: String = first.lines().skip(1).map(|l| format!("{l}\n")).collect();
-    std::fs::write(&estate, format!("{}\n{lines}", rollback_node::EXAMPLE_ESTATE)).unwrap();
+    std::fs::write(
+        &estate,
+        format!("{}\n{lines}", rollback_node::EXAMPLE_ESTATE),
+    )
+    .unwrap();
     let node = Node::start_with(dir, &estate, &[]);
-    let reply = node.post(secret, r#"{"type":"disable_feature","msg_id":1,"feature":"new_checkout"}"#);
+    let reply = node.post(
+        secret,
+        r#"{"type":"disable_feature","msg_id":1,"feature":"new_checkout"}"#,
+    );
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["type"], "feature_disabled");
     // A role that does not exist is refused by the command line.
@@ -144,7 +174,13 @@ fn each_role_may_do_what_it_may_and_a_refusal_changes_nothing() {
     // No token, an unknown token, a malformed header: 401, nothing changes.
     for auth in [None, Some("Bearer nope"), Some("Basic YWRhOmFkYQ==")] {
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", *a)).collect();
-        for path in ["/v1/status", "/v1/history", "/v1/backups", "/v1/events", "/v1/whoami"] {
+        for path in [
+            "/v1/status",
+            "/v1/history",
+            "/v1/backups",
+            "/v1/events",
+            "/v1/whoami",
+        ] {
             let r = request(node.addr, "GET", path, &headers, b"");
             assert_eq!(r.status, 401, "{path} {auth:?}");
             assert_eq!(r.json()["error"], "unauthorized");
@@ -160,20 +196,36 @@ fn each_role_may_do_what_it_may_and_a_refusal_changes_nothing() {
         (OPERATOR, rollback, "admin"),
         (OPERATOR, restore, "admin"),
         (OPERATOR, init, "admin"),
-        (VIEWER, r#"{"type":"rollback","msg_id":6,"version":3,"dry_run":true}"#, "operator"),
+        (
+            VIEWER,
+            r#"{"type":"rollback","msg_id":6,"version":3,"dry_run":true}"#,
+            "operator",
+        ),
     ] {
         let r = node.post(secret, body);
         assert_eq!(r.status, 403, "{body}");
         assert_eq!(r.json()["role_needed"], needed, "{body}");
-        assert!(r.json()["text"].as_str().unwrap().contains("nothing changed"));
+        assert!(r.json()["text"]
+            .as_str()
+            .unwrap()
+            .contains("nothing changed"));
     }
     assert_eq!(status(&node), before, "refusals changed nothing");
     let history = node.call("GET", "/v1/history", Some(ADMIN), "").json();
     assert_eq!(history["entries"], json!([]), "and left no history");
     // Everyone may read, and an unknown type is answered 10 whatever the role.
     for secret in [VIEWER, OPERATOR, ADMIN] {
-        for path in ["/v1/status", "/v1/history?limit=5", "/v1/backups", "/v1/whoami"] {
-            assert_eq!(node.call("GET", path, Some(secret), "").status, 200, "{path}");
+        for path in [
+            "/v1/status",
+            "/v1/history?limit=5",
+            "/v1/backups",
+            "/v1/whoami",
+        ] {
+            assert_eq!(
+                node.call("GET", path, Some(secret), "").status,
+                200,
+                "{path}"
+            );
         }
         let r = node.post(secret, r#"{"type":"frob","msg_id":1}"#);
         assert_eq!((r.status, r.json()["code"].clone()), (200, json!(10)));
@@ -181,14 +233,26 @@ fn each_role_may_do_what_it_may_and_a_refusal_changes_nothing() {
         assert_eq!(r.json()["type"], "status_ok");
     }
     let me = node.call("GET", "/v1/whoami", Some(OPERATOR), "").json();
-    assert_eq!((me["name"].clone(), me["role"].clone()), (json!("olga"), json!("operator")));
+    assert_eq!(
+        (me["name"].clone(), me["role"].clone()),
+        (json!("olga"), json!("operator"))
+    );
     assert_eq!(me["systems"]["flags"], "simulated");
     // An operator may change flags and traffic, and dry-run a rollback; an admin roll back.
     assert_eq!(node.post(OPERATOR, flag).json()["type"], "feature_disabled");
-    assert_eq!(node.post(OPERATOR, switch).json()["type"], "traffic_switched");
-    let plan = node.post(OPERATOR, r#"{"type":"rollback","msg_id":8,"version":3,"dry_run":true}"#);
+    assert_eq!(
+        node.post(OPERATOR, switch).json()["type"],
+        "traffic_switched"
+    );
+    let plan = node.post(
+        OPERATOR,
+        r#"{"type":"rollback","msg_id":8,"version":3,"dry_run":true}"#,
+    );
     assert_eq!(plan.json()["type"], "plan_ok");
-    assert_eq!(node.post(ADMIN, rollback).json()["type"], "rollback_complete");
+    assert_eq!(
+        node.post(ADMIN, rollback).json()["type"],
+        "rollback_complete"
+    );
     // The sender is the token's name.
     let history = node.call("GET", "/v1/history", Some(VIEWER), "").json();
     let senders: Vec<&str> = history["entries"]
@@ -208,20 +272,30 @@ fn bodies_stdin_could_not_answer_are_400_and_large_ones_413() {
         ("[1,2]", "not a JSON object"),
         ("\"status\"", "not a JSON object"),
         ("{\"type\":\"status\"} trailing", "not JSON"),
-        (r#"{"type":"disable_feature","feature":"new_checkout"}"#, "no msg_id"),
+        (
+            r#"{"type":"disable_feature","feature":"new_checkout"}"#,
+            "no msg_id",
+        ),
         (r#"{"type":"status"}"#, "no msg_id"),
         ("", "not JSON"),
     ] {
         let r = node.post(ADMIN, body);
         assert_eq!(r.status, 400, "{body}: {}", r.body);
-        assert!(r.json()["text"].as_str().unwrap().contains(says), "{body}: {}", r.body);
+        assert!(
+            r.json()["text"].as_str().unwrap().contains(says),
+            "{body}: {}",
+            r.body
+        );
     }
     // Whatever the content type says, the body is read as JSON.
     let r = request(
         node.addr,
         "POST",
         "/v1/messages",
-        &[("Authorization", &format!("Bearer {ADMIN}")), ("Content-Type", "text/plain")],
+        &[
+            ("Authorization", &format!("Bearer {ADMIN}")),
+            ("Content-Type", "text/plain"),
+        ],
         br#"{"type":"status","msg_id":1}"#,
     );
     assert_eq!(r.json()["type"], "status_ok");
@@ -234,11 +308,20 @@ fn bodies_stdin_could_not_answer_are_400_and_large_ones_413() {
     let r = node.call("GET", "/v1/history", Some(ADMIN), "");
     assert_eq!(r.json()["entries"], json!([]), "nothing was decided");
     // A wait that is not a number; an unknown route.
-    let r = node.call("POST", "/v1/messages?wait=soon", Some(ADMIN), r#"{"type":"status","msg_id":3}"#);
+    let r = node.call(
+        "POST",
+        "/v1/messages?wait=soon",
+        Some(ADMIN),
+        r#"{"type":"status","msg_id":3}"#,
+    );
     assert_eq!(r.status, 400);
     assert!(r.body.contains("wait=soon"));
     assert_eq!(node.call("GET", "/v1/nope", Some(ADMIN), "").status, 404);
-    assert_eq!(node.call("GET", "/v1/history?limit=0", Some(ADMIN), "").status, 400);
+    assert_eq!(
+        node.call("GET", "/v1/history?limit=0", Some(ADMIN), "")
+            .status,
+        400
+    );
 }
 
 #[test]
@@ -246,17 +329,27 @@ fn a_long_operation_is_202_then_its_reply_comes_to_a_retry_and_on_the_stream() {
     let node = Node::start(&["--pace", "0.02"]);
     let mut events = Events::open(node.addr, VIEWER, &[]);
     let first = events.next_of("status");
-    assert_eq!(serde_json::from_str::<Value>(&first.data).unwrap()["schema_version"], 3);
+    assert_eq!(
+        serde_json::from_str::<Value>(&first.data).unwrap()["schema_version"],
+        3
+    );
     let restore = r#"{"type":"restore","msg_id":7,"backup":"users_backup_20240115"}"#;
     let started = Instant::now();
     let r = node.call("POST", "/v1/messages?wait=0.2", Some(ADMIN), restore);
     assert_eq!(r.status, 202, "{}", r.body);
-    assert_eq!(r.body, r#"{"type":"accepted","in_reply_to":7,"state":"running"}"#);
+    assert_eq!(
+        r.body,
+        r#"{"type":"accepted","in_reply_to":7,"state":"running"}"#
+    );
     assert!(started.elapsed() < Duration::from_secs(1));
     // It shows in flight, with progress, on the stream.
     let running = loop {
         let status: Value = serde_json::from_str(&events.next_of("status").data).unwrap();
-        if status["in_flight"][0]["progress"]["done"].as_u64().unwrap_or(0) > 0 {
+        if status["in_flight"][0]["progress"]["done"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+        {
             break status;
         }
     };
@@ -269,9 +362,16 @@ fn a_long_operation_is_202_then_its_reply_comes_to_a_retry_and_on_the_stream() {
     let entry = events.next_of("entry");
     let entry_json: Value = serde_json::from_str(&entry.data).unwrap();
     assert_eq!(entry_json["reply"]["type"], "restore_complete");
-    assert_eq!(entry.id.as_deref(), Some(entry_json["seq"].to_string().as_str()));
+    assert_eq!(
+        entry.id.as_deref(),
+        Some(entry_json["seq"].to_string().as_str())
+    );
     let history = node.call("GET", "/v1/history", Some(VIEWER), "").json();
-    assert_eq!(history["entries"].as_array().unwrap().len(), 1, "one run, one entry");
+    assert_eq!(
+        history["entries"].as_array().unwrap().len(),
+        1,
+        "one run, one entry"
+    );
 }
 
 #[test]
@@ -284,15 +384,25 @@ fn the_event_stream_pushes_changes_from_stdin_and_resumes_after_last_event_id() 
         true
     );
     for msg_id in 1..=3 {
-        let kind = if msg_id % 2 == 1 { "disable_feature" } else { "enable_feature" };
+        let kind = if msg_id % 2 == 1 {
+            "disable_feature"
+        } else {
+            "enable_feature"
+        };
         node.send_line(&format!(
             r#"{{"src":"ops","dest":"n1","body":{{"type":"{kind}","msg_id":{msg_id},"feature":"new_checkout"}}}}"#
         ));
-        assert!(node.read_line().contains("in_reply_to"), "stdin still answers");
+        assert!(
+            node.read_line().contains("in_reply_to"),
+            "stdin still answers"
+        );
         let entry = events.next_of("entry");
         assert_eq!(entry.id, Some(msg_id.to_string()));
         let entry: Value = serde_json::from_str(&entry.data).unwrap();
-        assert_eq!((entry["src"].clone(), entry["msg_id"].clone()), (json!("ops"), json!(msg_id)));
+        assert_eq!(
+            (entry["src"].clone(), entry["msg_id"].clone()),
+            (json!("ops"), json!(msg_id))
+        );
     }
     // The latest status always arrives: the flag ends disabled.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -310,7 +420,11 @@ fn the_event_stream_pushes_changes_from_stdin_and_resumes_after_last_event_id() 
     let ids: Vec<Option<String>> = (0..2).map(|_| resumed.next_of("entry").id).collect();
     assert_eq!(ids, [Some("2".into()), Some("3".into())]);
     node.send_line(r#"{"src":"ops","dest":"n1","body":{"type":"enable_feature","msg_id":10,"feature":"new_checkout"}}"#);
-    assert_eq!(resumed.next_of("entry").id, Some("5".into()), "seq 4 was the refusal");
+    assert_eq!(
+        resumed.next_of("entry").id,
+        Some("5".into()),
+        "seq 4 was the refusal"
+    );
 }
 
 #[test]
@@ -333,7 +447,10 @@ fn the_page_session_cookie_is_strict_and_refuses_changes_from_other_origins() {
     let cookie = r.header("set-cookie").unwrap().to_owned();
     let attributes: Vec<&str> = cookie.split(';').map(str::trim).collect();
     assert!(attributes[0].starts_with("rollback_session="), "{cookie}");
-    assert!(attributes.contains(&"HttpOnly") && attributes.contains(&"SameSite=Strict"), "{cookie}");
+    assert!(
+        attributes.contains(&"HttpOnly") && attributes.contains(&"SameSite=Strict"),
+        "{cookie}"
+    );
     assert!(!cookie.contains(OPERATOR), "the cookie is not the secret");
     let pair = attributes[0];
     let host = node.addr.to_string();
@@ -361,7 +478,13 @@ fn the_page_session_cookie_is_strict_and_refuses_changes_from_other_origins() {
     );
     assert_eq!(r.json()["type"], "feature_disabled");
     // Logging out ends the session.
-    let r = request(node.addr, "DELETE", "/v1/session", &[("Cookie", pair), ("Origin", &origin)], b"");
+    let r = request(
+        node.addr,
+        "DELETE",
+        "/v1/session",
+        &[("Cookie", pair), ("Origin", &origin)],
+        b"",
+    );
     assert_eq!(r.status, 204);
     let r = request(node.addr, "GET", "/v1/whoami", &[("Cookie", pair)], b"");
     assert_eq!(r.status, 401);
@@ -372,19 +495,56 @@ fn the_page_and_ofrep_are_served_without_a_token() {
     let node = Node::start(&[]);
     let page = request(node.addr, "GET", "/", &[], b"");
     assert_eq!(page.status, 200);
-    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
     let csp = page.header("content-security-policy").unwrap();
-    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
-    assert!(page.body.contains("data-testid"), "the page is the incident page");
-    assert!(!page.body.contains("http://") && !page.body.contains("https://"), "nothing is loaded from another host");
-    let r = request(node.addr, "POST", "/ofrep/v1/evaluate/flags/new_checkout", &[], b"{}");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    assert!(
+        page.body.contains("data-testid"),
+        "the page is the incident page"
+    );
+    assert!(
+        !page.body.contains("http://") && !page.body.contains("https://"),
+        "nothing is loaded from another host"
+    );
+    let r = request(
+        node.addr,
+        "POST",
+        "/ofrep/v1/evaluate/flags/new_checkout",
+        &[],
+        b"{}",
+    );
     assert_eq!((r.status, r.json()["value"].clone()), (200, json!(true)));
-    node.post(OPERATOR, r#"{"type":"disable_feature","msg_id":1,"feature":"new_checkout"}"#);
-    let r = request(node.addr, "POST", "/ofrep/v1/evaluate/flags/new_checkout", &[], b"{}");
-    assert_eq!(r.json()["value"], false, "the next evaluation after the reply sees the change");
+    node.post(
+        OPERATOR,
+        r#"{"type":"disable_feature","msg_id":1,"feature":"new_checkout"}"#,
+    );
+    let r = request(
+        node.addr,
+        "POST",
+        "/ofrep/v1/evaluate/flags/new_checkout",
+        &[],
+        b"{}",
+    );
+    assert_eq!(
+        r.json()["value"],
+        false,
+        "the next evaluation after the reply sees the change"
+    );
     let bulk = request(node.addr, "POST", "/ofrep/v1/evaluate/flags", &[], b"");
     let etag = bulk.header("etag").unwrap().to_owned();
-    let again = request(node.addr, "POST", "/ofrep/v1/evaluate/flags", &[("If-None-Match", &etag)], b"");
+    let again = request(
+        node.addr,
+        "POST",
+        "/ofrep/v1/evaluate/flags",
+        &[("If-None-Match", &etag)],
+        b"",
+    );
     assert_eq!(again.status, 304);
 }
 
@@ -410,16 +570,28 @@ fn stdin_is_byte_for_byte_unchanged_with_a_listener() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
         child.wait_with_output().unwrap().stdout
     };
     let mut node = Node::start(&[]);
-    node.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    node.stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let mut listened = Vec::new();
     for _ in 0..7 {
         listened.extend_from_slice(node.read_line().as_bytes());
     }
-    assert_eq!(String::from_utf8(listened).unwrap(), String::from_utf8(plain).unwrap());
+    assert_eq!(
+        String::from_utf8(listened).unwrap(),
+        String::from_utf8(plain).unwrap()
+    );
     // The end of stdin did not stop it: it still answers over HTTP.
     std::thread::sleep(Duration::from_millis(200));
     assert!(node.child.try_wait().unwrap().is_none());
@@ -447,7 +619,11 @@ fn sigterm_closes_streams_lets_the_running_operation_finish_and_exits_0() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     while events.next().is_some() {}
     // The restore (0.6 s at this pace) finished before the exit: it is in the journal's history.
-    let out = binary().args(["history", "--state-dir"]).arg(&state).output().unwrap();
+    let out = binary()
+        .args(["history", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
     let history = String::from_utf8(out.stdout).unwrap();
     assert!(history.contains("restore_complete"), "{history}");
     assert!(node.stderr_lines().iter().any(|l| l.contains("stopping")));
@@ -457,9 +633,12 @@ fn sigterm_closes_streams_lets_the_running_operation_finish_and_exits_0() {
 fn slow_idle_and_silent_clients_are_bounded_and_the_node_still_answers() {
     let mut node = Node::start(&[]);
     // A thousand connections that send nothing, and one that never finishes its headers.
-    let idle: Vec<TcpStream> = (0..1000).map(|_| TcpStream::connect(node.addr).unwrap()).collect();
+    let idle: Vec<TcpStream> = (0..1000)
+        .map(|_| TcpStream::connect(node.addr).unwrap())
+        .collect();
     let mut slow = TcpStream::connect(node.addr).unwrap();
-    slow.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     let started = Instant::now();
     let r = node.call("GET", "/v1/status", Some(VIEWER), "");
     assert_eq!(r.status, 200);
@@ -467,12 +646,19 @@ fn slow_idle_and_silent_clients_are_bounded_and_the_node_still_answers() {
     // An event client that never reads while sixty thousand changes go by.
     let mut silent = TcpStream::connect(node.addr).unwrap();
     silent
-        .write_all(format!("GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {VIEWER}\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {VIEWER}\r\n\r\n")
+                .as_bytes(),
+        )
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let mut input = String::new();
     for msg_id in 1..=60_000 {
-        let kind = if msg_id % 2 == 1 { "disable_feature" } else { "enable_feature" };
+        let kind = if msg_id % 2 == 1 {
+            "disable_feature"
+        } else {
+            "enable_feature"
+        };
         input.push_str(&format!(
             "{{\"src\":\"ops\",\"dest\":\"n1\",\"body\":{{\"type\":\"{kind}\",\"msg_id\":{msg_id},\"feature\":\"new_checkout\"}}}}\n"
         ));
@@ -488,16 +674,22 @@ fn slow_idle_and_silent_clients_are_bounded_and_the_node_still_answers() {
     }
     let took = started.elapsed();
     node.stdin = Some(writer.join().unwrap());
-    assert!(took < Duration::from_secs(20), "the silent client slowed the node: {took:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "the silent client slowed the node: {took:?}"
+    );
     let r = node.call("GET", "/v1/status", Some(VIEWER), "");
     assert_eq!(r.json()["flags"]["new_checkout"], true);
     // The silent client was dropped: what it can still read ends.
-    silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut sink = Vec::new();
     let ended = BufReader::new(&silent).read_to_end(&mut sink);
     assert!(ended.is_ok(), "the stream was not closed: {ended:?}");
     // The slow client was timed out.
-    slow.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
     let mut answer = Vec::new();
     let _ = slow.read_to_end(&mut answer);
     assert!(
@@ -508,7 +700,10 @@ fn slow_idle_and_silent_clients_are_bounded_and_the_node_still_answers() {
     drop(idle);
     let mut keep = BufReader::new(TcpStream::connect(node.addr).unwrap());
     keep.get_mut()
-        .write_all(format!("GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {VIEWER}\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {VIEWER}\r\n\r\n")
+                .as_bytes(),
+        )
         .unwrap();
     assert_eq!(service::read_response(&mut keep).status, 200);
     let _ = keep.fill_buf();

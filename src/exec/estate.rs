@@ -29,7 +29,18 @@ pub struct Estate {
 }
 
 /// What a token may do over HTTP; each role may do what the one before it may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, strum::Display, strum::EnumString)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum Role {
@@ -357,7 +368,10 @@ impl File {
                     token.name
                 ));
             }
-            if self.tokens[..index].iter().any(|t| t.sha256 == token.sha256) {
+            if self.tokens[..index]
+                .iter()
+                .any(|t| t.sha256 == token.sha256)
+            {
                 return Err(format!(
                     "tokens[{index}] (\"{}\"): the same secret is already given to another token; give each its own (`rollback-node new-token`)",
                     token.name

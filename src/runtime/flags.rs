@@ -75,4 +75,3 @@ fn etag(flags: &BTreeMap<String, bool>) -> String {
     }
     format!("\"{hash:016x}\"")
 }
-

@@ -18,8 +18,8 @@
 
 use crate::core::effects::{Completion, ExecError, Failure, FailureKind, Lane, Operation};
 use crate::exec::LaneExecutor;
-use crate::protocol::values::Progress;
 use crate::protocol::replies::HistoryEntry;
+use crate::protocol::values::Progress;
 use crate::runtime::session::{Lookup, Session, Unanswerable, Waiter};
 use crate::store::{Store, StoreError};
 use crate::wire::lines::{LineSplitter, Piece};
@@ -188,7 +188,16 @@ pub fn serve<S: Store>(
         return serve_inline(session, input, output, diagnostics);
     }
     let (events, inbox) = mpsc::sync_channel::<Event>(EVENTS_WAITING);
-    serve_events(session, slow, input, output, diagnostics, events, inbox, None)
+    serve_events(
+        session,
+        slow,
+        input,
+        output,
+        diagnostics,
+        events,
+        inbox,
+        None,
+    )
 }
 
 /// Serves `input` to `output` and the HTTP service's calls through `link`, until a
@@ -312,7 +321,9 @@ fn serve_events<S: Store>(
                     return Ok(());
                 }
                 let wait = match (due, stopping) {
-                    (Some(due), Some(since)) => Some(due.min(STOP_WITHIN.saturating_sub(since.elapsed()))),
+                    (Some(due), Some(since)) => {
+                        Some(due.min(STOP_WITHIN.saturating_sub(since.elapsed())))
+                    }
                     (None, Some(since)) => Some(STOP_WITHIN.saturating_sub(since.elapsed())),
                     (due, None) => due,
                 };
@@ -328,7 +339,16 @@ fn serve_events<S: Store>(
             }
         };
         if let Some(publishing) = publishing.as_mut() {
-            publishing.dirty |= !matches!(event, Event::Answered(_) | Event::Call(Call::Status(_) | Call::History { .. } | Call::After { .. } | Call::Backups(_)));
+            publishing.dirty |= !matches!(
+                event,
+                Event::Answered(_)
+                    | Event::Call(
+                        Call::Status(_)
+                            | Call::History { .. }
+                            | Call::After { .. }
+                            | Call::Backups(_)
+                    )
+            );
         }
         match event {
             Event::Input(chunk) => {

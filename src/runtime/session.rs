@@ -14,8 +14,8 @@ use crate::exec::simulated::Simulated;
 use crate::exec::{Executors, LaneExecutor};
 use crate::protocol::encode::{body_string, write_reply, write_reply_raw};
 use crate::protocol::replies::{BackupsOk, HistoryEntry, HistoryOk};
-use crate::protocol::Refusal;
 use crate::protocol::values::{BackupView, Progress};
+use crate::protocol::Refusal;
 use crate::runtime::flags::FlagsView;
 use crate::store::replay::Open;
 use crate::store::{MemoryStore, Store, StoreError};
@@ -157,9 +157,12 @@ impl Lookup {
     /// Answers this look-up from what `reader` lists now: the reply line (with its `\n`) for
     /// stdout, or nothing when the body went to its waiter.
     pub fn answer(self, reader: &dyn crate::exec::Reader) -> Option<Vec<u8>> {
-        let answer = reader.backups().map(|backups| BackupsOk { backups }).map_err(|e| {
-            Refusal::TemporarilyUnavailable(format!("the backups cannot be read: {e}"))
-        });
+        let answer = reader
+            .backups()
+            .map(|backups| BackupsOk { backups })
+            .map_err(|e| {
+                Refusal::TemporarilyUnavailable(format!("the backups cannot be read: {e}"))
+            });
         if let Some(waiter) = self.waiter {
             waiter.send(match &answer {
                 Ok(ok) => body_string(self.msg_id, ok),
@@ -179,6 +182,22 @@ impl Lookup {
 /// Why a request that did not come from stdin got no reply: the text a person reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unanswerable(pub String);
+
+/// The sink over a session's own fields (borrowed apart from its machine) and `out`.
+macro_rules! outputs {
+    ($session:ident, $out:expr) => {
+        Outputs {
+            out: $out,
+            store: &mut $session.store,
+            node_id: $session.node_id.as_deref(),
+            starts: &mut $session.starts,
+            executors: &mut $session.executors,
+            deferred: $session.lookups.as_mut(),
+            routes: &mut $session.routes,
+            ended: $session.ended.as_mut(),
+        }
+    };
+}
 
 /// The sink the machine writes to while the session handles one input.
 struct Outputs<'a, S> {
@@ -327,28 +346,6 @@ impl<S: Store> Session<S> {
             .collect()
     }
 
-    fn outputs<'a>(
-        out: &'a mut Vec<u8>,
-        store: &'a mut S,
-        node_id: Option<&'a str>,
-        starts: &'a mut Vec<(Lane, u64)>,
-        executors: &'a mut Executors,
-        deferred: Option<&'a mut Vec<Lookup>>,
-        routes: &'a mut Routes,
-        ended: Option<&'a mut Vec<HistoryEntry>>,
-    ) -> Outputs<'a, S> {
-        Outputs {
-            out,
-            store,
-            node_id,
-            starts,
-            executors,
-            deferred,
-            routes,
-            ended,
-        }
-    }
-
     /// Answers `backups` look-ups off the owner thread from now on: they wait in
     /// [`Session::take_lookups`] for [`Lookup::answer`] with the reader it returns (none when no
     /// real system lists backups, and look-ups stay inline).
@@ -420,7 +417,8 @@ impl<S: Store> Session<S> {
             .map_err(|e| Unanswerable(format!("the body is not JSON: {e}")))?;
         if !raw.get().starts_with('{') {
             return Err(Unanswerable(
-                "the body is not a JSON object; send {\"type\": ..., \"msg_id\": N, ...}".to_owned(),
+                "the body is not a JSON object; send {\"type\": ..., \"msg_id\": N, ...}"
+                    .to_owned(),
             ));
         }
         let mut line = String::with_capacity(raw.get().len() + src.len() + 48);
@@ -498,16 +496,7 @@ impl<S: Store> Session<S> {
                     dry_run: incoming.dry_run,
                     size: text.len(),
                 };
-                let mut sink = Self::outputs(
-                    out,
-                    &mut self.store,
-                    self.node_id.as_deref(),
-                    &mut self.starts,
-                    &mut self.executors,
-                    self.lookups.as_mut(),
-                    &mut self.routes,
-                    self.ended.as_mut(),
-                );
+                let mut sink = outputs!(self, out);
                 self.machine.receive(inbound, request, &mut sink);
                 self.perform_instant(out);
             }
@@ -567,7 +556,9 @@ impl<S: Store> Session<S> {
         }
         let answer = match self.executors.reader().filter(|r| r.lists_backups()) {
             Some(reader) => reader.backups(),
-            None => Ok(crate::core::machine::simulated_backups(self.machine.state())),
+            None => Ok(crate::core::machine::simulated_backups(
+                self.machine.state(),
+            )),
         };
         waiter.send(match answer {
             Ok(backups) => body_string(None, &BackupsOk { backups }),
@@ -611,16 +602,7 @@ impl<S: Store> Session<S> {
                 continue;
             };
             let completion = executor.perform(operation, &mut |_| {});
-            let mut sink = Self::outputs(
-                out,
-                &mut self.store,
-                self.node_id.as_deref(),
-                &mut self.starts,
-                &mut self.executors,
-                self.lookups.as_mut(),
-                &mut self.routes,
-                self.ended.as_mut(),
-            );
+            let mut sink = outputs!(self, out);
             self.machine.complete(lane, seq, completion, &mut sink);
             self.flags_changed(lane);
         }
@@ -645,16 +627,7 @@ impl<S: Store> Session<S> {
 
     /// Delivers an operation's completion: replies go to `out`.
     pub fn complete(&mut self, lane: Lane, seq: u64, completion: Completion, out: &mut Vec<u8>) {
-        let mut sink = Self::outputs(
-            out,
-            &mut self.store,
-            self.node_id.as_deref(),
-            &mut self.starts,
-            &mut self.executors,
-            self.lookups.as_mut(),
-            &mut self.routes,
-            self.ended.as_mut(),
-        );
+        let mut sink = outputs!(self, out);
         self.machine.complete(lane, seq, completion, &mut sink);
         self.flags_changed(lane);
         self.perform_instant(out);

@@ -98,7 +98,10 @@ impl IntoResponse for Refused {
 /// A JSON body as a response with its content type.
 fn json_body(body: String) -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()

@@ -117,7 +117,11 @@ impl Auth {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.retain(|_, (_, since)| since.elapsed() <= SESSION_LIFETIME);
         if sessions.len() >= MAX_SESSIONS {
-            if let Some(oldest) = sessions.iter().min_by_key(|(_, (_, s))| *s).map(|(k, _)| *k) {
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, (_, s))| *s)
+                .map(|(k, _)| *k)
+            {
                 sessions.remove(&oldest);
             }
         }
@@ -222,7 +226,10 @@ mod tests {
         let auth = Auth::new(&[token]);
         let mut headers = HeaderMap::new();
         headers.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
-        assert_eq!(auth.identify(&headers).map(|c| c.name), Some("alice".into()));
+        assert_eq!(
+            auth.identify(&headers).map(|c| c.name),
+            Some("alice".into())
+        );
         headers.insert(header::AUTHORIZATION, "Bearer s3cre".parse().unwrap());
         assert_eq!(auth.identify(&headers), None);
         let (cookie_value, caller) = auth.log_in("s3cret").unwrap();
@@ -232,7 +239,10 @@ mod tests {
             header::COOKIE,
             format!("a=b; {COOKIE}={cookie_value}").parse().unwrap(),
         );
-        assert_eq!(auth.identify(&headers).map(|c| c.role), Some(Role::Operator));
+        assert_eq!(
+            auth.identify(&headers).map(|c| c.role),
+            Some(Role::Operator)
+        );
         auth.log_out(&headers);
         assert_eq!(auth.identify(&headers), None);
         assert!(auth.log_in("wrong").is_none());

@@ -53,7 +53,9 @@ pub fn routes(flags: FlagsView) -> Router {
 }
 
 /// A 405 naming the method to use.
-fn not_allowed(allow: &'static str) -> impl Fn(Method, Uri) -> std::future::Ready<Response> + Clone {
+fn not_allowed(
+    allow: &'static str,
+) -> impl Fn(Method, Uri) -> std::future::Ready<Response> + Clone {
     move |method: Method, uri: Uri| {
         let body = json!({
             "errorDetails": format!("{method} is not allowed on {}; use {allow}", uri.path())

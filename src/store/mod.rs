@@ -172,7 +172,8 @@ pub trait Store {
     /// # Errors
     /// The store could not be read.
     fn history_after(&mut self, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, String> {
-        let mut entries = self.history(u32::try_from(crate::core::machine::HISTORY_WINDOW).unwrap_or(u32::MAX))?;
+        let mut entries =
+            self.history(u32::try_from(crate::core::machine::HISTORY_WINDOW).unwrap_or(u32::MAX))?;
         entries.retain(|e| e.seq > after);
         entries.truncate(limit as usize);
         Ok(entries)

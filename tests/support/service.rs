@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use rollback_node::service::auth::sha256;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -17,15 +17,19 @@ pub const ADMIN: &str = "admin-secret-0123456789";
 
 /// `[[tokens]]` lines for `vic` (viewer), `olga` (operator) and `ada` (admin).
 pub fn tokens_toml() -> String {
-    [("vic", "viewer", VIEWER), ("olga", "operator", OPERATOR), ("ada", "admin", ADMIN)]
-        .iter()
-        .map(|(name, role, secret)| {
-            format!(
-                "\n[[tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
-                hex(&sha256(secret.as_bytes()))
-            )
-        })
-        .collect()
+    [
+        ("vic", "viewer", VIEWER),
+        ("olga", "operator", OPERATOR),
+        ("ada", "admin", ADMIN),
+    ]
+    .iter()
+    .map(|(name, role, secret)| {
+        format!(
+            "\n[[tokens]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+            hex(&sha256(secret.as_bytes()))
+        )
+    })
+    .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -35,7 +39,11 @@ fn hex(bytes: &[u8]) -> String {
 /// The example estate with the three tokens, written into `dir`.
 pub fn estate_file(dir: &Path) -> PathBuf {
     let path = dir.join("estate.toml");
-    std::fs::write(&path, format!("{}{}", rollback_node::EXAMPLE_ESTATE, tokens_toml())).unwrap();
+    std::fs::write(
+        &path,
+        format!("{}{}", rollback_node::EXAMPLE_ESTATE, tokens_toml()),
+    )
+    .unwrap();
     path
 }
 
@@ -148,7 +156,10 @@ impl Node {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (status, started.elapsed());
             }
-            assert!(Instant::now() < deadline, "the node did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "the node did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -292,7 +303,10 @@ impl Events {
         loop {
             let mut line = String::new();
             reader.read_line(&mut line).unwrap();
-            if line.to_ascii_lowercase().starts_with("content-type: text/event-stream") {
+            if line
+                .to_ascii_lowercase()
+                .starts_with("content-type: text/event-stream")
+            {
                 event_stream = true;
             }
             if line.trim().is_empty() {
