@@ -276,3 +276,58 @@ fn the_haproxy_example_stays_out_of_the_checkout() {
         .is_file());
     copy.assert_clean();
 }
+
+/// The README's service example: it listens, its operator secret works over HTTP as the curl
+/// line shows, SIGTERM stops it with 0, and the checkout is clean.
+#[test]
+fn the_service_example_listens_and_stays_out_of_the_checkout() {
+    use std::io::{BufRead, BufReader, Read};
+    let readme = std::fs::read_to_string(checkout().join("README.md")).unwrap();
+    let section = &readme[readme.find("## As a service").unwrap()..];
+    assert!(section.contains("examples/service/run.sh &"));
+    let said = section
+        .lines()
+        .find(|l| l.starts_with("# {\"type\":\"feature_disabled\""))
+        .expect("the README shows the reply")
+        .trim_start_matches("# ");
+    let copy = Copy::of("service");
+    let mut child = Command::new(copy.path().join("examples/service/run.sh"))
+        .args(["--listen", "127.0.0.1:0"])
+        .current_dir(copy.path())
+        .env("ROLLBACK_NODE", NODE)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the example did not listen");
+        if let Some(addr) = line.split("listening on http://").nth(1) {
+            break addr.trim().to_owned();
+        }
+    };
+    let work = copy.path().join("target/examples/service");
+    let secret = std::fs::read_to_string(work.join("operator.secret")).unwrap();
+    let estate = std::fs::read_to_string(work.join("estate.toml")).unwrap();
+    assert!(!estate.contains(secret.trim()), "the estate holds hashes, never secrets");
+    let body = r#"{"type":"disable_feature","msg_id":1,"feature":"new_checkout"}"#;
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/messages HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        secret.trim(),
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with(said), "{response}");
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    copy.assert_clean();
+}
