@@ -13,7 +13,7 @@ use crate::protocol::values::InFlightView;
 use crate::runtime::flags::FlagsView;
 use crate::runtime::serve::Link;
 use crate::runtime::session::Session;
-use crate::service::events::Hub;
+use crate::service::hub::Hub;
 use crate::service::ofrep::OfrepServer;
 use crate::service::{Config, Service};
 use crate::store::journal::{Journal, FILE_NAME, LOCK_NAME};

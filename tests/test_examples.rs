@@ -303,7 +303,10 @@ fn the_service_example_listens_and_stays_out_of_the_checkout() {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let addr = loop {
         let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "the example did not listen");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the example did not listen"
+        );
         if let Some(addr) = line.split("listening on http://").nth(1) {
             break addr.trim().to_owned();
         }
@@ -311,7 +314,10 @@ fn the_service_example_listens_and_stays_out_of_the_checkout() {
     let work = copy.path().join("target/examples/service");
     let secret = std::fs::read_to_string(work.join("operator.secret")).unwrap();
     let estate = std::fs::read_to_string(work.join("estate.toml")).unwrap();
-    assert!(!estate.contains(secret.trim()), "the estate holds hashes, never secrets");
+    assert!(
+        !estate.contains(secret.trim()),
+        "the estate holds hashes, never secrets"
+    );
     let body = r#"{"type":"disable_feature","msg_id":1,"feature":"new_checkout"}"#;
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     write!(

@@ -17,7 +17,7 @@ use crate::exec::estate::Role;
 use crate::runtime::serve::{Call, Calls};
 use crate::runtime::session::Unanswerable;
 use crate::service::auth::{self, Auth, Caller};
-use crate::service::events::Hub;
+use crate::service::hub::Hub;
 use crate::service::listener::Stopping;
 use axum::body::Bytes;
 use axum::extract::{Query, State};

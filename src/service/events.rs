@@ -5,9 +5,9 @@
 //! stream. Each client has a bounded buffer of its own: a client that does not keep up is
 //! dropped, and the node never waits for one.
 
-use crate::protocol::replies::HistoryEntry;
-use crate::runtime::serve::{Audience, Call};
+use crate::runtime::serve::Call;
 use crate::service::api::{App, Refused};
+use crate::service::hub::Ended;
 use crate::service::listener::Stopping;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -23,61 +23,10 @@ use tokio_stream::StreamExt;
 
 /// Events buffered for one client before it counts as not keeping up (and is dropped).
 pub const CLIENT_BUFFER: usize = 1_024;
-/// Ended entries kept for clients between two of their reads.
-const ENTRIES_KEPT: usize = 4_096;
 /// How often an idle stream carries a heartbeat comment.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// At most this many entries are replayed after `Last-Event-ID` (the rest are in `history`).
 const REPLAYED: u32 = 1_000;
-
-/// An operation that ended: its sequence number and its history entry as JSON.
-#[derive(Debug)]
-struct Ended {
-    seq: u64,
-    json: String,
-}
-
-/// What the owner thread publishes, for every stream: the latest status, and the entries.
-#[derive(Debug, Clone)]
-pub struct Hub {
-    status: watch::Sender<Arc<str>>,
-    entries: broadcast::Sender<Arc<Ended>>,
-}
-
-impl Default for Hub {
-    fn default() -> Self {
-        Hub::new()
-    }
-}
-
-impl Hub {
-    /// A hub with no status yet.
-    pub fn new() -> Self {
-        let (status, _) = watch::channel(Arc::from(""));
-        let (entries, _) = broadcast::channel(ENTRIES_KEPT);
-        Hub { status, entries }
-    }
-
-    /// The owner thread's side: what it publishes reaches every stream.
-    pub fn audience(&self) -> Box<dyn Audience> {
-        Box::new(self.clone())
-    }
-}
-
-impl Audience for Hub {
-    fn status(&mut self, body: String) {
-        self.status.send_replace(Arc::from(body));
-    }
-
-    fn ended(&mut self, entries: Vec<HistoryEntry>) {
-        for entry in entries {
-            let _ = self.entries.send(Arc::new(Ended {
-                seq: entry.seq,
-                json: entry.to_json_line(),
-            }));
-        }
-    }
-}
 
 fn status_event(body: &str) -> Event {
     Event::default().event("status").data(body)
@@ -99,8 +48,8 @@ pub async fn events(State(app): State<App>, headers: HeaderMap) -> Response {
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let mut status = app.hub().status.subscribe();
-    let mut entries = app.hub().entries.subscribe();
+    let mut status = app.hub().status();
+    let mut entries = app.hub().entries();
     let replayed = match after {
         Some(after) => {
             let (reply, answer) = oneshot::channel();

@@ -2,12 +2,13 @@
 //! stream ([`events`]), the incident page (`page.html`, compiled in) and OFREP ([`ofrep`]) on
 //! axum over hyper and tokio. It is a thin adapter: requests become the owner thread's inputs
 //! through [`crate::runtime::serve::Calls`], and what the owner thread publishes reaches the
-//! event streams through the [`events::Hub`]. Lanes, queues, retries, the journal and the guard
+//! event streams through the [`hub::Hub`]. Lanes, queues, retries, the journal and the guard
 //! rails are the ones stdin uses.
 
 pub mod api;
 pub mod auth;
 pub mod events;
+pub mod hub;
 pub mod listener;
 pub mod ofrep;
 
@@ -58,7 +59,7 @@ impl Service {
     pub fn start(
         config: Config,
         calls: Calls,
-        hub: events::Hub,
+        hub: hub::Hub,
         flags: FlagsView,
     ) -> io::Result<Service> {
         let auth = auth::Auth::new(&config.tokens);
