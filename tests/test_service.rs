@@ -708,3 +708,13 @@ fn slow_idle_and_silent_clients_are_bounded_and_the_node_still_answers() {
     assert_eq!(service::read_response(&mut keep).status, 200);
     let _ = keep.fill_buf();
 }
+
+#[test]
+fn a_sigterm_as_soon_as_it_says_it_listens_is_a_graceful_stop() {
+    for _ in 0..3 {
+        let mut node = Node::start(&[]);
+        let (status, took) = node.terminate();
+        assert_eq!(status.code(), Some(0), "the signal handlers were not in place yet");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+}

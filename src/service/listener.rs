@@ -52,11 +52,13 @@ pub fn start(
         .enable_all()
         .build()?;
     let (stop, stopping) = watch::channel(false);
+    let (ready, made) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name(format!("{name}-listener"))
         .spawn(move || {
             runtime.block_on(async move {
                 let router = make(stopping.clone());
+                let _ = ready.send(());
                 match tokio::net::TcpListener::from_std(std_listener) {
                     Ok(listener) => accept(listener, router, stopping).await,
                     Err(e) => eprintln!("rollback-node: the {addr} listener cannot start: {e}"),
@@ -64,6 +66,10 @@ pub fn start(
             });
             runtime.shutdown_timeout(Duration::from_millis(100));
         })?;
+    // Once `make` is done (its signal handlers, say, are in place), connections are served.
+    if made.recv().is_err() {
+        return Err(io::Error::other("the listener's thread stopped while starting"));
+    }
     Ok(Listener {
         addr,
         stop,

@@ -64,7 +64,7 @@ impl Service {
     ) -> io::Result<Service> {
         let auth = auth::Auth::new(&config.tokens);
         let listener = listener::start(config.addr, "service", move |stopping| {
-            tokio::spawn(stop_on_signal(calls.clone()));
+            stop_on_signal(calls.clone());
             let app = api::App::new(calls, auth, hub, config.systems, stopping);
             router(app, flags)
         })?;
@@ -131,20 +131,23 @@ async fn page() -> Response {
         .into_response()
 }
 
-/// Waits for SIGTERM or SIGINT, then asks the owner thread to stop.
-async fn stop_on_signal(calls: Calls) {
+/// Takes SIGTERM and SIGINT now (inside the listener's runtime, before it says it listens) and,
+/// when one comes, asks the owner thread to stop.
+fn stop_on_signal(calls: Calls) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        eprintln!("rollback-node: cannot listen for SIGTERM/SIGINT; stop the node by closing it");
+        eprintln!("rollback-node: cannot take SIGTERM/SIGINT; they stop the node at once");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    eprintln!("rollback-node: stopping: running operations may finish; nothing new is taken");
-    let _ = tokio::task::spawn_blocking(move || calls.call(Call::Stop)).await;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("rollback-node: stopping: running operations may finish; nothing new is taken");
+        let _ = tokio::task::spawn_blocking(move || calls.call(Call::Stop)).await;
+    });
 }
