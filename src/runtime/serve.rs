@@ -40,7 +40,7 @@ const EVENTS_WAITING: usize = 4_096;
 const STATUS_EVERY: Duration = Duration::from_millis(100);
 /// How long a stopping node waits for its running operations before it leaves them to be
 /// reconciled as interrupted at the next start.
-const STOP_WITHIN: Duration = Duration::from_secs(8);
+const STOP_WITHIN: Duration = Duration::from_secs(7);
 /// Replies are written out once this many bytes are waiting, even while input keeps coming.
 const FLUSH_AT: usize = 1 << 16;
 
