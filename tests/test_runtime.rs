@@ -177,3 +177,36 @@ fn a_slow_lane_does_not_hold_up_a_fast_one() {
     assert_eq!(replies[0]["type"], "feature_disabled", "{replies:?}");
     assert_eq!(replies[1]["type"], "rollback_complete", "{replies:?}");
 }
+
+/// A reply to a request that came over HTTP is held, like a stdout line, until the store has
+/// committed what it answers; only then does its waiter get it.
+#[test]
+fn a_waiters_reply_waits_for_the_commit() {
+    use rollback_node::runtime::session::Waiter;
+    let mut session = Session::new(
+        Machine::new(Estate::example().state),
+        Simulated::new(Estate::example().costs, &Estate::example().state, 0.0).executors(),
+        MemoryStore::durable(),
+    );
+    let (tx, rx) = channel();
+    let waiter = Waiter::new(move |answer| tx.send(answer).unwrap());
+    let mut out = Vec::new();
+    session.handle_message(
+        "ada",
+        br#"{"type":"disable_feature","msg_id":1,"feature":"new_checkout"}"#,
+        waiter,
+        &mut out,
+    );
+    assert!(out.is_empty(), "nothing for stdout");
+    assert!(rx.try_recv().is_err(), "handed over before the commit");
+    assert_eq!(session.holding(), 1);
+    assert!(session.store().entries().is_empty(), "not yet committed");
+    session.commit().unwrap();
+    assert_eq!(session.store().entries().len(), 1);
+    session.deliver();
+    let body = rx.try_recv().unwrap().unwrap();
+    assert_eq!(
+        body,
+        r#"{"type":"feature_disabled","in_reply_to":1,"feature":"new_checkout","rolled_back_instant":true}"#
+    );
+}

@@ -714,7 +714,11 @@ fn a_sigterm_as_soon_as_it_says_it_listens_is_a_graceful_stop() {
     for _ in 0..3 {
         let mut node = Node::start(&[]);
         let (status, took) = node.terminate();
-        assert_eq!(status.code(), Some(0), "the signal handlers were not in place yet");
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "the signal handlers were not in place yet"
+        );
         assert!(took < Duration::from_secs(2), "{took:?}");
     }
 }

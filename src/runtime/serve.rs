@@ -36,6 +36,9 @@ const CHUNK: usize = 1 << 20;
 const CHUNKS_WAITING: usize = 4;
 /// How many events may wait for the owner thread (input chunks are bounded apart).
 const EVENTS_WAITING: usize = 4_096;
+/// HTTP replies are committed and handed over once this many are waiting, even while input keeps
+/// coming.
+const HOLD_AT: usize = 256;
 /// The least time between two published statuses (at most ten a second).
 const STATUS_EVERY: Duration = Duration::from_millis(100);
 /// How long a stopping node waits for its running operations before it leaves them to be
@@ -411,7 +414,7 @@ fn serve_events<S: Store>(
                 let _ = lookups.send(lookup);
             }
         }
-        if out.len() >= FLUSH_AT {
+        if out.len() >= FLUSH_AT || session.holding() >= HOLD_AT {
             quiet(&mut session, &mut out, &mut output, &workers)?;
         }
     }
@@ -455,6 +458,7 @@ fn quiet<S: Store>(
     workers: &[Option<Sender<Job>>; 3],
 ) -> Result<(), ServeError> {
     session.commit()?;
+    session.deliver();
     if !out.is_empty() {
         let written = output.write_all(out).and_then(|()| output.flush());
         match written {

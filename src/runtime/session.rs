@@ -63,6 +63,8 @@ pub struct Session<S: Store = MemoryStore> {
     /// `Some` when look-ups are answered off the owner thread: those waiting to be taken.
     lookups: Option<Vec<Lookup>>,
     routes: Routes,
+    /// Reply bodies for waiters, held until the store has committed what they answer.
+    held: Vec<(Waiter, String)>,
     /// `Some` when the entries of operations that end are published: those not yet taken.
     ended: Option<Vec<HistoryEntry>>,
 }
@@ -195,6 +197,7 @@ macro_rules! outputs {
             deferred: $session.lookups.as_mut(),
             routes: &mut $session.routes,
             ended: $session.ended.as_mut(),
+            held: &mut $session.held,
         }
     };
 }
@@ -209,12 +212,14 @@ struct Outputs<'a, S> {
     deferred: Option<&'a mut Vec<Lookup>>,
     routes: &'a mut Routes,
     ended: Option<&'a mut Vec<HistoryEntry>>,
+    held: &'a mut Vec<(Waiter, String)>,
 }
 
 impl<S: Store> Sink for Outputs<'_, S> {
     fn reply(&mut self, to: &str, addressed: Option<&str>, msg_id: u64, body: &str) {
         if let Some(waiter) = self.routes.take(to, msg_id) {
-            waiter.send(body.to_owned());
+            // Like a stdout line, it goes out only after the commit: see Session::deliver.
+            self.held.push((waiter, body.to_owned()));
             return;
         }
         let from = self.node_id.or(addressed).unwrap_or(DEFAULT_NODE_ID);
@@ -286,6 +291,7 @@ impl<S: Store> Session<S> {
             flags_view: None,
             lookups: None,
             routes: Routes::default(),
+            held: Vec::new(),
             ended: None,
         }
     }
@@ -466,7 +472,9 @@ impl<S: Store> Session<S> {
         };
         match incoming.request {
             Err(refusal) => match waiter.take() {
-                Some(waiter) => waiter.send(body_string(Some(msg_id), &refusal)),
+                Some(waiter) => self
+                    .held
+                    .push((waiter, body_string(Some(msg_id), &refusal))),
                 None => {
                     let from = self
                         .node_id
@@ -636,6 +644,19 @@ impl<S: Store> Session<S> {
     /// Delivers an operation's progress.
     pub fn progress(&mut self, lane: Lane, seq: u64, progress: Progress) {
         self.machine.progress(lane, seq, progress);
+    }
+
+    /// How many reply bodies wait for the next commit.
+    pub fn holding(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Hands the held reply bodies to their waiters: call after [`Session::commit`], when what
+    /// they answer is durable (as stdout's replies are written only then).
+    pub fn deliver(&mut self) {
+        for (waiter, body) in self.held.drain(..) {
+            waiter.send(body);
+        }
     }
 
     /// Commits what the store holds: call before writing replies out or starting effects.

@@ -68,7 +68,9 @@ pub fn start(
         })?;
     // Once `make` is done (its signal handlers, say, are in place), connections are served.
     if made.recv().is_err() {
-        return Err(io::Error::other("the listener's thread stopped while starting"));
+        return Err(io::Error::other(
+            "the listener's thread stopped while starting",
+        ));
     }
     Ok(Listener {
         addr,

@@ -14,6 +14,19 @@ use std::time::{Duration, Instant};
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
+/// The driver's process group, for [`kill_group`].
+static GROUP: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// At exit: the driver and every browser it started.
+extern "C" fn kill_group() {
+    let group = GROUP.load(std::sync::atomic::Ordering::SeqCst);
+    if group > 0 {
+        unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        }
+    }
+}
+
 /// The shared driver's URL, started on first use; it dies with the test binary.
 pub fn driver() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
@@ -32,6 +45,9 @@ pub fn driver() -> &'static str {
         let mut command = Command::new(CHROMEDRIVER);
         command
             .arg(format!("--port={port}"))
+            // Its own process group, with the browsers it starts: all of it is killed when
+            // the test binary exits (a test that fails leaves no browser behind).
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         // The driver goes when the test binary goes: its parent-death signal follows the thread
@@ -46,6 +62,12 @@ pub fn driver() -> &'static str {
         std::thread::spawn(move || {
             let child = command.spawn();
             let ok = child.is_ok();
+            if let Ok(child) = &child {
+                GROUP.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
+                unsafe {
+                    libc::atexit(kill_group);
+                }
+            }
             let _ = started.send(child.map(|_| ()));
             if ok {
                 loop {
