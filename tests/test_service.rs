@@ -722,3 +722,15 @@ fn a_sigterm_as_soon_as_it_says_it_listens_is_a_graceful_stop() {
         assert!(took < Duration::from_secs(2), "{took:?}");
     }
 }
+
+#[test]
+fn an_idle_event_stream_carries_heartbeats_so_proxies_keep_it_open() {
+    let node = Node::start(&[]);
+    let mut events = Events::open(node.addr, VIEWER, &[]);
+    events.next_of("status");
+    let started = Instant::now();
+    let comment = events.next_comment().expect("the stream stayed open");
+    assert_eq!(comment, "heartbeat");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(17), "{waited:?}");
+}

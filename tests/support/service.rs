@@ -343,6 +343,19 @@ impl Events {
         }
     }
 
+    /// Reads until a comment line (`:…`, a heartbeat) and returns it; `None` at the end.
+    pub fn next_comment(&mut self) -> Option<String> {
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if let Some(comment) = line.strip_prefix(':') {
+                return Some(comment.trim().to_owned());
+            }
+        }
+    }
+
     /// The next event of type `kind`, skipping others.
     pub fn next_of(&mut self, kind: &str) -> Sse {
         loop {
