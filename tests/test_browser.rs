@@ -17,6 +17,20 @@ use serde_json::Value;
 use service::{Node, ADMIN, OPERATOR, VIEWER};
 use std::time::Duration;
 
+/// Waits for the history row of entry `seq`.
+async fn history_row(client: &fantoccini::Client, what: &str, seq: u64) {
+    until(what, || async {
+        client
+            .find(Locator::Css(&format!(
+                "{} [data-seq=\"{seq}\"]",
+                testid("history")
+            )))
+            .await
+            .ok()
+    })
+    .await;
+}
+
 fn base(node: &Node) -> String {
     format!("http://{}/", node.addr)
 }
@@ -75,16 +89,7 @@ async fn an_operator_logs_in_reads_each_layer_and_kills_a_flag_a_real_client_see
         "sent as the token's name"
     );
     // It is in the page's history too.
-    until("a history row", || async {
-        client
-            .find(Locator::Css(&format!(
-                "{} [data-seq=\"1\"]",
-                testid("history")
-            )))
-            .await
-            .ok()
-    })
-    .await;
+    history_row(&client, "a history row", 1).await;
     client.close().await.unwrap();
 }
 
@@ -206,16 +211,7 @@ async fn the_page_follows_changes_from_stdin_without_a_reload() {
     std::fs::create_dir_all(&target).unwrap();
     std::fs::write(target.join("incident-page.png"), png).unwrap();
     wait_text(&client, "schema-version", "2").await;
-    until("the restore's history row", || async {
-        client
-            .find(Locator::Css(&format!(
-                "{} [data-seq=\"3\"]",
-                testid("history")
-            )))
-            .await
-            .ok()
-    })
-    .await;
+    history_row(&client, "the restore's history row", 3).await;
     let kept: Value = client
         .execute("return window.__notReloaded === 42;", vec![])
         .await

@@ -18,27 +18,13 @@ fn binary() -> Command {
 
 /// The reply bodies stdin gives these request bodies from `src`, in a fresh process.
 fn stdin_bodies(src: &str, bodies: &[&str], args: &[&str]) -> Vec<String> {
-    let mut child = binary()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let mut input = String::new();
     for body in bodies {
         input.push_str(&format!(
             "{{\"src\":\"{src}\",\"dest\":\"n1\",\"body\":{body}}}\n"
         ));
     }
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout)
+    String::from_utf8(stdin_run(&input, args))
         .unwrap()
         .lines()
         .map(|line| {
@@ -47,6 +33,36 @@ fn stdin_bodies(src: &str, bodies: &[&str], args: &[&str]) -> Vec<String> {
             line[start..line.len() - 1].to_owned()
         })
         .collect()
+}
+
+/// What a node without `--listen` writes on stdout for `input`, in a fresh process.
+fn stdin_run(input: &str, args: &[&str]) -> Vec<u8> {
+    let mut child = binary()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap().stdout
+}
+
+/// A stdin line from `ops` turning new_checkout off (odd msg_id) or on (even).
+fn toggle_line(msg_id: u64) -> String {
+    let kind = if msg_id % 2 == 1 {
+        "disable_feature"
+    } else {
+        "enable_feature"
+    };
+    format!(
+        r#"{{"src":"ops","dest":"n1","body":{{"type":"{kind}","msg_id":{msg_id},"feature":"new_checkout"}}}}"#
+    )
 }
 
 #[test]
@@ -384,14 +400,7 @@ fn the_event_stream_pushes_changes_from_stdin_and_resumes_after_last_event_id() 
         true
     );
     for msg_id in 1..=3 {
-        let kind = if msg_id % 2 == 1 {
-            "disable_feature"
-        } else {
-            "enable_feature"
-        };
-        node.send_line(&format!(
-            r#"{{"src":"ops","dest":"n1","body":{{"type":"{kind}","msg_id":{msg_id},"feature":"new_checkout"}}}}"#
-        ));
+        node.send_line(&toggle_line(msg_id));
         assert!(
             node.read_line().contains("in_reply_to"),
             "stdin still answers"
@@ -563,21 +572,7 @@ fn stdin_is_byte_for_byte_unchanged_with_a_listener() {
     .iter()
     .map(|l| format!("{l}\n"))
     .collect();
-    let plain = {
-        let mut child = binary()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap().stdout
-    };
+    let plain = stdin_run(&input, &[]);
     let mut node = Node::start(&[]);
     node.stdin
         .take()
@@ -654,14 +649,8 @@ fn slow_idle_and_silent_clients_are_bounded_and_the_node_still_answers() {
     std::thread::sleep(Duration::from_millis(100));
     let mut input = String::new();
     for msg_id in 1..=60_000 {
-        let kind = if msg_id % 2 == 1 {
-            "disable_feature"
-        } else {
-            "enable_feature"
-        };
-        input.push_str(&format!(
-            "{{\"src\":\"ops\",\"dest\":\"n1\",\"body\":{{\"type\":\"{kind}\",\"msg_id\":{msg_id},\"feature\":\"new_checkout\"}}}}\n"
-        ));
+        input.push_str(&toggle_line(msg_id));
+        input.push('\n');
     }
     let started = Instant::now();
     let mut stdin = node.stdin.take().unwrap();

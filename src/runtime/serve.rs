@@ -139,7 +139,6 @@ pub trait Audience: Send {
 
 /// The HTTP service's end of the owner thread's channel.
 pub struct Link {
-    calls: Calls,
     inbox: Receiver<Event>,
     sender: SyncSender<Event>,
     audience: Box<dyn Audience>,
@@ -151,7 +150,6 @@ impl Link {
     pub fn new(audience: Box<dyn Audience>) -> Link {
         let (sender, inbox) = mpsc::sync_channel(EVENTS_WAITING);
         Link {
-            calls: Calls(sender.clone()),
             inbox,
             sender,
             audience,
@@ -160,7 +158,7 @@ impl Link {
 
     /// The handle the service calls through.
     pub fn calls(&self) -> Calls {
-        self.calls.clone()
+        Calls(self.sender.clone())
     }
 }
 
@@ -190,17 +188,7 @@ pub fn serve<S: Store>(
     if slow.is_empty() {
         return serve_inline(session, input, output, diagnostics);
     }
-    let (events, inbox) = mpsc::sync_channel::<Event>(EVENTS_WAITING);
-    serve_events(
-        session,
-        slow,
-        input,
-        output,
-        diagnostics,
-        events,
-        inbox,
-        None,
-    )
+    serve_events(session, slow, input, output, diagnostics, None)
 }
 
 /// Serves `input` to `output` and the HTTP service's calls through `link`, until a
@@ -217,22 +205,7 @@ pub fn serve_linked<S: Store>(
 ) -> Result<(), ServeError> {
     let slow = session.take_slow_executors();
     session.keep_ended();
-    let Link {
-        inbox,
-        sender,
-        audience,
-        ..
-    } = link;
-    serve_events(
-        session,
-        slow,
-        input,
-        output,
-        diagnostics,
-        sender,
-        inbox,
-        Some(audience),
-    )
+    serve_events(session, slow, input, output, diagnostics, Some(link))
 }
 
 /// What the loop publishes to its audience, and when.
@@ -273,18 +246,27 @@ impl Publishing {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The event loop, on `link`'s channel or, without one, a channel of its own.
 fn serve_events<S: Store>(
     mut session: Session<S>,
     slow: Vec<(Lane, LaneExecutor)>,
     input: impl Read + Send + 'static,
     mut output: impl Write,
     mut diagnostics: impl Write,
-    events: SyncSender<Event>,
-    inbox: Receiver<Event>,
-    audience: Option<Box<dyn Audience>>,
+    link: Option<Link>,
 ) -> Result<(), ServeError> {
-    let linked = audience.is_some();
+    let linked = link.is_some();
+    let (events, inbox, audience) = match link {
+        Some(Link {
+            inbox,
+            sender,
+            audience,
+        }) => (sender, inbox, Some(audience)),
+        None => {
+            let (sender, inbox) = mpsc::sync_channel::<Event>(EVENTS_WAITING);
+            (sender, inbox, None)
+        }
+    };
     let mut publishing = audience.map(|audience| Publishing {
         audience,
         dirty: true,

@@ -159,17 +159,9 @@ impl Lookup {
     /// Answers this look-up from what `reader` lists now: the reply line (with its `\n`) for
     /// stdout, or nothing when the body went to its waiter.
     pub fn answer(self, reader: &dyn crate::exec::Reader) -> Option<Vec<u8>> {
-        let answer = reader
-            .backups()
-            .map(|backups| BackupsOk { backups })
-            .map_err(|e| {
-                Refusal::TemporarilyUnavailable(format!("the backups cannot be read: {e}"))
-            });
+        let answer = backups_answer(reader.backups());
         if let Some(waiter) = self.waiter {
-            waiter.send(match &answer {
-                Ok(ok) => body_string(self.msg_id, ok),
-                Err(refusal) => body_string(self.msg_id, refusal),
-            });
+            waiter.send(body_of(self.msg_id, &answer));
             return None;
         }
         let mut line = Vec::new();
@@ -178,6 +170,24 @@ impl Lookup {
             Err(refusal) => write_reply(&mut line, &self.from, &self.to, self.msg_id, refusal),
         }
         Some(line)
+    }
+}
+
+/// A backups listing as `backups` answers it: `backups_ok`, or 11 when it cannot be read.
+fn backups_answer(listed: Result<Vec<BackupView>, String>) -> Result<BackupsOk, Refusal> {
+    listed
+        .map(|backups| BackupsOk { backups })
+        .map_err(|e| Refusal::TemporarilyUnavailable(format!("the backups cannot be read: {e}")))
+}
+
+/// An answer's body: its reply's, or its refusal's.
+fn body_of<B: crate::protocol::ReplyBody>(
+    in_reply_to: Option<u64>,
+    answer: &Result<B, Refusal>,
+) -> String {
+    match answer {
+        Ok(ok) => body_string(in_reply_to, ok),
+        Err(refusal) => body_string(in_reply_to, refusal),
     }
 }
 
@@ -535,10 +545,7 @@ impl<S: Store> Session<S> {
                     Refusal::TemporarilyUnavailable(format!("the audit trail cannot be read: {e}"))
                 })
         });
-        match answer {
-            Ok(ok) => body_string(None, &ok),
-            Err(refusal) => body_string(None, &refusal),
-        }
+        body_of(None, &answer)
     }
 
     /// The operations that ended after `after`, oldest first (at most `limit`).
@@ -562,19 +569,9 @@ impl<S: Store> Session<S> {
             });
             return;
         }
-        let answer = match self.executors.reader().filter(|r| r.lists_backups()) {
-            Some(reader) => reader.backups(),
-            None => Ok(crate::core::machine::simulated_backups(
-                self.machine.state(),
-            )),
-        };
-        waiter.send(match answer {
-            Ok(backups) => body_string(None, &BackupsOk { backups }),
-            Err(e) => body_string(
-                None,
-                &Refusal::TemporarilyUnavailable(format!("the backups cannot be read: {e}")),
-            ),
-        });
+        let mut scratch = Vec::new();
+        let listed = outputs!(self, &mut scratch).backups(self.machine.state());
+        waiter.send(body_of(None, &backups_answer(listed)));
     }
 
     /// Keeps, from now on, the history entry of every operation that ends, for

@@ -68,6 +68,14 @@ impl Refused {
         )
     }
 
+    /// A change the session cookie carried from elsewhere than the node's own page (403).
+    fn cross_origin(text: &str) -> Self {
+        Refused(
+            StatusCode::FORBIDDEN,
+            json!({ "error": "cross_origin", "text": text }),
+        )
+    }
+
     /// The node cannot answer now (503).
     pub fn unavailable(text: String) -> Self {
         Refused(
@@ -155,12 +163,8 @@ impl App {
             ));
         }
         if changes && caller.by_cookie && !auth::same_origin(headers) {
-            return Err(Refused(
-                StatusCode::FORBIDDEN,
-                json!({
-                    "error": "cross_origin",
-                    "text": "a change carried by the session cookie must come from this node's own page (its Origin is not http:// and the Host it was sent to); nothing changed",
-                }),
+            return Err(Refused::cross_origin(
+                "a change carried by the session cookie must come from this node's own page (its Origin is not http:// and the Host it was sent to); nothing changed",
             ));
         }
         Ok(caller)
@@ -281,7 +285,8 @@ pub async fn messages(
 /// 503 (the store or a directory cannot be read); anything else 200.
 fn read_answer(body: String) -> Response {
     if body.starts_with("{\"type\":\"error\"") {
-        let unavailable = body.contains("\"code\":11");
+        // The encoder writes `code` right after `type` when there is no `in_reply_to`.
+        let unavailable = body.starts_with("{\"type\":\"error\",\"code\":11,");
         let status = if unavailable {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
@@ -396,11 +401,7 @@ pub async fn log_in(State(app): State<App>, body: Bytes) -> Response {
 /// `DELETE /v1/session`: the session ends and the cookie is cleared.
 pub async fn log_out(State(app): State<App>, headers: HeaderMap) -> Response {
     if headers.get(header::COOKIE).is_some() && !auth::same_origin(&headers) {
-        return Refused(
-            StatusCode::FORBIDDEN,
-            json!({ "error": "cross_origin", "text": "log out from this node's own page" }),
-        )
-        .into_response();
+        return Refused::cross_origin("log out from this node's own page").into_response();
     }
     app.0.auth.log_out(&headers);
     let mut response = StatusCode::NO_CONTENT.into_response();
