@@ -2,8 +2,9 @@
 //! in the audit trail — is written by [`write_body`], and every reply line by [`write_reply`]:
 //! `{"src":…,"dest":…,"body":{"type":…,"in_reply_to":…,…}}`, `type` first and `in_reply_to`
 //! second, byte for byte what serde_json writes for the same envelope. The envelope's fixed keys
-//! are literals, strings are escaped only when they need it, and the body's fields go through
-//! serde_json.
+//! are literals, strings are escaped only when they need it, and the body's fields go through a
+//! plain serializer that writes what serde_json's compact format writes for strings, integers,
+//! booleans and structures of them (anything else is written by serde_json itself).
 
 use serde::ser::{SerializeMap, Serializer};
 
@@ -61,85 +62,649 @@ pub fn write_reply<B: ReplyBody + ?Sized>(
 }
 
 /// Appends a reply body `{"type":…,"in_reply_to":…,…}`: the bytes serde_json writes for a
-/// map of `type`, `in_reply_to` and the body's fields. Returns `false`, having written part of it, if a field failed to serialize
-/// (which cannot happen for the reply types here: string keys, finite numbers).
+/// map of `type`, `in_reply_to` and the body's fields. Returns `false`, having written part of
+/// it, if a field failed to serialize (which cannot happen for the reply types here: string
+/// keys, finite numbers).
 pub fn write_body<B: ReplyBody + ?Sized>(
     out: &mut Vec<u8>,
     in_reply_to: Option<u64>,
     body: &B,
 ) -> bool {
-    out.extend_from_slice(b"{\"type\":");
-    write_str(out, body.type_name());
-    if let Some(id) = in_reply_to {
-        out.extend_from_slice(b",\"in_reply_to\":");
-        out.extend_from_slice(Decimal::new(id).as_bytes());
-    }
-    // The fields, as serde_json writes a map of them: `{"a":1,"b":2}` continues and closes the
-    // body as `,"a":1,"b":2}`, and `{}` just closes it.
-    let fields = out.len();
-    let mut serializer = serde_json::Serializer::new(&mut *out);
-    let written = serializer.serialize_map(None).and_then(|mut map| {
-        body.serialize_fields(&mut map)?;
-        map.end()
-    });
-    if written.is_err() {
-        return false;
-    }
-    if out.len() == fields + 2 {
-        out.truncate(fields);
-        out.push(b'}');
-    } else {
-        out[fields] = b',';
-    }
-    true
+    write_body_to(out, in_reply_to, body)
 }
 
 /// A reply body encoded by [`write_body`], as a string.
 pub fn body_string<B: ReplyBody + ?Sized>(in_reply_to: Option<u64>, body: &B) -> String {
-    let mut out = Vec::with_capacity(128);
-    let written = write_body(&mut out, in_reply_to, body);
+    let mut out = String::with_capacity(128);
+    let written = write_body_to(&mut out, in_reply_to, body);
     debug_assert!(written, "reply bodies always serialize");
-    String::from_utf8(out).unwrap_or_default()
+    out
+}
+
+/// [`write_body`] into bytes or a string. The fields go through the [`plain`] serializer; a
+/// field it does not write (a float, say) has the whole body written again through serde_json.
+fn write_body_to<O: Output, B: ReplyBody + ?Sized>(
+    out: &mut O,
+    in_reply_to: Option<u64>,
+    body: &B,
+) -> bool {
+    let start = out.len();
+    out.put("{\"type\":");
+    write_str_to(out, body.type_name());
+    if let Some(id) = in_reply_to {
+        out.put(",\"in_reply_to\":");
+        out.put(itoa::Buffer::new().format(id));
+    }
+    let head = out.len();
+    if body.serialize_fields(&mut plain::Map::new(out)).is_ok() {
+        out.put("}");
+        return true;
+    }
+    out.truncate(head);
+    // The fields, as serde_json writes a map of them: `{"a":1,"b":2}` continues and closes the
+    // body as `,"a":1,"b":2}`, and `{}` just closes it.
+    let mut fields = Vec::new();
+    let mut serializer = serde_json::Serializer::new(&mut fields);
+    let written = serializer.serialize_map(None).and_then(|mut map| {
+        body.serialize_fields(&mut map)?;
+        map.end()
+    });
+    let Ok(fields) = (match written {
+        Ok(()) => String::from_utf8(fields).map_err(|_| ()),
+        Err(_) => Err(()),
+    }) else {
+        out.truncate(start);
+        return false;
+    };
+    match fields.strip_prefix('{') {
+        Some("}") | None => out.put("}"),
+        Some(rest) => {
+            out.put(",");
+            out.put(rest);
+        }
+    }
+    true
 }
 
 /// Writes a JSON string as serde_json does: quoted, escaping `"`, `\\` and control characters.
 pub fn write_str(out: &mut Vec<u8>, text: &str) {
-    let plain = text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
-    if plain {
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
+    write_str_to(out, text);
+}
+
+/// [`write_str`] into bytes or a string.
+fn write_str_to<O: Output>(out: &mut O, text: &str) {
+    if first_special(text.as_bytes()).is_none() {
+        out.put("\"");
+        out.put(text);
+        out.put("\"");
     } else {
-        // Writing a string to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, text);
+        // Writing a string cannot fail.
+        out.put(&serde_json::to_string(text).unwrap_or_default());
     }
 }
 
-/// An integer's decimal digits, formatted on the stack.
-pub struct Decimal {
-    digits: [u8; 20],
-    start: usize,
+/// Where the first byte a JSON string cannot carry as it is — `"`, `\\` or a control
+/// character — is in `bytes`, looked for eight bytes at a time.
+#[inline]
+pub fn first_special(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    /// The high bit of each byte of `v` below `n` (exact for the lowest such byte, which is all
+    /// that is read: a borrow can only mark bytes above it).
+    fn below(v: u64, n: u8) -> u64 {
+        v.wrapping_sub(ONES * u64::from(n)) & !v & HIGHS
+    }
+    let mut at = 0;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        let found = below(v ^ (ONES * u64::from(b'"')), 1)
+            | below(v ^ (ONES * u64::from(b'\\')), 1)
+            | below(v, 0x20);
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    bytes[at..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|i| at + i)
 }
 
-impl Decimal {
-    /// The digits of `value`.
-    pub fn new(mut value: u64) -> Self {
-        let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (value % 10) as u8;
-            value /= 10;
-            if value == 0 {
-                break;
+/// Where the encoder writes: a byte buffer (a reply line) or a string (a body kept as text,
+/// which then needs no UTF-8 check).
+trait Output {
+    /// Appends `text`.
+    fn put(&mut self, text: &str);
+    /// How many bytes are written.
+    fn len(&self) -> usize;
+    /// Cuts what was written back to `len` bytes (a length it had, so a char boundary).
+    fn truncate(&mut self, len: usize);
+}
+
+impl Output for Vec<u8> {
+    #[inline]
+    fn put(&mut self, text: &str) {
+        self.extend_from_slice(text.as_bytes());
+    }
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn truncate(&mut self, len: usize) {
+        Vec::truncate(self, len);
+    }
+}
+
+impl Output for String {
+    #[inline]
+    fn put(&mut self, text: &str) {
+        self.push_str(text);
+    }
+    fn len(&self) -> usize {
+        String::len(self)
+    }
+    fn truncate(&mut self, len: usize) {
+        String::truncate(self, len);
+    }
+}
+
+/// A serde serializer for the plainest values — strings, integers, booleans, null, unit
+/// variants, and structs, maps, sequences and variants of them — writing exactly what
+/// serde_json's compact format writes. Anything else (a float, a non-string map key, bytes, a
+/// 128-bit integer) is an error, and the body is written again through serde_json.
+mod plain {
+    use super::{write_str_to, Output};
+    use serde::ser::{self, Serialize};
+    use std::fmt;
+
+    /// "Not plain: let serde_json write it."
+    #[derive(Debug)]
+    pub struct NotPlain;
+
+    impl fmt::Display for NotPlain {
+        fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("left to serde_json")
+        }
+    }
+
+    impl std::error::Error for NotPlain {}
+
+    impl ser::Error for NotPlain {
+        fn custom<T: fmt::Display>(_: T) -> Self {
+            NotPlain
+        }
+    }
+
+    /// The body's fields: each entry is written as `,"key":value` (`type` always comes before).
+    pub struct Map<'o, O> {
+        out: &'o mut O,
+    }
+
+    impl<'o, O: Output> Map<'o, O> {
+        /// Fields appended to `out`.
+        pub fn new(out: &'o mut O) -> Self {
+            Map { out }
+        }
+    }
+
+    impl<O: Output> ser::SerializeMap for Map<'_, O> {
+        type Ok = ();
+        type Error = NotPlain;
+
+        fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), NotPlain> {
+            self.out.put(",");
+            key.serialize(Key { out: self.out })
+        }
+
+        fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotPlain> {
+            self.out.put(":");
+            value.serialize(Value { out: self.out })
+        }
+
+        fn end(self) -> Result<(), NotPlain> {
+            Ok(())
+        }
+    }
+
+    /// A value.
+    pub struct Value<'o, O> {
+        out: &'o mut O,
+    }
+
+    /// An object or array being written: whether its first element is still to come.
+    pub struct Compound<'o, O> {
+        out: &'o mut O,
+        first: bool,
+        /// What closes it: `}`, `]`, or `]}` / `}}` for a variant's array or object.
+        close: &'static str,
+    }
+
+    impl<'o, O: Output> Compound<'o, O> {
+        fn open(out: &'o mut O, variant: Option<&str>, open: &str, close: &'static str) -> Self {
+            if let Some(variant) = variant {
+                out.put("{");
+                write_str_to(out, variant);
+                out.put(":");
+            }
+            out.put(open);
+            Compound {
+                out,
+                first: true,
+                close,
             }
         }
-        Decimal { digits, start }
+
+        fn comma(&mut self) {
+            if !self.first {
+                self.out.put(",");
+            }
+            self.first = false;
+        }
+
+        fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotPlain> {
+            self.comma();
+            value.serialize(Value {
+                out: &mut *self.out,
+            })
+        }
+
+        fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), NotPlain> {
+            self.comma();
+            write_str_to(self.out, key);
+            self.out.put(":");
+            value.serialize(Value {
+                out: &mut *self.out,
+            })
+        }
+
+        fn close(self) -> Result<(), NotPlain> {
+            self.out.put(self.close);
+            Ok(())
+        }
     }
 
-    /// The digits, as ASCII.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.digits[self.start..]
+    impl<'o, O: Output> ser::Serializer for Value<'o, O> {
+        type Ok = ();
+        type Error = NotPlain;
+        type SerializeSeq = Compound<'o, O>;
+        type SerializeTuple = Compound<'o, O>;
+        type SerializeTupleStruct = Compound<'o, O>;
+        type SerializeTupleVariant = Compound<'o, O>;
+        type SerializeMap = Compound<'o, O>;
+        type SerializeStruct = Compound<'o, O>;
+        type SerializeStructVariant = Compound<'o, O>;
+
+        fn serialize_bool(self, v: bool) -> Result<(), NotPlain> {
+            self.out.put(if v { "true" } else { "false" });
+            Ok(())
+        }
+        fn serialize_i8(self, v: i8) -> Result<(), NotPlain> {
+            self.serialize_i64(i64::from(v))
+        }
+        fn serialize_i16(self, v: i16) -> Result<(), NotPlain> {
+            self.serialize_i64(i64::from(v))
+        }
+        fn serialize_i32(self, v: i32) -> Result<(), NotPlain> {
+            self.serialize_i64(i64::from(v))
+        }
+        fn serialize_i64(self, v: i64) -> Result<(), NotPlain> {
+            self.out.put(itoa::Buffer::new().format(v));
+            Ok(())
+        }
+        fn serialize_u8(self, v: u8) -> Result<(), NotPlain> {
+            self.serialize_u64(u64::from(v))
+        }
+        fn serialize_u16(self, v: u16) -> Result<(), NotPlain> {
+            self.serialize_u64(u64::from(v))
+        }
+        fn serialize_u32(self, v: u32) -> Result<(), NotPlain> {
+            self.serialize_u64(u64::from(v))
+        }
+        fn serialize_u64(self, v: u64) -> Result<(), NotPlain> {
+            self.out.put(itoa::Buffer::new().format(v));
+            Ok(())
+        }
+        fn serialize_f32(self, _: f32) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_f64(self, _: f64) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_char(self, v: char) -> Result<(), NotPlain> {
+            write_str_to(self.out, v.encode_utf8(&mut [0; 4]));
+            Ok(())
+        }
+        fn serialize_str(self, v: &str) -> Result<(), NotPlain> {
+            write_str_to(self.out, v);
+            Ok(())
+        }
+        fn serialize_bytes(self, _: &[u8]) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_none(self) -> Result<(), NotPlain> {
+            self.serialize_unit()
+        }
+        fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), NotPlain> {
+            value.serialize(self)
+        }
+        fn serialize_unit(self) -> Result<(), NotPlain> {
+            self.out.put("null");
+            Ok(())
+        }
+        fn serialize_unit_struct(self, _: &'static str) -> Result<(), NotPlain> {
+            self.serialize_unit()
+        }
+        fn serialize_unit_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            variant: &'static str,
+        ) -> Result<(), NotPlain> {
+            self.serialize_str(variant)
+        }
+        fn serialize_newtype_struct<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            value: &T,
+        ) -> Result<(), NotPlain> {
+            value.serialize(self)
+        }
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            variant: &'static str,
+            value: &T,
+        ) -> Result<(), NotPlain> {
+            self.out.put("{");
+            write_str_to(self.out, variant);
+            self.out.put(":");
+            value.serialize(Value {
+                out: &mut *self.out,
+            })?;
+            self.out.put("}");
+            Ok(())
+        }
+        fn serialize_seq(self, _: Option<usize>) -> Result<Compound<'o, O>, NotPlain> {
+            Ok(Compound::open(self.out, None, "[", "]"))
+        }
+        fn serialize_tuple(self, _: usize) -> Result<Compound<'o, O>, NotPlain> {
+            Ok(Compound::open(self.out, None, "[", "]"))
+        }
+        fn serialize_tuple_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Compound<'o, O>, NotPlain> {
+            Ok(Compound::open(self.out, None, "[", "]"))
+        }
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            variant: &'static str,
+            _: usize,
+        ) -> Result<Compound<'o, O>, NotPlain> {
+            Ok(Compound::open(self.out, Some(variant), "[", "]}"))
+        }
+        fn serialize_map(self, _: Option<usize>) -> Result<Compound<'o, O>, NotPlain> {
+            Ok(Compound::open(self.out, None, "{", "}"))
+        }
+        fn serialize_struct(
+            self,
+            name: &'static str,
+            _: usize,
+        ) -> Result<Compound<'o, O>, NotPlain> {
+            // serde_json's own markers (a `RawValue`'s text, an arbitrary-precision number)
+            // mean something only to serde_json.
+            if name.starts_with("$serde_json::") {
+                return Err(NotPlain);
+            }
+            Ok(Compound::open(self.out, None, "{", "}"))
+        }
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            variant: &'static str,
+            _: usize,
+        ) -> Result<Compound<'o, O>, NotPlain> {
+            Ok(Compound::open(self.out, Some(variant), "{", "}}"))
+        }
+    }
+
+    impl<O: Output> ser::SerializeSeq for Compound<'_, O> {
+        type Ok = ();
+        type Error = NotPlain;
+        fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotPlain> {
+            self.element(value)
+        }
+        fn end(self) -> Result<(), NotPlain> {
+            self.close()
+        }
+    }
+
+    impl<O: Output> ser::SerializeTuple for Compound<'_, O> {
+        type Ok = ();
+        type Error = NotPlain;
+        fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotPlain> {
+            self.element(value)
+        }
+        fn end(self) -> Result<(), NotPlain> {
+            self.close()
+        }
+    }
+
+    impl<O: Output> ser::SerializeTupleStruct for Compound<'_, O> {
+        type Ok = ();
+        type Error = NotPlain;
+        fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotPlain> {
+            self.element(value)
+        }
+        fn end(self) -> Result<(), NotPlain> {
+            self.close()
+        }
+    }
+
+    impl<O: Output> ser::SerializeTupleVariant for Compound<'_, O> {
+        type Ok = ();
+        type Error = NotPlain;
+        fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotPlain> {
+            self.element(value)
+        }
+        fn end(self) -> Result<(), NotPlain> {
+            self.close()
+        }
+    }
+
+    impl<O: Output> ser::SerializeMap for Compound<'_, O> {
+        type Ok = ();
+        type Error = NotPlain;
+        fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), NotPlain> {
+            self.comma();
+            key.serialize(Key {
+                out: &mut *self.out,
+            })
+        }
+        fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotPlain> {
+            self.out.put(":");
+            value.serialize(Value {
+                out: &mut *self.out,
+            })
+        }
+        fn end(self) -> Result<(), NotPlain> {
+            self.close()
+        }
+    }
+
+    impl<O: Output> ser::SerializeStruct for Compound<'_, O> {
+        type Ok = ();
+        type Error = NotPlain;
+        fn serialize_field<T: Serialize + ?Sized>(
+            &mut self,
+            key: &'static str,
+            value: &T,
+        ) -> Result<(), NotPlain> {
+            self.field(key, value)
+        }
+        fn end(self) -> Result<(), NotPlain> {
+            self.close()
+        }
+    }
+
+    impl<O: Output> ser::SerializeStructVariant for Compound<'_, O> {
+        type Ok = ();
+        type Error = NotPlain;
+        fn serialize_field<T: Serialize + ?Sized>(
+            &mut self,
+            key: &'static str,
+            value: &T,
+        ) -> Result<(), NotPlain> {
+            self.field(key, value)
+        }
+        fn end(self) -> Result<(), NotPlain> {
+            self.close()
+        }
+    }
+
+    /// A map key: only a string (or what serializes as one) is plain.
+    struct Key<'o, O> {
+        out: &'o mut O,
+    }
+
+    impl<O: Output> ser::Serializer for Key<'_, O> {
+        type Ok = ();
+        type Error = NotPlain;
+        type SerializeSeq = ser::Impossible<(), NotPlain>;
+        type SerializeTuple = ser::Impossible<(), NotPlain>;
+        type SerializeTupleStruct = ser::Impossible<(), NotPlain>;
+        type SerializeTupleVariant = ser::Impossible<(), NotPlain>;
+        type SerializeMap = ser::Impossible<(), NotPlain>;
+        type SerializeStruct = ser::Impossible<(), NotPlain>;
+        type SerializeStructVariant = ser::Impossible<(), NotPlain>;
+
+        fn serialize_str(self, v: &str) -> Result<(), NotPlain> {
+            write_str_to(self.out, v);
+            Ok(())
+        }
+        fn serialize_unit_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            variant: &'static str,
+        ) -> Result<(), NotPlain> {
+            self.serialize_str(variant)
+        }
+        fn serialize_newtype_struct<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            value: &T,
+        ) -> Result<(), NotPlain> {
+            value.serialize(self)
+        }
+        fn serialize_bool(self, _: bool) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_i8(self, _: i8) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_i16(self, _: i16) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_i32(self, _: i32) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_i64(self, _: i64) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_u8(self, _: u8) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_u16(self, _: u16) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_u32(self, _: u32) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_u64(self, _: u64) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_f32(self, _: f32) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_f64(self, _: f64) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_char(self, _: char) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_bytes(self, _: &[u8]) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_none(self) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_unit(self) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_unit_struct(self, _: &'static str) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> Result<(), NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_tuple_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleStruct, NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleVariant, NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStruct, NotPlain> {
+            Err(NotPlain)
+        }
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStructVariant, NotPlain> {
+            Err(NotPlain)
+        }
     }
 }
 
@@ -215,6 +780,33 @@ mod tests {
     }
 
     #[test]
+    fn the_end_of_a_string_is_its_first_quote_backslash_or_control_character() {
+        let naive = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        };
+        let alphabet = [
+            b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff, 0x21, 0x5b, 0x5d,
+        ];
+        let mut bytes = [b'a'; 40];
+        for len in 0..bytes.len() {
+            for at in 0..len {
+                for &b in &alphabet {
+                    for &before in &alphabet {
+                        bytes.fill(b'a');
+                        bytes[at] = b;
+                        if at > 0 {
+                            bytes[at - 1] = before;
+                        }
+                        assert_eq!(first_special(&bytes[..len]), naive(&bytes[..len]));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn write_reply_writes_what_serde_json_writes() {
         let mut flags = BTreeMap::new();
         flags.insert("new_checkout".to_owned(), false);
@@ -250,16 +842,22 @@ mod tests {
         ));
         check(&StatusOk::new(2, Environment::Blue, flags, None));
         check(&HistoryOk { entries: vec![] });
+        let raw = |text: &str| serde_json::value::RawValue::from_string(text.to_owned()).unwrap();
+        check(&HistoryOk {
+            entries: vec![HistoryEntry {
+                seq: 1,
+                src: "admin".to_owned(),
+                msg_id: 7,
+                request: raw(r#"{"type":"rollback","version":3}"#),
+                reply: raw(r#"{"type":"rollback_complete","in_reply_to":7}"#),
+                ran: Some(raw(r#"[{"file":"3_x.down.sql"}]"#)),
+                at: Some(1_700_000_000_000),
+                took_seconds: Some(Seconds::Measured(250)),
+            }],
+        });
         check(&Refusal::MalformedRequest(
             "quotes \" and \\ and \u{7}\u{1f} control, tab\t, é ✓".to_owned(),
         ));
         check(&Refusal::PreconditionFailed(String::new()));
-    }
-
-    #[test]
-    fn decimal_digits() {
-        for value in [0, 1, 9, 10, 99, 100, 12345, u64::from(u32::MAX), u64::MAX] {
-            assert_eq!(Decimal::new(value).as_bytes(), value.to_string().as_bytes());
-        }
     }
 }

@@ -1,7 +1,9 @@
-//! The single pass over a well-formed request line (see [`super::decode`]). It returns `None` as
-//! soon as anything is unusual; it never produces an error of its own.
+//! The single pass over a well-formed request line (see [`super::decode`]), read by the plain
+//! JSON [`Scanner`]. It returns `None` as soon as anything is unusual; it never produces an
+//! error of its own.
 
 use super::incoming::Incoming;
+use super::scan::Scanner;
 use crate::core::transitions::Request;
 use serde::de::value::{BorrowedStrDeserializer, StringDeserializer};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -10,9 +12,9 @@ use std::fmt;
 
 /// Decodes `line` in one pass, or `None` to leave it to the full decoder.
 pub(crate) fn decode(line: &str) -> Option<Incoming<'_>> {
-    let mut deserializer = serde_json::Deserializer::from_str(line);
-    let incoming = (&mut deserializer).deserialize_map(Envelope).ok()?;
-    deserializer.end().ok()?;
+    let mut scanner = Scanner::new(line);
+    let incoming = (&mut scanner).deserialize_map(Envelope).ok()?;
+    scanner.end().ok()?;
     Some(incoming)
 }
 
