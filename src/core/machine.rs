@@ -16,7 +16,7 @@ use crate::core::retries::{Answer, Answered};
 use crate::core::state::{join, State};
 pub use crate::core::transitions::HISTORY_WINDOW;
 use crate::core::transitions::{status_of, Reply, Request};
-use crate::protocol::encode::{body_string, ReplyBody};
+use crate::protocol::encode::{body_into, body_string, ReplyBody};
 use crate::protocol::replies::{BackupsOk, HistoryEntry, HistoryOk, StatusOk};
 use crate::protocol::values::BackupView;
 use crate::protocol::values::{InFlightView, InterruptedView, Progress};
@@ -200,6 +200,54 @@ pub struct Machine {
     interrupted: VecDeque<Interrupted>,
     /// The last `addressed` seen, shared: requests are nearly always addressed to the same node.
     last_addressed: Option<Arc<str>>,
+    /// The allocation of the last operation completed, when nothing else held it.
+    spare: Spare,
+}
+
+/// An operation's allocation kept for the next one to start. Not part of the machine's
+/// state: every spare is equal to every other, and a clone has none.
+#[derive(Default)]
+struct Spare(Option<Arc<Operation>>);
+
+impl Spare {
+    /// `operation`, shared, in the kept allocation if there is one.
+    fn wrap(&mut self, operation: Operation) -> Arc<Operation> {
+        match self.0.take() {
+            Some(mut kept) => match Arc::get_mut(&mut kept) {
+                Some(slot) => {
+                    *slot = operation;
+                    kept
+                }
+                None => Arc::new(operation),
+            },
+            None => Arc::new(operation),
+        }
+    }
+
+    /// Keeps `operation`'s allocation if nothing else holds it.
+    fn keep(&mut self, operation: Arc<Operation>) {
+        if Arc::strong_count(&operation) == 1 {
+            self.0 = Some(operation);
+        }
+    }
+}
+
+impl Clone for Spare {
+    fn clone(&self) -> Self {
+        Spare(None)
+    }
+}
+
+impl PartialEq for Spare {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Spare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Spare")
+    }
 }
 
 impl Machine {
@@ -212,6 +260,7 @@ impl Machine {
             lanes: Default::default(),
             interrupted: VecDeque::new(),
             last_addressed: None,
+            spare: Spare::default(),
         }
     }
 
@@ -556,7 +605,7 @@ impl Machine {
             .and_then(|()| self.decide(&pending.request));
         let answer = match decision {
             Ok(Decision::Accept(operation)) => {
-                let operation = Arc::new(operation);
+                let operation = self.spare.wrap(operation);
                 sink.record(Record::Intent {
                     seq,
                     src: &pending.src,
@@ -585,7 +634,7 @@ impl Machine {
             joined,
             ..
         } = pending;
-        let answer = Arc::new(encode_answer(request, Some(size), msg_id, &answer));
+        let answer = fresh_answer(&mut self.answered, request, size, msg_id, &answer);
         sink.record(Record::Refused {
             seq,
             src: &src,
@@ -635,7 +684,7 @@ impl Machine {
             ..
         } = pending;
         let reply = self.state.finish(&operation, &completion);
-        let answer = Arc::new(encode_answer(request, Some(size), msg_id, &reply));
+        let answer = fresh_answer(&mut self.answered, request, size, msg_id, &reply);
         let (shared_src, remembered) =
             self.answered
                 .insert_shared(&src, msg_id, Arc::clone(&answer));
@@ -646,6 +695,8 @@ impl Machine {
             completion: &completion,
             answer: remembered,
         });
+        // After the record: a store holds the operation until the outcome joins its intent.
+        self.spare.keep(operation);
         for addressed in std::iter::once(&addressed).chain(&joined) {
             sink.reply(&src, addressed.as_deref(), msg_id, &answer.body);
         }
@@ -903,6 +954,20 @@ pub fn simulated_backups(state: &State) -> Vec<BackupView> {
 
 /// The answer to remember: the request, its reply body as encoded, and what it weighs (`size`:
 /// the request's size on the wire, when known).
+/// [`encode_answer`] through [`Answered::fresh`]: in the allocations of a forgotten answer.
+fn fresh_answer<B: ReplyBody>(
+    answered: &mut Answered,
+    request: Request,
+    size: usize,
+    msg_id: u64,
+    answer: &Result<B, Refusal>,
+) -> Arc<Answer> {
+    answered.fresh(request, size, answer.is_ok(), |out| match answer {
+        Ok(reply) => body_into(out, Some(msg_id), reply),
+        Err(refusal) => body_into(out, Some(msg_id), refusal),
+    })
+}
+
 fn encode_answer(
     request: Request,
     size: Option<usize>,

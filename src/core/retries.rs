@@ -20,6 +20,8 @@ pub const SENDERS: usize = 1_024;
 pub const MAX_BYTES: usize = 16 << 20;
 /// What one answer costs beyond its JSON.
 const OVERHEAD: usize = 96;
+/// The largest body capacity a forgotten answer may have to be reused.
+const REUSE_BODY_BYTES: usize = 4096;
 
 /// The hasher of the msg_id index: keyed per process, and much cheaper than SipHash for the
 /// short keys used here. Every map is bounded, so a sender that provoked collisions could slow
@@ -96,6 +98,9 @@ pub struct Answered {
     bytes: usize,
     /// The last answer inserted, when the memory could not keep it.
     spare: Option<Arc<Answer>>,
+    /// An answer forgotten that nothing else held: [`Answered::fresh`] builds the next one in
+    /// its allocations.
+    recycled: Option<Arc<Answer>>,
 }
 
 #[derive(Debug, Clone)]
@@ -152,8 +157,8 @@ impl SenderLog {
         self.name.len() + self.answers.iter().map(|(_, a)| a.weight).sum::<usize>()
     }
 
-    /// Forgets the oldest answer; returns its weight.
-    fn pop_oldest(&mut self) -> Option<usize> {
+    /// Forgets the oldest answer; returns it.
+    fn pop_oldest(&mut self) -> Option<Arc<Answer>> {
         let (oldest, answer) = self.answers.pop_front()?;
         if self.answers.front().is_some_and(|(next, _)| *next < oldest) {
             self.descents -= 1;
@@ -165,20 +170,22 @@ impl SenderLog {
             }
         }
         self.first += 1;
-        Some(answer.weight)
+        Some(answer)
     }
 
-    /// Remembers an answer; returns where it is in `answers`, and the weight it added less what
-    /// it made the log forget.
-    fn insert(&mut self, msg_id: u64, answer: Arc<Answer>) -> (usize, isize) {
+    /// Remembers an answer; returns where it is in `answers`, the weight it added less what it
+    /// made the log forget, and the answer it forgot or replaced.
+    fn insert(&mut self, msg_id: u64, answer: Arc<Answer>) -> (usize, isize, Option<Arc<Answer>>) {
         if let Some(at) = self.position(msg_id) {
             let change = answer.weight as isize - self.answers[at].1.weight as isize;
-            self.answers[at].1 = answer;
-            return (at, change);
+            let replaced = std::mem::replace(&mut self.answers[at].1, answer);
+            return (at, change, Some(replaced));
         }
         let mut change = answer.weight as isize;
+        let mut forgot = None;
         if self.answers.len() >= self.capacity {
-            change -= self.pop_oldest().unwrap_or(0) as isize;
+            forgot = self.pop_oldest();
+            change -= forgot.as_ref().map_or(0, |a| a.weight) as isize;
         }
         if self
             .answers
@@ -206,7 +213,7 @@ impl SenderLog {
                 );
             }
         }
-        (self.answers.len() - 1, change)
+        (self.answers.len() - 1, change, forgot)
     }
 }
 
@@ -260,7 +267,8 @@ impl Answered {
                 .insert(Arc::clone(&name), SenderLog::new(name, PER_SENDER));
         }
         let log = self.senders.get_mut(src).expect("inserted above");
-        let (at, change) = log.insert(msg_id, Arc::clone(&answer));
+        let (at, change, forgot) = log.insert(msg_id, Arc::clone(&answer));
+        self.keep_for_reuse(forgot);
         self.bytes = self.bytes.saturating_add_signed(change);
         let kept_at = at.checked_sub(self.shed(src));
         // Only a replaced answer older than the ones shed can be shed itself (it was the
@@ -287,8 +295,11 @@ impl Answered {
                 .get_mut(src)
                 .expect("the sender being answered");
             if log.answers.len() > 1 {
-                let weight = log.pop_oldest().unwrap_or(0);
-                self.bytes = self.bytes.saturating_sub(weight);
+                let forgot = log.pop_oldest();
+                self.bytes = self
+                    .bytes
+                    .saturating_sub(forgot.as_ref().map_or(0, |a| a.weight));
+                self.keep_for_reuse(forgot);
                 shed += 1;
                 continue;
             }
@@ -301,6 +312,42 @@ impl Answered {
             }
         }
         shed
+    }
+
+    /// An answer to remember: `request` (`request_bytes` long as it arrived), whether it was
+    /// carried out, and the reply body `body` writes. It is built in the allocations of an
+    /// answer this memory forgot when nothing else holds that one, so a steady stream of answers
+    /// (the memory full, each new one making it forget its oldest) allocates nothing for them.
+    pub fn fresh(
+        &mut self,
+        request: Request,
+        request_bytes: usize,
+        accepted: bool,
+        body: impl FnOnce(&mut String),
+    ) -> Arc<Answer> {
+        if let Some(mut kept) = self.recycled.take() {
+            if let Some(answer) = Arc::get_mut(&mut kept) {
+                answer.body.clear();
+                body(&mut answer.body);
+                answer.request = request;
+                answer.accepted = accepted;
+                answer.weight = request_bytes + answer.body.len() + OVERHEAD;
+                return kept;
+            }
+        }
+        let mut text = String::with_capacity(128);
+        body(&mut text);
+        Arc::new(Answer::sized(request, request_bytes, text, accepted))
+    }
+
+    /// Keeps a forgotten answer for [`Answered::fresh`] if nothing else holds it and its body
+    /// is of an ordinary size (a huge one is let go rather than kept alive unaccounted).
+    fn keep_for_reuse(&mut self, forgot: Option<Arc<Answer>>) {
+        if let Some(answer) = forgot {
+            if Arc::strong_count(&answer) == 1 && answer.body.capacity() <= REUSE_BODY_BYTES {
+                self.recycled = Some(answer);
+            }
+        }
     }
 
     /// The weight of every answer remembered, in bytes.
@@ -395,7 +442,7 @@ mod tests {
                     }
                     order.push_back(id);
                 }
-                let (at, _) = log.insert(id, numbered(n));
+                let (at, _, _) = log.insert(id, numbered(n));
                 proptest::prop_assert_eq!(&*log.answers[at].1, &*numbered(n));
                 let kept: Vec<u64> = log.answers.iter().map(|(id, _)| *id).collect();
                 proptest::prop_assert_eq!(&kept, &order.iter().copied().collect::<Vec<_>>());

@@ -76,9 +76,14 @@ pub fn write_body<B: ReplyBody + ?Sized>(
 /// A reply body encoded by [`write_body`], as a string.
 pub fn body_string<B: ReplyBody + ?Sized>(in_reply_to: Option<u64>, body: &B) -> String {
     let mut out = String::with_capacity(128);
-    let written = write_body_to(&mut out, in_reply_to, body);
-    debug_assert!(written, "reply bodies always serialize");
+    body_into(&mut out, in_reply_to, body);
     out
+}
+
+/// [`body_string`] appended to `out` (a string kept for reuse, say).
+pub fn body_into<B: ReplyBody + ?Sized>(out: &mut String, in_reply_to: Option<u64>, body: &B) {
+    let written = write_body_to(out, in_reply_to, body);
+    debug_assert!(written, "reply bodies always serialize");
 }
 
 /// [`write_body`] into bytes or a string. The fields go through the [`plain`] serializer; a
