@@ -33,6 +33,35 @@ impl de::Error for GiveUp {
     }
 }
 
+/// The bytes that end a plain run inside a JSON string: a quote, a backslash, a control byte.
+static SPECIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// Where the first special byte at or after `from` is. Most strings on the wire (keys, node
+/// ids, types) end within a few bytes, so those are looked at one by one before the word-wise
+/// scan takes over.
+#[inline]
+fn special_from(bytes: &[u8], from: usize) -> Option<usize> {
+    let stop = bytes.len().min(from.saturating_add(8));
+    let mut at = from;
+    while at < stop {
+        if SPECIAL[usize::from(bytes[at])] {
+            return Some(at);
+        }
+        at += 1;
+    }
+    first_special(bytes.get(at..)?).map(|n| at + n)
+}
+
 /// A position in one line of JSON text.
 pub struct Scanner<'de> {
     bytes: &'de [u8],
@@ -95,8 +124,7 @@ impl<'de> Scanner<'de> {
         let mut end = start;
         let mut escaped = false;
         loop {
-            let len = first_special(self.bytes.get(end..).ok_or(GiveUp)?).ok_or(GiveUp)?;
-            end += len;
+            end = special_from(self.bytes, end).ok_or(GiveUp)?;
             match self.bytes[end] {
                 b'"' => break,
                 // The escaped character is never the closing quote; `\u` digits are hex.
