@@ -10,7 +10,7 @@
 # (fuzz/target/unsanitized, so neither build undoes the other): the crate has no unsafe code,
 # the bytes reach the same decoder the decode target covers under the sanitizer, and the rest
 # is the machine and session in safe Rust, where AddressSanitizer finds nothing and costs each
-# input six to seven times its time (its allocator, fake stacks and quarantine).
+# input five to seven times its time (its allocator, fake stacks and quarantine).
 #
 #   FUZZ_SECONDS=60 fuzz/smoke.sh        # default 30 s per target
 #   fuzz/smoke.sh session                # only the named targets
