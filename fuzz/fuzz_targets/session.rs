@@ -245,7 +245,7 @@ fn interleave(session: &mut Session, choice: u8, out: &mut Vec<u8>) {
             ..Done::default()
         }),
         10..=12 => Completion::Failed(Failure::new(
-            if choice % 2 == 0 {
+            if choice.is_multiple_of(2) {
                 FailureKind::Refused
             } else {
                 FailureKind::NothingChanged
