@@ -131,6 +131,18 @@ fn write_body_to<O: Output, B: ReplyBody + ?Sized>(
     true
 }
 
+/// `value` as JSON appended to `out`: the text serde_json writes for it, through the plain
+/// serializer, or serde_json itself for what that one declines (a float, say).
+pub fn json_into<T: serde::Serialize + ?Sized>(out: &mut String, value: &T) {
+    let start = out.len();
+    if value.serialize(plain::Value::new(out)).is_err() {
+        out.truncate(start);
+        if let Ok(text) = serde_json::to_string(value) {
+            out.push_str(&text);
+        }
+    }
+}
+
 /// Writes a JSON string as serde_json does: quoted, escaping `"`, `\\` and control characters.
 pub fn write_str(out: &mut Vec<u8>, text: &str) {
     write_str_to(out, text);
@@ -276,6 +288,13 @@ mod plain {
     /// A value.
     pub struct Value<'o, O> {
         out: &'o mut O,
+    }
+
+    impl<'o, O: Output> Value<'o, O> {
+        /// A value appended to `out`.
+        pub fn new(out: &'o mut O) -> Self {
+            Value { out }
+        }
     }
 
     /// An object or array being written: whether its first element is still to come.
@@ -864,5 +883,44 @@ mod tests {
             "quotes \" and \\ and \u{7}\u{1f} control, tab\t, é ✓".to_owned(),
         ));
         check(&Refusal::PreconditionFailed(String::new()));
+    }
+
+    #[test]
+    fn json_into_writes_what_serde_json_writes() {
+        // Arbitrary JSON (floats and nesting included) and every request of the task's examples
+        // and the fuzz seeds, as the journal stores them.
+        let values: Vec<serde_json::Value> = [
+            r#"{"a":1,"b":[true,null,"x\"y\u0001"],"c":{"d":-2,"e":2.5,"f":"\u00e9\ud83d\ude00"}}"#,
+            r#"[1e300,0,18446744073709551615,-9223372036854775808,"",{}, []]"#,
+            r#""plain""#,
+        ]
+        .iter()
+        .map(|text| serde_json::from_str(text).unwrap())
+        .collect();
+        for value in &values {
+            let mut out = String::from("kept:");
+            json_into(&mut out, value);
+            assert_eq!(
+                out,
+                format!("kept:{}", serde_json::to_string(value).unwrap())
+            );
+        }
+        let lines = include_str!("../../examples/task.jsonl")
+            .lines()
+            .chain(include_str!("../../fuzz/seeds.jsonl").lines());
+        let mut requests = 0;
+        for line in lines {
+            let Ok(incoming) = crate::wire::decode::decode(line) else {
+                continue;
+            };
+            let Ok(request) = incoming.request else {
+                continue;
+            };
+            let mut out = String::new();
+            json_into(&mut out, &request);
+            assert_eq!(out, serde_json::to_string(&request).unwrap(), "{line}");
+            requests += 1;
+        }
+        assert!(requests > 20, "{requests} requests checked");
     }
 }

@@ -222,11 +222,10 @@ enum OutcomeRef<'a> {
 }
 
 /// `value` as JSON in `buffer` (cleared first), whose capacity is reused.
-fn into_json<T: Serialize>(buffer: String, value: &T) -> String {
-    let mut bytes = buffer.into_bytes();
-    bytes.clear();
-    let _ = serde_json::to_writer(&mut bytes, value);
-    String::from_utf8(bytes).unwrap_or_default()
+fn into_json<T: Serialize>(mut buffer: String, value: &T) -> String {
+    buffer.clear();
+    crate::protocol::encode::json_into(&mut buffer, value);
+    buffer
 }
 
 /// The checksum of an entry: CRC-32 over its fields (integers in decimal), each preceded by its
