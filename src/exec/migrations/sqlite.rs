@@ -154,7 +154,9 @@ impl Backend for SqliteBackend {
     }
 
     fn begin(&mut self) -> Result<(), DbFailure> {
-        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(failure)?;
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(failure)?;
         // Inside the transaction the check reads only pages the lock has already validated.
         let made = match self.tables_exist() {
             Ok(true) => Ok(()),
