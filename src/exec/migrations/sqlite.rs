@@ -14,20 +14,6 @@ use super::schema::{
 /// How long a statement waits for another connection's lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// golang-migrate's sqlite3 driver creates exactly this table and index; then ours.
-fn create_tables() -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version uint64,dirty bool);
-         CREATE UNIQUE INDEX IF NOT EXISTS version_unique ON {VERSION_TABLE} (version);
-         CREATE TABLE IF NOT EXISTS {CHECKSUM_TABLE} (
-             version INTEGER PRIMARY KEY, checksum TEXT NOT NULL, applied_at TEXT NOT NULL);
-         CREATE TABLE IF NOT EXISTS {EVIDENCE_TABLE} (
-             version INTEGER NOT NULL, direction TEXT NOT NULL, file TEXT NOT NULL,
-             line INTEGER NOT NULL, statement TEXT NOT NULL, database_said TEXT NOT NULL,
-             recorded_at TEXT NOT NULL);"
-    )
-}
-
 /// A SQLite database file as a [`SchemaDb`].
 pub struct SqliteDb(Engine<SqliteBackend>);
 
@@ -36,10 +22,6 @@ pub(crate) struct SqliteBackend {
     conn: Connection,
     path: PathBuf,
     url: String,
-    /// The three tables were seen (or made) by this connection: `ensure_tables` then costs no
-    /// read transaction of its own, and `begin` checks them inside its transaction instead, so
-    /// tables dropped by another tool since are made again before anything reads them.
-    tables_seen: bool,
 }
 
 fn failure(e: rusqlite::Error) -> DbFailure {
@@ -71,12 +53,7 @@ impl SqliteDb {
         .map_err(unreachable)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(unreachable)?;
         Ok(SqliteDb(Engine {
-            backend: SqliteBackend {
-                conn,
-                path,
-                url,
-                tables_seen: false,
-            },
+            backend: SqliteBackend { conn, path, url },
         }))
     }
 
@@ -102,20 +79,6 @@ impl SqliteDb {
 
 super::schema::delegate_schema_db!(SqliteDb);
 
-impl SqliteBackend {
-    /// Whether the three tables exist (in the open transaction, or in one of its own).
-    fn tables_exist(&mut self) -> Result<bool, DbFailure> {
-        self.conn
-            .prepare_cached(
-                "SELECT count(*) = 3 FROM sqlite_master WHERE type = 'table' AND name IN (?1, ?2, ?3)",
-            )
-            .and_then(|mut s| {
-                s.query_row([VERSION_TABLE, CHECKSUM_TABLE, EVIDENCE_TABLE], |r| r.get(0))
-            })
-            .map_err(failure)
-    }
-}
-
 impl Backend for SqliteBackend {
     fn url(&self) -> &str {
         &self.url
@@ -129,24 +92,38 @@ impl Backend for SqliteBackend {
     fn unlock(&mut self) {}
 
     fn ensure_tables(&mut self) -> Result<(), DbFailure> {
-        if self.tables_seen {
+        let exists: bool = self
+            .conn
+            .query_row(
+                "SELECT count(*) = 3 FROM sqlite_master WHERE type = 'table' AND name IN (?1, ?2, ?3)",
+                [VERSION_TABLE, CHECKSUM_TABLE, EVIDENCE_TABLE],
+                |r| r.get(0),
+            )
+            .map_err(failure)?;
+        if exists {
             return Ok(());
         }
-        if self.tables_exist()? {
-            self.tables_seen = true;
-            return Ok(());
-        }
+        // golang-migrate's sqlite3 driver creates exactly this table and index.
         self.conn
-            .execute_batch(&format!("BEGIN IMMEDIATE; {} COMMIT;", create_tables()))
+            .execute_batch(&format!(
+                "BEGIN IMMEDIATE;
+                 CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version uint64,dirty bool);
+                 CREATE UNIQUE INDEX IF NOT EXISTS version_unique ON {VERSION_TABLE} (version);
+                 CREATE TABLE IF NOT EXISTS {CHECKSUM_TABLE} (
+                     version INTEGER PRIMARY KEY, checksum TEXT NOT NULL, applied_at TEXT NOT NULL);
+                 CREATE TABLE IF NOT EXISTS {EVIDENCE_TABLE} (
+                     version INTEGER NOT NULL, direction TEXT NOT NULL, file TEXT NOT NULL,
+                     line INTEGER NOT NULL, statement TEXT NOT NULL, database_said TEXT NOT NULL,
+                     recorded_at TEXT NOT NULL);
+                 COMMIT;"
+            ))
             .map_err(|e| {
                 let f = failure(e);
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
                 f
-            })?;
-        self.tables_seen = true;
-        Ok(())
+            })
     }
 
     fn exec(&mut self, sql: &str) -> Result<(), DbFailure> {
@@ -154,20 +131,9 @@ impl Backend for SqliteBackend {
     }
 
     fn begin(&mut self) -> Result<(), DbFailure> {
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(failure)?;
-        // Inside the transaction the check reads only pages the lock has already validated.
-        let made = match self.tables_exist() {
-            Ok(true) => Ok(()),
-            Ok(false) => self.conn.execute_batch(&create_tables()).map_err(failure),
-            Err(f) => Err(f),
-        };
-        if made.is_err() {
-            let _ = self.conn.execute_batch("ROLLBACK");
-        }
-        made
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(failure)
     }
+
     fn in_transaction(&mut self) -> bool {
         !self.conn.is_autocommit()
     }
