@@ -9,8 +9,12 @@
 //! - PostgreSQL (the test harness's throwaway server, fsync off): the engine against
 //!   `psql -f FILE` per file and one `psql` with every file as `-f`.
 //!
-//! It prints figures and asserts nothing about time. `MIGRATIONS_BENCH_N` and
-//! `MIGRATIONS_BENCH_ROUNDS` change the size and the number of rounds (best round is shown).
+//! The engine and the tool it is held against run in alternate rounds (so a disk that slows down
+//! for a while slows both), and the best round of each is shown with the ratio and the goal
+//! (≤ 1.1× the tool in one process with the same transactions, and < 2 ms a file over it) as met
+//! or NOT met. It asserts nothing about time. `MIGRATIONS_BENCH_N` and `MIGRATIONS_BENCH_ROUNDS`
+//! change the size and the number of alternate rounds (7); the lines for one tool process per
+//! file and for the files as written are context, best of 2.
 
 #[path = "../tests/support/pg.rs"]
 mod pg;
@@ -211,6 +215,37 @@ fn best(rounds: usize, mut f: impl FnMut(usize) -> Duration) -> Duration {
     (0..rounds).map(&mut f).min().unwrap()
 }
 
+/// The goal: at most this many times the tool's time.
+const GOAL_RATIO: f64 = 1.1;
+/// The goal: at most this much more than the tool, a file.
+const GOAL_OVERHEAD_MS: f64 = 2.0;
+
+/// Best of `rounds` for each of two runs, taken in alternate rounds.
+fn best_pair(
+    rounds: usize,
+    mut a: impl FnMut(usize) -> Duration,
+    mut b: impl FnMut(usize) -> Duration,
+) -> (Duration, Duration) {
+    let (mut best_a, mut best_b) = (Duration::MAX, Duration::MAX);
+    for r in 0..rounds {
+        best_a = best_a.min(a(r));
+        best_b = best_b.min(b(r));
+    }
+    (best_a, best_b)
+}
+
+/// The goal's verdict for an engine figure against its tool's.
+fn verdict(label: &str, engine: Duration, tool: Duration, files: usize) {
+    let ratio = engine.as_secs_f64() / tool.as_secs_f64();
+    let overhead = (engine.as_secs_f64() - tool.as_secs_f64()) * 1e3 / files as f64;
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!(
+        "  goal {label}: {ratio:.2}x (<= {GOAL_RATIO}x: {}), {overhead:+.3} ms a file (< {GOAL_OVERHEAD_MS} ms: {})",
+        met(ratio <= GOAL_RATIO),
+        met(overhead < GOAL_OVERHEAD_MS)
+    );
+}
+
 fn line(label: &str, d: Duration, files: usize, reference: Option<Duration>) {
     let ms = d.as_secs_f64() * 1e3;
     let per = ms / files as f64;
@@ -229,7 +264,8 @@ fn line(label: &str, d: Duration, files: usize, reference: Option<Duration>) {
 
 fn main() {
     let n = env_usize("MIGRATIONS_BENCH_N", 120);
-    let rounds = env_usize("MIGRATIONS_BENCH_ROUNDS", 3);
+    let rounds = env_usize("MIGRATIONS_BENCH_ROUNDS", 7).max(1);
+    let context_rounds = 2;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("migrations");
     let (ups, downs) = generate(&dir, n);
@@ -237,7 +273,7 @@ fn main() {
     let files = all.len();
     let catalogue = Catalogue::read(&dir).unwrap();
     println!(
-        "{n} migration pairs, all up then all down ({files} files, 8 statements per up, 2 per down); best of {rounds} rounds"
+        "{n} migration pairs, all up then all down ({files} files, 8 statements per up, 2 per down); best of {rounds} alternate rounds ({context_rounds} for context)"
     );
 
     // SQLite.
@@ -247,21 +283,31 @@ fn main() {
         let _ = fs::remove_file(&p);
         p
     };
-    let cli_each = best(rounds, |r| sqlite_per_file(&fresh("cli-each", r), &all));
+    let cli_each = best(context_rounds, |r| {
+        sqlite_per_file(&fresh("cli-each", r), &all)
+    });
     let plain = script(&all, Wrap::None);
     let each = script(&all, Wrap::EachFile);
     let one = script(&all, Wrap::All);
-    let cli_one = best(rounds, |r| feed(sqlite3(&fresh("cli-one", r)), &plain));
-    let cli_each_tx = best(rounds, |r| feed(sqlite3(&fresh("cli-each-tx", r)), &each));
-    let cli_one_tx = best(rounds, |r| feed(sqlite3(&fresh("cli-one-tx", r)), &one));
+    let cli_one = best(context_rounds, |r| {
+        feed(sqlite3(&fresh("cli-one", r)), &plain)
+    });
     let engine_run = |per_step: bool, r: usize| {
         let path = fresh(if per_step { "engine-step" } else { "engine" }, r);
         let mut db = open(&format!("sqlite:{}", path.display())).unwrap();
         db.observe(&catalogue).unwrap();
         engine(db.as_mut(), &catalogue, per_step)
     };
-    let eng_all = best(rounds, |r| engine_run(false, r));
-    let eng_step = best(rounds, |r| engine_run(true, r));
+    let (cli_each_tx, eng_step) = best_pair(
+        rounds,
+        |r| feed(sqlite3(&fresh("cli-each-tx", r)), &each),
+        |r| engine_run(true, r),
+    );
+    let (cli_one_tx, eng_all) = best_pair(
+        rounds,
+        |r| feed(sqlite3(&fresh("cli-one-tx", r)), &one),
+        |r| engine_run(false, r),
+    );
     line(
         "sqlite3 DB < FILE, one process per file",
         cli_each,
@@ -304,6 +350,18 @@ fn main() {
         files,
         Some(cli_one_tx),
     );
+    verdict(
+        "one run per step vs BEGIN/COMMIT per file",
+        eng_step,
+        cli_each_tx,
+        files,
+    );
+    verdict(
+        "one run for all vs one BEGIN/COMMIT",
+        eng_all,
+        cli_one_tx,
+        files,
+    );
 
     // PostgreSQL.
     let server = pg::server();
@@ -315,34 +373,40 @@ fn main() {
         c.arg("-f").arg("-");
         c
     };
-    let psql_each = best(rounds, |r| {
+    let psql_each = best(context_rounds, |r| {
         psql_per_file(
             &fresh_pg(&mut admin, server, &format!("psql_each_{r}")),
             &all,
         )
     });
-    let psql_one = best(rounds, |r| {
+    let psql_one = best(context_rounds, |r| {
         psql_one_process(
             &fresh_pg(&mut admin, server, &format!("psql_one_{r}")),
             &all,
         )
     });
-    let psql_each_tx = best(rounds, |r| {
-        let url = fresh_pg(&mut admin, server, &format!("psql_each_tx_{r}"));
-        feed(psql_stdin(&url), &each)
-    });
-    let psql_one_tx = best(rounds, |r| {
-        let url = fresh_pg(&mut admin, server, &format!("psql_one_tx_{r}"));
-        feed(psql_stdin(&url), &one)
-    });
-    let mut pg_engine = |per_step: bool, r: usize| {
+    // Both sides of a pair create their database through the one admin connection.
+    let admin = std::cell::RefCell::new(admin);
+    let psql_tx = |name: String, text: &str| {
+        let url = fresh_pg(&mut admin.borrow_mut(), server, &name);
+        feed(psql_stdin(&url), text)
+    };
+    let pg_engine = |per_step: bool, r: usize| {
         let name = format!("engine_{}_{r}", if per_step { "step" } else { "all" });
-        let mut db = open(&fresh_pg(&mut admin, server, &name)).unwrap();
+        let mut db = open(&fresh_pg(&mut admin.borrow_mut(), server, &name)).unwrap();
         db.observe(&catalogue).unwrap();
         engine(db.as_mut(), &catalogue, per_step)
     };
-    let pg_all = best(rounds, |r| pg_engine(false, r));
-    let pg_step = best(rounds, |r| pg_engine(true, r));
+    let (psql_each_tx, pg_step) = best_pair(
+        rounds,
+        |r| psql_tx(format!("psql_each_tx_{r}"), &each),
+        |r| pg_engine(true, r),
+    );
+    let (psql_one_tx, pg_all) = best_pair(
+        rounds,
+        |r| psql_tx(format!("psql_one_tx_{r}"), &one),
+        |r| pg_engine(false, r),
+    );
     line("psql -f FILE, one process per file", psql_each, files, None);
     line("psql -f ... -f ..., one process", psql_one, files, None);
     line(
@@ -374,5 +438,17 @@ fn main() {
         pg_all,
         files,
         Some(psql_one_tx),
+    );
+    verdict(
+        "one run per step vs BEGIN/COMMIT per file",
+        pg_step,
+        psql_each_tx,
+        files,
+    );
+    verdict(
+        "one run for all vs one BEGIN/COMMIT",
+        pg_all,
+        psql_one_tx,
+        files,
     );
 }

@@ -194,6 +194,75 @@ fn a_backup_with_flipped_bytes_is_refused_by_its_checksum_and_the_live_db_is_unt
     assert_eq!((count(&f.live()), version(&f.live())), (10, 2));
 }
 
+/// The backup's checks run while it is copied: a large backup that fails them has had most of
+/// its pages copied (spilled into the live file's journal or log) when it is refused, and the
+/// copy is rolled back, in WAL mode and with a rollback journal alike.
+#[test]
+fn a_large_backup_refused_while_it_is_copied_leaves_the_live_db_as_it_was_in_either_journal_mode() {
+    for wal in [true, false] {
+        let f = Fixture::new();
+        if !wal {
+            let mode: String = Connection::open(f.live())
+                .unwrap()
+                .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "delete");
+        }
+        let path = f.backup("big", 200_000, 1);
+        let size = fs::metadata(&path).unwrap().len();
+        // Past the middle, in the pages copied last.
+        flip(&path, size - size / 8, 16);
+        let before = fs::read(f.live()).unwrap();
+        let mut reports = 0;
+        let failure = failure(
+            f.executor()
+                .with_pages_per_step(64)
+                .restore("big", &mut |_| reports += 1),
+        );
+        assert!(
+            failure.kind == FailureKind::NothingChanged && failure.completed == 0,
+            "{failure:?}"
+        );
+        let text = failure.error.to_string();
+        assert!(text.contains("SHA-256"), "{text}");
+        assert!(text.contains("not touched"), "{text}");
+        assert!(
+            reports > 10,
+            "the copy ran beside the checks: {reports} reports"
+        );
+        assert_eq!(fs::read(f.live()).unwrap(), before, "wal {wal}");
+        assert_eq!((count(&f.live()), version(&f.live())), (10, 2));
+    }
+}
+
+/// A live file that does not exist yet is not created for a backup that fails its checks.
+#[test]
+fn a_refused_restore_into_a_missing_live_file_creates_nothing() {
+    let f = Fixture::new();
+    let path = f.backup("nightly", 5_000, 1);
+    let size = fs::metadata(&path).unwrap().len();
+    flip(&path, size / 2, 16);
+    let manifest = rollback_node::exec::backups::Manifest::read(&f.backups(), "nightly")
+        .unwrap()
+        .unwrap();
+    let missing = f.dir.path().join("not_yet.db");
+    let refused = rollback_node::exec::backups::sqlite::restore(
+        &path,
+        Some(&manifest),
+        &missing,
+        64,
+        &mut |_, _| {},
+    );
+    assert!(
+        matches!(
+            refused,
+            Err(rollback_node::exec::backups::RestoreError::Refused(_))
+        ),
+        "{refused:?}"
+    );
+    assert!(!missing.exists());
+}
+
 #[test]
 fn a_damaged_backup_without_a_manifest_fails_quick_check_and_is_refused() {
     let f = Fixture::new();

@@ -3,8 +3,9 @@
 //!
 //! - [`list`]: every backup in the directory, read at each call, newest first; a damaged one is
 //!   listed as not verified with its problem, never an error.
-//! - [`sqlite::restore`] and [`postgres::restore`]: verify the backup first (nothing is touched
-//!   if it fails), restore, verify the result.
+//! - [`sqlite::restore`] and [`postgres::restore`]: verify the backup (SQLite: while it is copied,
+//!   the copy committing only once it passed), restore, verify the result; a backup that fails
+//!   leaves the live database as it was.
 //! - [`take`] and [`retain`]: pre-migration backups and how many of them are kept.
 //! - [`executor::RealBackups`]: all of it as the node's [`crate::exec::Backups`] executor.
 //!
