@@ -4,7 +4,9 @@
 //! - how long until a real client sees it: the Python flagd provider in file mode, and the Python
 //!   OFREP provider against the node's OFREP server;
 //! - switch_traffic round trips against a real HAProxy under keep-alive load (p50/p99 over 50
-//!   switches), with the requests served and failed meanwhile.
+//!   switches, in each of `REAL_SWITCHES_RUNS` runs, 5 by default), with the requests served and
+//!   failed meanwhile, beside five bare runtime-API commands as the floor; the worst run's p99
+//!   against the 5 ms goal. `REAL_SWITCHES_ONLY=haproxy` runs this part alone.
 //!
 //! Needs python3 (a venv with the OpenFeature packages is built under the target directory) and
 //! haproxy (installed with apt-get when missing and running as root).
@@ -81,7 +83,20 @@ fn ofrep() {
     summary("publish -> Python OFREP client's next evaluation", samples);
 }
 
-fn haproxy() {
+/// `REAL_SWITCHES_ONLY=haproxy` runs the HAProxy part alone.
+const ONLY_ENV: &str = "REAL_SWITCHES_ONLY";
+
+/// How many times the HAProxy part runs (`REAL_SWITCHES_RUNS`, 5 by default), each with a fresh
+/// HAProxy and load.
+const RUNS_ENV: &str = "REAL_SWITCHES_RUNS";
+
+/// The goal for a switch's p99.
+const SWITCH_GOAL: Duration = Duration::from_millis(5);
+
+/// One run: 50 switches under keep-alive load, then, as the floor, 50 times five bare
+/// `show servers state` commands (what a switch sends, in number, read to HAProxy's close).
+/// Returns the switches' and the floor's samples.
+fn haproxy_run() -> (Vec<Duration>, Vec<Duration>) {
     let blue = haproxy_support::ColourServer::start("blue");
     let green = haproxy_support::ColourServer::start("green");
     let proc = haproxy_support::HaproxyProc::start(blue.port, green.port);
@@ -108,21 +123,63 @@ fn haproxy() {
         std::thread::sleep(Duration::from_millis(20));
         from = to;
     }
+    let mut floor = Vec::new();
+    for _ in 0..50 {
+        let start = Instant::now();
+        for _ in 0..5 {
+            proc.raw("show servers state app").unwrap();
+        }
+        floor.push(start.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let requests = load.finish();
     let failed = requests.iter().filter(|r| r.status != 200).count();
-    summary("switch_traffic round trip (real HAProxy)", samples);
     println!(
         "  requests during the switches: {} served, {failed} failed or not 200",
         requests.len()
     );
+    assert_eq!(failed, 0, "a request failed during the switches");
     assert_eq!(hx.live().unwrap(), from);
+    (samples, floor)
+}
+
+fn haproxy() {
+    let runs = std::env::var(RUNS_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5usize)
+        .max(1);
+    let mut worst = Duration::ZERO;
+    let mut all = Vec::new();
+    for run in 1..=runs {
+        println!("HAProxy run {run}/{runs}:");
+        let (mut samples, floor) = haproxy_run();
+        summary("switch_traffic round trip (real HAProxy)", samples.clone());
+        summary("floor: 5 bare `show servers state` commands", floor);
+        samples.sort();
+        worst = worst.max(percentile(&samples, 0.99));
+        all.extend(samples);
+    }
+    summary("switch_traffic, all runs", all);
+    println!(
+        "switch_traffic worst run's p99 {:.3} ms (goal < {} ms in every run): {}",
+        worst.as_secs_f64() * 1e3,
+        SWITCH_GOAL.as_millis(),
+        if worst < SWITCH_GOAL {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
 }
 
 fn main() {
     // `cargo test --benches` runs this too: keep it to the cheap part there.
     if std::env::args().any(|a| a == "--bench") {
-        flag_file();
-        ofrep();
+        if std::env::var(ONLY_ENV).as_deref() != Ok("haproxy") {
+            flag_file();
+            ofrep();
+        }
         haproxy();
     } else {
         println!("real_switches: run with `cargo bench --bench real_switches`");

@@ -542,3 +542,113 @@ fn something_that_is_not_haproxy_is_named_so() {
     fake.join().unwrap();
     assert!(matches!(err, HaproxyError::NotHaproxy { .. }), "{err}");
 }
+
+/// A fake runtime API that answers each command with the next of `answers` and keeps the
+/// connection open until the client closes it, as HAProxy may still hold its end when its answer
+/// is all sent. Returns the commands it was sent.
+fn lingering_haproxy(
+    path: std::path::PathBuf,
+    answers: Vec<&'static str>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        let mut commands = Vec::new();
+        for answer in answers {
+            let (conn, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(conn);
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            commands.push(line.trim().to_owned());
+            reader.get_mut().write_all(answer.as_bytes()).unwrap();
+            // Held open until the client has read its answer and closed.
+            let mut rest = Vec::new();
+            let _ = reader.read_to_end(&mut rest);
+        }
+        commands
+    })
+}
+
+#[test]
+fn an_answer_is_complete_at_haproxys_empty_line_without_waiting_for_the_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admin.sock");
+    let fake = lingering_haproxy(path.clone(), vec!["admin\n\n", "\n", STATES_BLUE_LIVE]);
+    // A client that waited for the close would time out here instead.
+    let hx = Haproxy::unchecked(&path, "app").with_timeout(Duration::from_secs(10));
+    hx.check_admin().unwrap();
+    hx.set_state(GREEN, "ready").unwrap();
+    assert_eq!(hx.live().unwrap(), BLUE);
+    assert_eq!(
+        fake.join().unwrap(),
+        ["show cli level", "set server app/green state ready", SHOW]
+    );
+}
+
+/// A socket at `path` that passes each runtime-API command on to the real socket `to`, hands
+/// back HAProxy's whole answer (read to HAProxy's close) and then holds the connection open until
+/// the client closes it. Serves until the test process ends.
+fn lingering_proxy(path: PathBuf, to: PathBuf) {
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            let to = to.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn);
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                let mut upstream = UnixStream::connect(&to).unwrap();
+                upstream.write_all(line.as_bytes()).unwrap();
+                let mut answer = Vec::new();
+                upstream.read_to_end(&mut answer).unwrap();
+                let _ = reader.get_mut().write_all(&answer);
+                let mut rest = Vec::new();
+                let _ = reader.read_to_end(&mut rest);
+            });
+        }
+    });
+}
+
+#[test]
+fn every_answer_the_real_haproxy_gives_ends_at_its_empty_line() {
+    let rig = rig();
+    // A `set server` that prints nothing answers a lone empty line.
+    assert_eq!(
+        rig.haproxy.raw("set server app/blue state ready").unwrap(),
+        "\n"
+    );
+    let via = rig.haproxy.dir.path().join("lingering.sock");
+    lingering_proxy(via.clone(), rig.haproxy.admin.clone());
+    // Each command the module sends is read to its end without HAProxy's close: a client that
+    // waited for the close would time out on the first.
+    let mut hx = Haproxy::connect(&via, "app")
+        .unwrap()
+        .with_timeout(Duration::from_secs(10));
+    done(switch(&mut hx, BLUE, GREEN));
+    assert_eq!(hx.live().unwrap(), GREEN);
+    done(switch(&mut hx, GREEN, BLUE));
+    assert_eq!(hx.live().unwrap(), BLUE);
+    let stat = hx.command("show stat").unwrap();
+    assert!(stat.contains("\napp,green,"), "{stat}");
+    // An error answer ends there too.
+    let err = Haproxy::unchecked(&via, "solo")
+        .with_timeout(Duration::from_secs(10))
+        .set_state(GREEN, "ready")
+        .unwrap_err();
+    assert!(
+        matches!(&err, HaproxyError::Rejected { answer, .. } if answer == "No such server."),
+        "{err}"
+    );
+    // And an unhealthy target's refusal, which reads `show stat` for its message.
+    let mut rig = rig;
+    rig.green.stop();
+    assert!(wait_until(Duration::from_secs(10), || {
+        hx.health(GREEN).is_ok_and(|h| h == CheckVerdict::Down)
+    }));
+    let failure = failed(switch(&mut hx, BLUE, GREEN));
+    assert_eq!(failure.kind, FailureKind::Refused, "{failure:?}");
+    let text = failure.error.to_string();
+    assert!(text.contains("L4CON"), "{text}");
+}

@@ -2,7 +2,8 @@
 //!
 //! The estate names HAProxy's admin socket and a backend with two servers, `blue` and `green`
 //! (`[haproxy] socket = PATH`, `backend = NAME`). [`Haproxy`] speaks the runtime API over that
-//! unix socket, one command per connection:
+//! unix socket, one command per connection, each answer read up to HAProxy's end-of-answer
+//! empty line (not until HAProxy closes the connection):
 //!
 //! - the load balancer is the truth: [`Haproxy::live`] reads `show servers state BACKEND` and says
 //!   which server takes new traffic (administratively ready — neither drain nor maintenance — and
@@ -269,7 +270,8 @@ impl Haproxy {
         &self.backend
     }
 
-    /// Runs one runtime-API command on a fresh connection and returns HAProxy's answer.
+    /// Runs one runtime-API command on a fresh connection and returns HAProxy's answer, read up
+    /// to its end-of-answer empty line or the end of the stream.
     pub fn command(&self, command: &str) -> Result<String, HaproxyError> {
         let io = |what: String| {
             let socket = self.socket.clone();
@@ -296,9 +298,7 @@ impl Haproxy {
         stream
             .write_all(format!("{command}\n").as_bytes())
             .map_err(io(run.clone()))?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).map_err(io(run))?;
-        Ok(answer)
+        read_answer(&mut stream).map_err(io(run))
     }
 
     /// Checks that the socket is HAProxy's runtime API at level admin.
@@ -487,6 +487,41 @@ impl Haproxy {
         }
         "no check status".into()
     }
+}
+
+/// Reads one answer: up to HAProxy's end-of-answer line or the end of the stream, whichever
+/// comes first. HAProxy ends every answer with an empty line (`\n` alone for a command that
+/// prints nothing, `…\n\n` otherwise) before it closes the connection; stopping there spares
+/// waiting for the close, which is a second wake-up of this thread and, on a busy machine, can
+/// wait on the run queue for a whole scheduler tick.
+fn read_answer(stream: &mut impl Read) -> io::Result<String> {
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&chunk[..n]);
+                if answer_complete(&answer) {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(answer).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
+/// Whether `answer` ends with HAProxy's end-of-answer empty line. None of the commands sent
+/// here prints an empty line inside its output.
+fn answer_complete(answer: &[u8]) -> bool {
+    answer == b"\n" || answer.ends_with(b"\n\n")
 }
 
 fn describe(blue: &ServerRow, green: &ServerRow) -> String {
