@@ -26,7 +26,9 @@
 //! Goals (printed as met / NOT met for each N): in memory at least 0.9 × the floor's msg/s;
 //! with `--state-dir` at least 0.35 × the in-memory msg/s.
 //!
-//! Run without `--bench` (as `cargo test --benches` does), it is a quick smoke run.
+//! Run without `--bench` (as `cargo test --benches` does), it is a quick smoke run. With
+//! `--workload FILE` it only writes the workload (N = 100,000 unless `--n` says) into FILE, to
+//! feed a profiler: `valgrind --tool=callgrind target/release/rollback-node < FILE`.
 
 mod common;
 
@@ -66,11 +68,27 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("throughput: {e}");
             eprintln!(
-                "usage: cargo bench --bench throughput [-- --long] [-- --runs K] [-- --n N ...]"
+                "usage: cargo bench --bench throughput [-- --long] [-- --runs K] [-- --n N ...] [-- --workload FILE]"
             );
             return ExitCode::from(2);
         }
     };
+    if let Some(path) = &options.workload {
+        let n = options.sizes.first().copied().unwrap_or(100_000);
+        return match write_workload_to(path, n) {
+            Ok(()) => {
+                eprintln!(
+                    "throughput: wrote the workload of N = {n} to {}",
+                    path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("throughput: cannot write {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     match bench(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -118,7 +136,12 @@ struct Workload {
 
 fn write_workload(dir: &Path, n: u64) -> io::Result<Workload> {
     let path = dir.join(format!("workload-{n}.jsonl"));
-    let mut file = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+    write_workload_to(&path, n)?;
+    Ok(Workload { path, n })
+}
+
+fn write_workload_to(path: &Path, n: u64) -> io::Result<()> {
+    let mut file = BufWriter::with_capacity(1 << 20, File::create(path)?);
     writeln!(file, "{INIT}")?;
     let mut line = String::new();
     for i in 1..=n {
@@ -128,7 +151,7 @@ fn write_workload(dir: &Path, n: u64) -> io::Result<Workload> {
         file.write_all(line.as_bytes())?;
     }
     file.flush()?;
-    Ok(Workload { path, n })
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,6 +373,8 @@ fn round_trips(program: Program, count: u64, scratch: &Path) -> io::Result<Vec<D
 // Options and the report.
 
 struct Options {
+    /// `--workload PATH`: write the first size's workload there (for a profiler) and stop.
+    workload: Option<PathBuf>,
     sizes: Vec<u64>,
     runs: Option<usize>,
     round_trips: (u64, u64),
@@ -361,6 +386,7 @@ impl Options {
         let mut long = false;
         let mut sizes = Vec::new();
         let mut runs = None;
+        let mut workload = None;
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
             let mut value = |name: &str| {
@@ -368,6 +394,12 @@ impl Options {
                     .and_then(|v| v.replace('_', "").parse::<u64>().ok())
                     .ok_or_else(|| format!("{name} needs a number"))
             };
+            if arg == "--workload" {
+                workload = Some(PathBuf::from(
+                    args.next().ok_or("--workload needs a file name")?,
+                ));
+                continue;
+            }
             match arg.as_str() {
                 "--bench" => bench = true,
                 "--long" => long = true,
@@ -393,6 +425,7 @@ impl Options {
             (100, 10)
         };
         Ok(Options {
+            workload,
             sizes,
             runs,
             round_trips,
