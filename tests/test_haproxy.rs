@@ -420,6 +420,18 @@ fn fake_haproxy(
     path: std::path::PathBuf,
     answers: Vec<&'static str>,
 ) -> std::thread::JoinHandle<Vec<String>> {
+    fake_runtime_api(path, answers, false)
+}
+
+/// A fake runtime API that answers one command a connection with the next of `answers`: with
+/// `linger`, each connection is held open until the client closes it (as HAProxy may still hold
+/// its end when its answer is all sent); without, the socket is removed before the last
+/// connection closes. Returns the commands it was sent.
+fn fake_runtime_api(
+    path: std::path::PathBuf,
+    answers: Vec<&'static str>,
+    linger: bool,
+) -> std::thread::JoinHandle<Vec<String>> {
     let listener = UnixListener::bind(&path).unwrap();
     std::thread::spawn(move || {
         let mut commands = Vec::new();
@@ -431,7 +443,11 @@ fn fake_haproxy(
             reader.read_line(&mut line).unwrap();
             commands.push(line.trim().to_owned());
             reader.get_mut().write_all(answer.as_bytes()).unwrap();
-            if i + 1 == last {
+            if linger {
+                // Held open until the client has read its answer and closed.
+                let mut rest = Vec::new();
+                let _ = reader.read_to_end(&mut rest);
+            } else if i + 1 == last {
                 std::fs::remove_file(&path).unwrap();
             }
         }
@@ -543,36 +559,15 @@ fn something_that_is_not_haproxy_is_named_so() {
     assert!(matches!(err, HaproxyError::NotHaproxy { .. }), "{err}");
 }
 
-/// A fake runtime API that answers each command with the next of `answers` and keeps the
-/// connection open until the client closes it, as HAProxy may still hold its end when its answer
-/// is all sent. Returns the commands it was sent.
-fn lingering_haproxy(
-    path: std::path::PathBuf,
-    answers: Vec<&'static str>,
-) -> std::thread::JoinHandle<Vec<String>> {
-    let listener = UnixListener::bind(&path).unwrap();
-    std::thread::spawn(move || {
-        let mut commands = Vec::new();
-        for answer in answers {
-            let (conn, _) = listener.accept().unwrap();
-            let mut reader = BufReader::new(conn);
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            commands.push(line.trim().to_owned());
-            reader.get_mut().write_all(answer.as_bytes()).unwrap();
-            // Held open until the client has read its answer and closed.
-            let mut rest = Vec::new();
-            let _ = reader.read_to_end(&mut rest);
-        }
-        commands
-    })
-}
-
 #[test]
 fn an_answer_is_complete_at_haproxys_empty_line_without_waiting_for_the_close() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("admin.sock");
-    let fake = lingering_haproxy(path.clone(), vec!["admin\n\n", "\n", STATES_BLUE_LIVE]);
+    let fake = fake_runtime_api(
+        path.clone(),
+        vec!["admin\n\n", "\n", STATES_BLUE_LIVE],
+        true,
+    );
     // A client that waited for the close would time out here instead.
     let hx = Haproxy::unchecked(&path, "app").with_timeout(Duration::from_secs(10));
     hx.check_admin().unwrap();

@@ -734,7 +734,7 @@ impl Machine {
     ) -> Arc<Answer> {
         self.seq = self.seq.max(seq);
         let reply = self.state.finish(operation, completion);
-        let answer = Arc::new(encode_answer(request, None, msg_id, &reply));
+        let answer = Arc::new(encode_answer(request, msg_id, &reply));
         self.answered
             .insert_shared(src, msg_id, Arc::clone(&answer));
         answer
@@ -764,7 +764,7 @@ impl Machine {
             "{kind} (journal entry {seq}) was interrupted by a restart before it completed; at start the executor found {}; it was not run again: check the estate and send a new request with a new msg_id if it is still needed",
             serde_json::to_string(&found).unwrap_or_default()
         ));
-        let answer = Arc::new(encode_answer(request, None, msg_id, &Err(refusal)));
+        let answer = Arc::new(encode_answer(request, msg_id, &Err(refusal)));
         self.answered
             .insert_shared(src, msg_id, Arc::clone(&answer));
         if self.interrupted.len() >= INTERRUPTED_KEPT {
@@ -954,7 +954,16 @@ pub fn simulated_backups(state: &State) -> Vec<BackupView> {
 
 /// The answer to remember: the request, its reply body as encoded, and what it weighs (`size`:
 /// the request's size on the wire, when known).
-/// [`encode_answer`] through [`Answered::fresh`]: in the allocations of a forgotten answer.
+/// The reply body to an answer, appended to `out`.
+fn answer_body<B: ReplyBody>(out: &mut String, msg_id: u64, answer: &Result<B, Refusal>) {
+    match answer {
+        Ok(reply) => body_into(out, Some(msg_id), reply),
+        Err(refusal) => body_into(out, Some(msg_id), refusal),
+    }
+}
+
+/// An answer to remember, built through [`Answered::fresh`]: in the allocations of a forgotten
+/// one.
 fn fresh_answer<B: ReplyBody>(
     answered: &mut Answered,
     request: Request,
@@ -962,26 +971,16 @@ fn fresh_answer<B: ReplyBody>(
     msg_id: u64,
     answer: &Result<B, Refusal>,
 ) -> Arc<Answer> {
-    answered.fresh(request, size, answer.is_ok(), |out| match answer {
-        Ok(reply) => body_into(out, Some(msg_id), reply),
-        Err(refusal) => body_into(out, Some(msg_id), refusal),
+    answered.fresh(request, size, answer.is_ok(), |out| {
+        answer_body(out, msg_id, answer)
     })
 }
 
-fn encode_answer(
-    request: Request,
-    size: Option<usize>,
-    msg_id: u64,
-    answer: &Result<Reply, Refusal>,
-) -> Answer {
-    let body = match answer {
-        Ok(reply) => body_string(Some(msg_id), reply),
-        Err(refusal) => body_string(Some(msg_id), refusal),
-    };
-    match size {
-        Some(size) => Answer::sized(request, size, body, answer.is_ok()),
-        None => Answer::new(request, body, answer.is_ok()),
-    }
+/// An answer to remember, its request measured (it did not come from a line).
+fn encode_answer(request: Request, msg_id: u64, answer: &Result<Reply, Refusal>) -> Answer {
+    let mut body = String::with_capacity(128);
+    answer_body(&mut body, msg_id, answer);
+    Answer::new(request, body, answer.is_ok())
 }
 
 fn reply<B: ReplyBody>(
@@ -991,10 +990,8 @@ fn reply<B: ReplyBody>(
     msg_id: u64,
     answer: &Result<B, Refusal>,
 ) {
-    let body = match answer {
-        Ok(reply) => body_string(Some(msg_id), reply),
-        Err(refusal) => body_string(Some(msg_id), refusal),
-    };
+    let mut body = String::with_capacity(128);
+    answer_body(&mut body, msg_id, answer);
     sink.reply(src, addressed, msg_id, &body);
 }
 

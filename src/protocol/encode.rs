@@ -499,49 +499,28 @@ mod plain {
         }
     }
 
-    impl<O: Output> ser::SerializeSeq for Compound<'_, O> {
-        type Ok = ();
-        type Error = NotPlain;
-        fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotPlain> {
-            self.element(value)
-        }
-        fn end(self) -> Result<(), NotPlain> {
-            self.close()
-        }
+    /// The four ways serde writes an array's elements, each one [`Compound::element`].
+    macro_rules! elements {
+        ($($kind:ident::$method:ident),*) => {$(
+            impl<O: Output> ser::$kind for Compound<'_, O> {
+                type Ok = ();
+                type Error = NotPlain;
+                fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotPlain> {
+                    self.element(value)
+                }
+                fn end(self) -> Result<(), NotPlain> {
+                    self.close()
+                }
+            }
+        )*};
     }
 
-    impl<O: Output> ser::SerializeTuple for Compound<'_, O> {
-        type Ok = ();
-        type Error = NotPlain;
-        fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotPlain> {
-            self.element(value)
-        }
-        fn end(self) -> Result<(), NotPlain> {
-            self.close()
-        }
-    }
-
-    impl<O: Output> ser::SerializeTupleStruct for Compound<'_, O> {
-        type Ok = ();
-        type Error = NotPlain;
-        fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotPlain> {
-            self.element(value)
-        }
-        fn end(self) -> Result<(), NotPlain> {
-            self.close()
-        }
-    }
-
-    impl<O: Output> ser::SerializeTupleVariant for Compound<'_, O> {
-        type Ok = ();
-        type Error = NotPlain;
-        fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotPlain> {
-            self.element(value)
-        }
-        fn end(self) -> Result<(), NotPlain> {
-            self.close()
-        }
-    }
+    elements!(
+        SerializeSeq::serialize_element,
+        SerializeTuple::serialize_element,
+        SerializeTupleStruct::serialize_field,
+        SerializeTupleVariant::serialize_field
+    );
 
     impl<O: Output> ser::SerializeMap for Compound<'_, O> {
         type Ok = ();
@@ -563,35 +542,27 @@ mod plain {
         }
     }
 
-    impl<O: Output> ser::SerializeStruct for Compound<'_, O> {
-        type Ok = ();
-        type Error = NotPlain;
-        fn serialize_field<T: Serialize + ?Sized>(
-            &mut self,
-            key: &'static str,
-            value: &T,
-        ) -> Result<(), NotPlain> {
-            self.field(key, value)
-        }
-        fn end(self) -> Result<(), NotPlain> {
-            self.close()
-        }
+    /// Both ways serde writes an object's named fields, each one [`Compound::field`].
+    macro_rules! fields {
+        ($($kind:ident),*) => {$(
+            impl<O: Output> ser::$kind for Compound<'_, O> {
+                type Ok = ();
+                type Error = NotPlain;
+                fn serialize_field<T: Serialize + ?Sized>(
+                    &mut self,
+                    key: &'static str,
+                    value: &T,
+                ) -> Result<(), NotPlain> {
+                    self.field(key, value)
+                }
+                fn end(self) -> Result<(), NotPlain> {
+                    self.close()
+                }
+            }
+        )*};
     }
 
-    impl<O: Output> ser::SerializeStructVariant for Compound<'_, O> {
-        type Ok = ();
-        type Error = NotPlain;
-        fn serialize_field<T: Serialize + ?Sized>(
-            &mut self,
-            key: &'static str,
-            value: &T,
-        ) -> Result<(), NotPlain> {
-            self.field(key, value)
-        }
-        fn end(self) -> Result<(), NotPlain> {
-            self.close()
-        }
-    }
+    fields!(SerializeStruct, SerializeStructVariant);
 
     /// A map key: only a string (or what serializes as one) is plain.
     struct Key<'o, O> {

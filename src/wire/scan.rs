@@ -62,6 +62,20 @@ fn special_from(bytes: &[u8], from: usize) -> Option<usize> {
     first_special(bytes.get(at..)?).map(|n| at + n)
 }
 
+/// Hands `text` to `seed` as a string, borrowed from the line when it is.
+///
+/// # Errors
+/// What `seed` says of it.
+pub(crate) fn text_seed<'de, S: DeserializeSeed<'de>, E: de::Error>(
+    seed: S,
+    text: Cow<'de, str>,
+) -> Result<S::Value, E> {
+    match text {
+        Cow::Borrowed(text) => seed.deserialize(BorrowedStrDeserializer::new(text)),
+        Cow::Owned(text) => seed.deserialize(StringDeserializer::new(text)),
+    }
+}
+
 /// A position in one line of JSON text.
 pub struct Scanner<'de> {
     bytes: &'de [u8],
@@ -316,11 +330,7 @@ impl<'de> MapAccess<'de> for Entries<'_, 'de> {
         }
         let key = self.scanner.string()?;
         self.scanner.expect(b':')?;
-        match key {
-            Cow::Borrowed(key) => seed.deserialize(BorrowedStrDeserializer::new(key)),
-            Cow::Owned(key) => seed.deserialize(StringDeserializer::new(key)),
-        }
-        .map(Some)
+        text_seed(seed, key).map(Some)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, GiveUp> {

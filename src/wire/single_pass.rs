@@ -3,9 +3,8 @@
 //! error of its own.
 
 use super::incoming::Incoming;
-use super::scan::Scanner;
+use super::scan::{text_seed, Scanner};
 use crate::core::transitions::Request;
-use serde::de::value::{BorrowedStrDeserializer, StringDeserializer};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
@@ -192,14 +191,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Fields<'_, A> {
                 }
                 "msg_id" | "type" | "dry_run" => return Err(give_up()),
                 other if !self.allowed.contains(&other) => return Err(give_up()),
-                _ => {
-                    return match key {
-                        Cow::Borrowed(key) => seed
-                            .deserialize(BorrowedStrDeserializer::new(key))
-                            .map(Some),
-                        Cow::Owned(key) => seed.deserialize(StringDeserializer::new(key)).map(Some),
-                    }
-                }
+                _ => return text_seed(seed, key).map(Some),
             }
         }
     }
