@@ -42,6 +42,7 @@
 
 extern crate self as rollback_node;
 
+pub mod cluster;
 pub mod core;
 pub mod durable;
 pub mod exec;

@@ -57,6 +57,20 @@ struct ServeArgs {
     /// its end no longer stops the node: SIGTERM or SIGINT does.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Share a PostgreSQL store with other nodes, instead of --state-dir:
+    /// postgres://USER@/DB?host=SOCKETDIR (optionally &port=N). Every node started with the same
+    /// store and estate is one controller: any of them accepts any request, one holds the lease
+    /// and runs schema and traffic operations, and the kill switch needs no leader.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "state_dir",
+        requires = "node_id"
+    )]
+    store: Option<String>,
+    /// This node's id in the cluster (with --store), such as n1: each node has its own.
+    #[arg(long, value_name = "NAME", requires = "store")]
+    node_id: Option<String>,
 }
 
 fn pace(text: &str) -> Result<f64, String> {
@@ -110,6 +124,7 @@ fn role(text: &str) -> Result<Role, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        None if cli.serve.store.is_some() => serve_cluster(cli.serve),
         None => node::run(Options {
             estate: cli.serve.estate,
             state_dir: cli.serve.state_dir,
@@ -137,6 +152,23 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+fn serve_cluster(args: ServeArgs) -> Result<(), Failure> {
+    if args.listen.is_some() {
+        return Err(Failure(
+            2,
+            "--listen is not available with --store yet: a cluster node serves stdin (and --ofrep)"
+                .to_owned(),
+        ));
+    }
+    rollback_node::cluster::node::run(rollback_node::cluster::node::ClusterOptions {
+        store: args.store.unwrap_or_default(),
+        node_id: args.node_id.unwrap_or_default(),
+        estate: args.estate,
+        pace: args.pace,
+        ofrep: args.ofrep,
+    })
 }
 
 fn print_lines(lines: impl IntoIterator<Item = String>) -> Result<(), Failure> {

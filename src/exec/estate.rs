@@ -26,6 +26,56 @@ pub struct Estate {
     pub systems: Vec<Configured>,
     /// Who may use the HTTP service (`[[tokens]]`): by name, role and the secret's hash.
     pub tokens: Vec<Token>,
+    /// `[cluster]`: the lease of nodes sharing a PostgreSQL store.
+    pub cluster: ClusterSettings,
+}
+
+/// `[cluster]`: how long a leader's lease lasts and how often it is renewed (whole seconds;
+/// 3 and 1 by default). Used only with a PostgreSQL store (`--store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// How long a lease lasts after its last renewal, by the store's clock.
+    #[serde(default = "ClusterSettings::default_lease")]
+    pub lease_seconds: u64,
+    /// How often the leader renews its lease and every node its heartbeat.
+    #[serde(default = "ClusterSettings::default_renew")]
+    pub renew_seconds: u64,
+}
+
+impl ClusterSettings {
+    fn default_lease() -> u64 {
+        3
+    }
+
+    fn default_renew() -> u64 {
+        1
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.renew_seconds == 0 || self.renew_seconds >= self.lease_seconds {
+            return Err(format!(
+                "[cluster] renew_seconds ({}) must be at least 1 and below lease_seconds ({}), so that a leader renews before its lease ends",
+                self.renew_seconds, self.lease_seconds
+            ));
+        }
+        if self.lease_seconds > 3600 {
+            return Err(format!(
+                "[cluster] lease_seconds ({}) is over an hour; a failover would wait that long",
+                self.lease_seconds
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            lease_seconds: Self::default_lease(),
+            renew_seconds: Self::default_renew(),
+        }
+    }
 }
 
 /// What a token may do over HTTP; each role may do what the one before it may.
@@ -76,7 +126,7 @@ pub struct EstateError {
 }
 
 /// The sections the estate itself reads; any other top-level key must be a real system's.
-const OWN_KEYS: [&str; 7] = [
+const OWN_KEYS: [&str; 8] = [
     "schema_version",
     "migrations",
     "flags",
@@ -84,6 +134,7 @@ const OWN_KEYS: [&str; 7] = [
     "backups",
     "permissions",
     "tokens",
+    "cluster",
 ];
 
 #[derive(Deserialize)]
@@ -98,6 +149,7 @@ struct File {
     permissions: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     tokens: Vec<Token>,
+    cluster: Option<ClusterSettings>,
 }
 
 /// `[[backups]]` (simulated backups) or a `[backups]` table (real ones: read by its system).
@@ -296,11 +348,14 @@ impl Estate {
             layers,
             schema_health: SchemaHealth::default(),
         };
+        let cluster = file.cluster.unwrap_or_default();
+        cluster.check().map_err(error)?;
         Ok(Estate {
             state,
             costs,
             systems,
             tokens: file.tokens,
+            cluster,
         })
     }
 }

@@ -48,7 +48,7 @@ const STOP_WITHIN: Duration = Duration::from_secs(7);
 const FLUSH_AT: usize = 1 << 16;
 
 /// An operation handed to a lane worker, with its sequence number.
-type Job = (u64, Operation);
+pub(crate) type Job = (u64, Operation);
 
 /// An input of the owner thread.
 #[derive(Debug)]
@@ -530,7 +530,11 @@ fn spawn_reader_of_lookups(
     jobs
 }
 
-fn spawn_worker(lane: Lane, mut executor: LaneExecutor, events: SyncSender<Event>) -> Sender<Job> {
+pub(crate) fn spawn_worker(
+    lane: Lane,
+    mut executor: LaneExecutor,
+    events: SyncSender<Event>,
+) -> Sender<Job> {
     let (jobs, queue): (Sender<Job>, Receiver<Job>) = mpsc::channel();
     thread::spawn(move || {
         for (seq, operation) in queue {

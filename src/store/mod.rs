@@ -338,61 +338,69 @@ impl Journaled {
     }
 
     fn apply(&mut self, record: Record<'_>) {
-        let entry = match record {
-            Record::Refused {
-                seq,
-                src,
-                msg_id,
-                answer,
-            } => Some(Entry {
-                seq,
-                src: src.to_owned(),
-                msg_id,
-                accepted: false,
-                request: json(&answer.request),
-                operation: None,
-                outcome: None,
-                reply: Some(answer.body.to_string()),
-            }),
-            Record::Intent {
-                seq,
-                src,
-                msg_id,
-                request,
-                operation,
-            } => Some(Entry {
-                seq,
-                src: src.to_owned(),
-                msg_id,
-                accepted: false,
-                request: json(request),
-                operation: Some(json(&**operation)),
-                outcome: None,
-                reply: None,
-            }),
-            Record::Outcome {
-                seq,
-                completion,
-                answer,
-                ..
-            } => self.current(seq).map(|mut e| {
-                e.accepted = answer.accepted;
-                e.outcome = Some(json(&Outcome::Completion(completion.clone())));
-                e.reply = Some(answer.body.to_string());
-                e
-            }),
-            Record::Interrupted {
-                seq, found, answer, ..
-            } => self.current(seq).map(|mut e| {
-                e.outcome = Some(json(&Outcome::Interrupted(found.clone())));
-                e.reply = Some(answer.body.to_string());
-                e
-            }),
-        };
-        if let Some(entry) = entry {
+        if let Some(entry) = entry_of_record(&record, |seq| self.current(seq)) {
             self.open.retain(|e| e.seq != entry.seq);
             self.open.push(entry);
         }
+    }
+}
+
+/// The entry a record makes: a refusal or an intent a new one, an outcome or an interruption
+/// the `current` entry of its sequence number completed (`None` when there is none).
+pub(crate) fn entry_of_record(
+    record: &Record<'_>,
+    current: impl FnOnce(u64) -> Option<Entry>,
+) -> Option<Entry> {
+    match *record {
+        Record::Refused {
+            seq,
+            src,
+            msg_id,
+            answer,
+        } => Some(Entry {
+            seq,
+            src: src.to_owned(),
+            msg_id,
+            accepted: false,
+            request: json(&answer.request),
+            operation: None,
+            outcome: None,
+            reply: Some(answer.body.to_string()),
+        }),
+        Record::Intent {
+            seq,
+            src,
+            msg_id,
+            request,
+            operation,
+        } => Some(Entry {
+            seq,
+            src: src.to_owned(),
+            msg_id,
+            accepted: false,
+            request: json(request),
+            operation: Some(json(&**operation)),
+            outcome: None,
+            reply: None,
+        }),
+        Record::Outcome {
+            seq,
+            completion,
+            answer,
+            ..
+        } => current(seq).map(|mut e| {
+            e.accepted = answer.accepted;
+            e.outcome = Some(json(&Outcome::Completion(completion.clone())));
+            e.reply = Some(answer.body.to_string());
+            e
+        }),
+        Record::Interrupted {
+            seq, found, answer, ..
+        } => current(seq).map(|mut e| {
+            e.outcome = Some(json(&Outcome::Interrupted(found.clone())));
+            e.reply = Some(answer.body.to_string());
+            e
+        }),
     }
 }
 

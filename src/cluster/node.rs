@@ -1,0 +1,792 @@
+//! One node of a cluster: its front (every stdin line, answered here or forwarded through the
+//! store's inbox), the kill switch (applied here, serialised by the store), and, while it holds
+//! the lease, the leader's term: the machine rebuilt from the store, reconciled, fed the inbox.
+//!
+//! The owner thread does everything but keeping the lease (the [`Keeper`]'s thread), reading
+//! stdin and performing slow effects (one worker per lane, as in the single node). It waits at
+//! most [`TICK`] for input, so an answer written to the inbox by another node's leader reaches
+//! its client within a tick of the commit.
+
+use super::lease::{claim, Deadline, Keeper, Timing};
+use super::store::{self, Db, DbError, Inboxed, PgJournal};
+use crate::core::effects::{Effect, Found, Lane, Operation, Plan};
+use crate::core::machine::Machine;
+use crate::core::transitions::Request;
+use crate::exec::connect::connect;
+use crate::exec::estate::{Estate, EXAMPLE_ESTATE};
+use crate::exec::LaneExecutor;
+use crate::node::{config, Failure};
+use crate::protocol::encode::{body_string, write_reply, write_reply_raw};
+use crate::protocol::replies::{FeatureDisabled, FeatureEnabled, HistoryOk};
+use crate::protocol::Refusal;
+use crate::runtime::flags::FlagsView;
+use crate::runtime::serve::{spawn_worker, Event, Job};
+use crate::runtime::session::{Session, Waiter, DEFAULT_NODE_ID};
+use crate::service::ofrep::OfrepServer;
+use crate::store::{replay, Entry, MemoryStore};
+use crate::wire::lines::{LineSplitter, Piece};
+use crate::wire::MAX_LINE_BYTES;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The longest the owner thread waits for input before it looks at the store again.
+const TICK: Duration = Duration::from_millis(10);
+/// How often the flags in the store are looked at (a change made on another node reaches this
+/// node's flag file and OFREP within this).
+const FLAGS_EVERY: Duration = Duration::from_millis(100);
+/// How often a leader looks at the inbox for requests other nodes accepted.
+const INBOX_EVERY: Duration = Duration::from_millis(10);
+
+/// How to run a node of a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The store: `postgres://USER@/DB?host=SOCKETDIR`.
+    pub store: String,
+    /// This node's id.
+    pub node_id: String,
+    /// The estate file (the built-in example without one).
+    pub estate: Option<PathBuf>,
+    /// Simulated effects take `pace` × their modelled seconds.
+    pub pace: f64,
+    /// Where to serve OFREP, if anywhere.
+    pub ofrep: Option<SocketAddr>,
+}
+
+/// The store URL without its password, for messages.
+fn shown(url: &str) -> String {
+    crate::exec::database::redact(url)
+}
+
+/// Runs a node of the cluster on `options.store` until its input ends and its forwarded
+/// requests are answered.
+///
+/// # Errors
+/// A refused estate or node id, an unreachable store at start, or a failure while serving.
+pub fn run(options: ClusterOptions) -> Result<(), Failure> {
+    if options.node_id.trim().is_empty() || options.node_id.contains('\0') {
+        return Err(config(
+            "--node-id needs a name, such as n1: each node of a store has its own",
+        ));
+    }
+    let (text, origin, base) = match &options.estate {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| config(format!("cannot read estate file {}: {e}", path.display())))?,
+            path.display().to_string(),
+            estate_dir(path),
+        ),
+        None => (
+            EXAMPLE_ESTATE.to_owned(),
+            "the built-in example estate".to_owned(),
+            std::env::current_dir().unwrap_or_default(),
+        ),
+    };
+    let estate = Estate::from_toml(&text, &origin).map_err(config)?;
+    let url = &options.store;
+    let mut db = Db::connect(url)
+        .map_err(|e| config(format!("cannot reach the store {}: {e}", shown(url))))?;
+    store::prepare(&mut db).map_err(|e| config(format!("{}: {e}", shown(url))))?;
+    let stored = store::adopt(&mut db, "estate", &text).map_err(|e| config(e.to_string()))?;
+    let first = format!("{origin}, given to node {}", options.node_id);
+    let stored_origin =
+        store::adopt(&mut db, "estate_origin", &first).map_err(|e| config(e.to_string()))?;
+    if stored != text {
+        return Err(config(format!(
+            "the store {} holds another estate ({stored_origin}) than this node's ({origin}); every node of one store runs the same estate",
+            shown(url)
+        )));
+    }
+    let timing = Timing {
+        lease: Duration::from_secs(estate.cluster.lease_seconds),
+        renew: Duration::from_secs(estate.cluster.renew_seconds),
+    };
+    let incarnation = claim(&mut db, &options.node_id, timing).map_err(config)?;
+    let (mut executors, found) = connect(&estate, &base, options.pace).map_err(config)?;
+    let flags_executor = executors.take(Lane::Flags);
+    let mut machine = Machine::new(estate.state.clone());
+    machine.observe(&found);
+    let view = Session::new(machine, executors, MemoryStore::new());
+    let keeper_db = Db::connect(url)
+        .map_err(|e| config(format!("cannot reach the store {}: {e}", shown(url))))?;
+    let keeper = Keeper::start(keeper_db, options.node_id.clone(), incarnation, timing);
+    let flags_view = FlagsView::new(view.machine().state().flags.clone());
+    let _ofrep = match options.ofrep {
+        Some(addr) => Some(OfrepServer::start(addr, flags_view.clone()).map_err(|e| {
+            config(format!(
+                "cannot serve OFREP at {addr}: {e}; give --ofrep a free address such as 127.0.0.1:8016"
+            ))
+        })?),
+        None => None,
+    };
+    eprintln!(
+        "rollback-node: {} joined the cluster on {}",
+        options.node_id,
+        shown(url)
+    );
+    let mut node = Node {
+        me: options.node_id.clone(),
+        url: url.clone(),
+        db,
+        estate,
+        base,
+        pace: options.pace,
+        view,
+        flags_executor,
+        flags_view,
+        store_flags: None,
+        flags_seen: 0,
+        flags_looked: None,
+        waiting: HashMap::new(),
+        keeper,
+        term: None,
+        epoch_seen: None,
+    };
+    let served = node.serve(io::stdin(), &mut io::stdout().lock());
+    let Node { keeper, .. } = node;
+    keeper.stop();
+    served
+}
+
+/// The directory an estate file is in, absolute.
+fn estate_dir(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned())
+}
+
+/// A forwarded request waiting for its reply in the inbox.
+struct Forwarded {
+    from: String,
+    to: String,
+}
+
+/// The leader's term: the machine, its journal on the store, its lane workers.
+struct Term {
+    epoch: u64,
+    session: Session<PgJournal>,
+    deadline: Arc<Deadline>,
+    workers: [Option<Sender<Job>>; 3],
+    events: Receiver<Event>,
+    /// The highest inbox number fed to the machine.
+    fed: u64,
+    looked: Option<Instant>,
+    /// Replies to inbox rows, handed over by the waiters after a commit.
+    answers: Arc<Mutex<Vec<(u64, String)>>>,
+    status: String,
+}
+
+struct Node {
+    me: String,
+    url: String,
+    db: Db,
+    estate: Estate,
+    base: PathBuf,
+    pace: f64,
+    /// The node's own session: init, look-ups, dry runs of flags, anything refused.
+    view: Session<MemoryStore>,
+    flags_executor: Option<LaneExecutor>,
+    flags_view: FlagsView,
+    /// The flags as the store holds them, once read.
+    store_flags: Option<BTreeMap<String, bool>>,
+    flags_seen: u64,
+    flags_looked: Option<Instant>,
+    waiting: HashMap<u64, Forwarded>,
+    keeper: Keeper,
+    term: Option<Term>,
+    epoch_seen: Option<u64>,
+}
+
+impl Node {
+    fn serve(
+        &mut self,
+        input: impl Read + Send + 'static,
+        output: &mut impl Write,
+    ) -> Result<(), Failure> {
+        let (events, inbox) = mpsc::sync_channel::<Event>(64);
+        spawn_reader(input, events);
+        let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
+        let mut out = Vec::new();
+        let mut ended = false;
+        self.sync_flags();
+        loop {
+            match inbox.recv_timeout(TICK) {
+                Ok(Event::Input(chunk)) => {
+                    splitter.push(&chunk, |piece| self.handle(piece, &mut out));
+                }
+                Ok(Event::End) | Err(RecvTimeoutError::Disconnected) => {
+                    if !ended {
+                        splitter.finish(|piece| self.handle(piece, &mut out));
+                    }
+                    ended = true;
+                }
+                Ok(Event::ReadFailed(e)) => {
+                    return Err(Failure(1, format!("reading stdin failed: {e}")));
+                }
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.step(&mut out);
+            if !out.is_empty() {
+                let written = output.write_all(&out).and_then(|()| output.flush());
+                match written {
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+                    other => other.map_err(|e| Failure(1, e.to_string()))?,
+                }
+                out.clear();
+            }
+            if self.keeper.view().usurped {
+                return Err(Failure(
+                    1,
+                    format!(
+                        "another node took over the id {} (this one was stopped longer than a lease); stopping",
+                        self.me
+                    ),
+                ));
+            }
+            let busy = self
+                .term
+                .as_ref()
+                .is_some_and(|t| !t.session.machine().is_idle());
+            if ended && self.waiting.is_empty() && !busy {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Everything but input: the term begins or ends with the lease, the leader feeds the
+    /// inbox and commits, forwarded requests get their replies, flags follow the store.
+    fn step(&mut self, out: &mut Vec<u8>) {
+        let view = self.keeper.view();
+        self.epoch_seen = self.epoch_seen.max(view.epoch);
+        match (&self.term, view.leading) {
+            (None, Some(epoch)) => self.begin_term(epoch),
+            (Some(term), leading) if leading != Some(term.epoch) || !term.deadline.holds() => {
+                self.end_term("its lease ended")
+            }
+            _ => {}
+        }
+        if self.term.is_some() {
+            if let Err(why) = self.lead() {
+                self.end_term(&why);
+            }
+        }
+        self.collect(out);
+        if self
+            .flags_looked
+            .is_none_or(|at| at.elapsed() >= FLAGS_EVERY)
+        {
+            self.sync_flags();
+        }
+    }
+
+    fn handle(&mut self, piece: Piece<'_>, out: &mut Vec<u8>) {
+        let line = match piece {
+            Piece::Line(line) => line,
+            Piece::TooLong(bytes) => {
+                let d = self.view.too_long(bytes);
+                eprintln!("rollback-node: {d}");
+                return;
+            }
+        };
+        let text = std::str::from_utf8(line).unwrap_or("");
+        let routed = match crate::wire::decode(text) {
+            Ok(incoming) => match (incoming.src.as_deref(), incoming.msg_id, &incoming.request) {
+                (Some(src), Some(msg_id), Ok(request)) if !src.contains('\0') => {
+                    let from = self
+                        .view
+                        .node_id()
+                        .or(incoming.dest.as_deref())
+                        .unwrap_or(DEFAULT_NODE_ID)
+                        .to_owned();
+                    let src = src.to_owned();
+                    Some((from, src, msg_id, request.clone(), incoming.dry_run))
+                }
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let Some((from, src, msg_id, request, dry_run)) = routed else {
+            if let Some(d) = self.view.handle_line(line, out) {
+                eprintln!("rollback-node: {d}");
+            }
+            return;
+        };
+        match (&request, request.lane()) {
+            (_, Some(Lane::Schema | Lane::Traffic)) => {
+                self.forward(text, &from, &src, msg_id, out);
+            }
+            (Request::DisableFeature { feature } | Request::EnableFeature { feature }, _)
+                if !dry_run =>
+            {
+                let enabled = matches!(request, Request::EnableFeature { .. });
+                let feature = feature.clone();
+                self.set_flag(&request, &from, &src, msg_id, &feature, enabled, out);
+            }
+            (Request::Status {}, _) => {
+                let body = self.status(msg_id);
+                write_reply_raw(out, &from, &src, body.as_bytes());
+            }
+            (Request::History { limit }, _) => {
+                let body = self.history(text, *limit, msg_id);
+                write_reply_raw(out, &from, &src, body.as_bytes());
+            }
+            _ => {
+                self.view.handle_line(line, out);
+            }
+        }
+    }
+
+    /// Puts a schema or traffic request into the inbox; its reply comes when the leader wrote
+    /// it.
+    fn forward(&mut self, line: &str, from: &str, src: &str, msg_id: u64, out: &mut Vec<u8>) {
+        let body = match body_of(line) {
+            Some(body) => body,
+            None => return,
+        };
+        match store::enqueue(&mut self.db, &self.me, src, msg_id, &body) {
+            Ok(seq) => {
+                self.waiting.insert(
+                    seq,
+                    Forwarded {
+                        from: from.to_owned(),
+                        to: src.to_owned(),
+                    },
+                );
+            }
+            Err(e) => {
+                let refusal = Refusal::TemporarilyUnavailable(format!(
+                    "{e}; nothing was recorded, so retrying with the same msg_id is safe"
+                ));
+                write_reply(out, from, src, Some(msg_id), &refusal);
+            }
+        }
+    }
+
+    /// Writes the replies the leader has written for forwarded requests.
+    fn collect(&mut self, out: &mut Vec<u8>) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let seqs: Vec<u64> = self.waiting.keys().copied().collect();
+        let Ok(replies) = store::replies(&mut self.db, &seqs) else {
+            return;
+        };
+        for (seq, reply) in replies {
+            if let Some(f) = self.waiting.remove(&seq) {
+                write_reply_raw(out, &f.from, &f.to, reply.as_bytes());
+            }
+        }
+    }
+
+    /// The kill switch: decided here, recorded once in the store (a retry gets the original's
+    /// reply), then this node's flag file and OFREP follow the store.
+    #[allow(clippy::too_many_arguments)]
+    fn set_flag(
+        &mut self,
+        request: &Request,
+        from: &str,
+        src: &str,
+        msg_id: u64,
+        feature: &str,
+        enabled: bool,
+        out: &mut Vec<u8>,
+    ) {
+        if let Err(refusal) = self.view.machine().check(src, request) {
+            write_reply(out, from, src, Some(msg_id), &refusal);
+            return;
+        }
+        let reply = if enabled {
+            body_string(
+                Some(msg_id),
+                &FeatureEnabled {
+                    feature: feature.to_owned(),
+                },
+            )
+        } else {
+            body_string(
+                Some(msg_id),
+                &FeatureDisabled {
+                    feature: feature.to_owned(),
+                    rolled_back_instant: true,
+                },
+            )
+        };
+        let request_json = serde_json::to_string(request).unwrap_or_default();
+        let recorded = store::record_flag(
+            &mut self.db,
+            src,
+            msg_id,
+            &self.me,
+            feature,
+            enabled,
+            &request_json,
+            &reply,
+        );
+        match recorded {
+            Ok((reply, _)) => {
+                if let Err(e) = self.sync_flags_now() {
+                    let refusal = Refusal::Crash(format!(
+                        "the change is recorded in the store, but this node's flag file could not be set: {e}; every node keeps setting it to the store's flags"
+                    ));
+                    write_reply(out, from, src, Some(msg_id), &refusal);
+                    return;
+                }
+                write_reply_raw(out, from, src, reply.as_bytes());
+            }
+            Err(e) => {
+                let refusal = Refusal::TemporarilyUnavailable(format!(
+                    "{e}; the flag was not changed, so retrying with the same msg_id is safe"
+                ));
+                write_reply(out, from, src, Some(msg_id), &refusal);
+            }
+        }
+    }
+
+    /// Follows the store's flags if they changed since the last look.
+    fn sync_flags(&mut self) {
+        self.flags_looked = Some(Instant::now());
+        let Ok(last) = store::last_flag_change(&mut self.db) else {
+            return;
+        };
+        if last == self.flags_seen && self.store_flags.is_some() {
+            return;
+        }
+        if let Err(e) = self.sync_flags_now() {
+            eprintln!("rollback-node: the flag file could not follow the store: {e}");
+        }
+    }
+
+    /// Reads the store's flags and sets this node's flag file (read again first, one flag at a
+    /// time, only where it differs), its machines and its OFREP to them.
+    fn sync_flags_now(&mut self) -> Result<(), String> {
+        let (last, changed) = store::flags(&mut self.db).map_err(|e| e.to_string())?;
+        let mut flags = self.view.machine().state().flags.clone();
+        for (flag, enabled) in changed {
+            if let Some(value) = flags.get_mut(&flag) {
+                *value = enabled;
+            }
+        }
+        if let Some(executor) = self.flags_executor.as_mut() {
+            let probe = Operation {
+                plan: Plan::SetFlag {
+                    feature: String::new(),
+                    enabled: false,
+                },
+                effects: Vec::new(),
+            };
+            let on_disk = executor
+                .observe(&probe, self.view.machine().state())
+                .flags
+                .unwrap_or_else(|| self.view.machine().state().flags.clone());
+            for (flag, &enabled) in &flags {
+                if on_disk.get(flag) == Some(&enabled) {
+                    continue;
+                }
+                let operation = Operation {
+                    plan: Plan::SetFlag {
+                        feature: flag.clone(),
+                        enabled,
+                    },
+                    effects: vec![Effect::WriteFlags {
+                        flag: flag.clone(),
+                        enabled,
+                    }],
+                };
+                if let crate::core::effects::Completion::Failed(failure) =
+                    executor.perform(&operation, &mut |_| {})
+                {
+                    return Err(serde_json::to_string(&failure).unwrap_or_default());
+                }
+            }
+        }
+        let found = Found {
+            flags: Some(flags.clone()),
+            ..Found::default()
+        };
+        self.view.observe(&found);
+        if let Some(term) = self.term.as_mut() {
+            term.session.observe(&found);
+        }
+        self.flags_view.publish(flags.clone());
+        self.store_flags = Some(flags);
+        self.flags_seen = last;
+        Ok(())
+    }
+
+    /// `status_ok`: the leader's stored status (or, before any leader, this node's own), with
+    /// the store's flags and the cluster as this node knows it.
+    fn status(&mut self, msg_id: u64) -> String {
+        let view = self.keeper.view();
+        let stored = match &self.term {
+            Some(term) => Some(term.status.clone()).filter(|s| !s.is_empty()),
+            None => store::stored_status(&mut self.db)
+                .ok()
+                .flatten()
+                .map(|(_, b)| b),
+        };
+        let body = stored.unwrap_or_else(|| self.view.status_body());
+        let mut value: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&body).unwrap_or_default();
+        if let Some(flags) = &self.store_flags {
+            value.insert("flags".to_owned(), serde_json::json!(flags));
+        }
+        let store_state = match (&view.cut_off, self.db.is_connected()) {
+            (None, true) => serde_json::Value::String("connected".to_owned()),
+            (Some(e), _) => serde_json::Value::String(format!("cut off: {e}")),
+            (None, false) => serde_json::Value::String("cut off: reconnecting".to_owned()),
+        };
+        let cluster = serde_json::json!({
+            "node": self.me,
+            "leader": view.leader,
+            "epoch": self.epoch_seen,
+            "nodes": view.nodes,
+            "store": store_state,
+        });
+        let mut text = format!("{{\"type\":\"status_ok\",\"in_reply_to\":{msg_id}");
+        value.remove("type");
+        value.remove("in_reply_to");
+        value.insert("cluster".to_owned(), cluster);
+        for (key, field) in value {
+            text.push(',');
+            text.push_str(&serde_json::to_string(&key).unwrap_or_default());
+            text.push(':');
+            text.push_str(&field.to_string());
+        }
+        text.push('}');
+        text
+    }
+
+    /// `history_ok` from the store: the cluster's trail (`after: SEQ` pages through it).
+    fn history(&mut self, line: &str, limit: Option<u32>, msg_id: u64) -> String {
+        let decided = self.view.machine().state().history(limit);
+        let limit = match decided {
+            Ok(crate::core::effects::Decision::Lookup(crate::core::effects::Lookup::History {
+                limit,
+            })) => limit,
+            Ok(_) => 20,
+            Err(refusal) => return body_string(Some(msg_id), &refusal),
+        };
+        let after = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("body")?.get("after")?.as_u64())
+            .unwrap_or(0);
+        match store::history(&mut self.db, after, limit) {
+            Ok(entries) => body_string(Some(msg_id), &HistoryOk { entries }),
+            Err(e) => body_string(
+                Some(msg_id),
+                &Refusal::TemporarilyUnavailable(format!("the audit trail cannot be read: {e}")),
+            ),
+        }
+    }
+
+    /// Takes over at `epoch`: fence the target, rebuild from the store, reconcile what the last
+    /// leader left open, and feed again every request still unanswered.
+    fn begin_term(&mut self, epoch: u64) {
+        match self.take_over(epoch) {
+            Ok(term) => {
+                eprintln!(
+                    "rollback-node: {} took over at epoch {epoch} after {} journal entries",
+                    self.me,
+                    term.session.machine().seq()
+                );
+                self.term = Some(term);
+            }
+            Err(e) => eprintln!("rollback-node: could not take over at epoch {epoch}: {e}"),
+        }
+    }
+
+    fn take_over(&mut self, epoch: u64) -> Result<Term, String> {
+        let deadline = self.keeper.deadline();
+        super::advance_fences(&self.estate, &self.base, epoch)?;
+        let mut db = Db::connect(&self.url)?;
+        let (snapshot, entries) = store::load(&mut db)?;
+        let open_entries: Vec<Entry> = entries
+            .iter()
+            .filter(|e| e.operation.is_some() && e.outcome.is_none())
+            .cloned()
+            .collect();
+        let (executors, found) = super::connect_fenced(&self.estate, &self.base, self.pace, epoch)?;
+        let mut machine = match snapshot {
+            Some(snapshot) => Machine::from_snapshot(snapshot),
+            None => Machine::new(self.estate.state.clone()),
+        };
+        machine.observe(&Found {
+            catalogue: found.catalogue.clone(),
+            ..Found::default()
+        });
+        let open = replay::rebuild(&mut machine, entries).map_err(|e| e.to_string())?;
+        machine.observe(&found);
+        if let Some(flags) = &self.store_flags {
+            machine.observe(&Found {
+                flags: Some(flags.clone()),
+                ..Found::default()
+            });
+        }
+        let journal = PgJournal::new(db, &self.me, epoch, open_entries, deadline.clone());
+        let mut session = Session::new(machine, executors, journal);
+        for note in session.reconcile(open) {
+            eprintln!("rollback-node: {note}");
+        }
+        session.commit().map_err(|e| e.to_string())?;
+        let (sender, events) = mpsc::sync_channel::<Event>(4096);
+        let mut workers: [Option<Sender<Job>>; 3] = Default::default();
+        for (lane, executor) in session.take_slow_executors() {
+            workers[lane.index()] = Some(spawn_worker(lane, executor, sender.clone()));
+        }
+        let status = session.status_body();
+        session
+            .store_mut()
+            .answer(&[], &status)
+            .map_err(|e| e.to_string())?;
+        Ok(Term {
+            epoch,
+            session,
+            deadline,
+            workers,
+            events,
+            fed: 0,
+            looked: None,
+            answers: Arc::new(Mutex::new(Vec::new())),
+            status,
+        })
+    }
+
+    fn end_term(&mut self, why: &str) {
+        if let Some(term) = self.term.take() {
+            eprintln!(
+                "rollback-node: {} stops leading at epoch {}: {why}",
+                self.me, term.epoch
+            );
+        }
+    }
+
+    /// One round of the leader: new inbox rows are fed, completions delivered, everything
+    /// committed (fenced), replies written to the inbox, started operations handed to the
+    /// workers while the lease holds.
+    fn lead(&mut self) -> Result<(), String> {
+        let Some(term) = self.term.as_mut() else {
+            return Ok(());
+        };
+        let mut scratch = Vec::new();
+        if term.looked.is_none_or(|at| at.elapsed() >= INBOX_EVERY) {
+            term.looked = Some(Instant::now());
+            let rows: Vec<Inboxed> =
+                match store::unanswered(term.session.store_mut().db(), term.fed) {
+                    Ok(rows) => rows,
+                    Err(DbError::Unreachable(_)) => Vec::new(),
+                    Err(e) => return Err(e.to_string()),
+                };
+            for row in rows {
+                term.fed = term.fed.max(row.seq);
+                let answers = term.answers.clone();
+                let seq = row.seq;
+                let waiter = Waiter::new(move |answer| {
+                    let body = match answer {
+                        Ok(body) => body,
+                        Err(why) => body_string(None, &Refusal::MalformedRequest(why.0)),
+                    };
+                    if let Ok(mut a) = answers.lock() {
+                        a.push((seq, body));
+                    }
+                });
+                term.session
+                    .handle_message(&row.src, row.body.as_bytes(), waiter, &mut scratch);
+            }
+        }
+        loop {
+            match term.events.try_recv() {
+                Ok(Event::Completed(lane, seq, completion)) => {
+                    term.session.complete(lane, seq, *completion, &mut scratch)
+                }
+                Ok(Event::Progress(lane, seq, progress)) => {
+                    term.session.progress(lane, seq, progress)
+                }
+                Ok(_) => {}
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        term.session.commit().map_err(|e| e.to_string())?;
+        term.session.deliver();
+        let answers: Vec<(u64, String)> = term
+            .answers
+            .lock()
+            .map(|mut a| std::mem::take(&mut *a))
+            .unwrap_or_default();
+        let status = term.session.status_body();
+        if !answers.is_empty() || status != term.status {
+            term.session
+                .store_mut()
+                .answer(&answers, &status)
+                .map_err(|e| e.to_string())?;
+            term.status = status;
+        }
+        if term.deadline.holds() {
+            for (lane, seq, operation) in term.session.take_starts() {
+                if let Some(worker) = &term.workers[lane.index()] {
+                    let _ = worker.send((seq, operation));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `body` of a request line, as its JSON text.
+fn body_of(line: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        body: &'a serde_json::value::RawValue,
+    }
+    serde_json::from_str::<Envelope<'_>>(line)
+        .ok()
+        .map(|e| e.body.get().to_owned())
+}
+
+/// Reads `input` in chunks for the owner thread.
+fn spawn_reader(mut input: impl Read + Send + 'static, events: SyncSender<Event>) {
+    std::thread::spawn(move || {
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            match input.read(&mut chunk) {
+                Ok(0) => {
+                    let _ = events.send(Event::End);
+                    return;
+                }
+                Ok(n) => {
+                    if events.send(Event::Input(chunk[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = events.send(Event::ReadFailed(e));
+                    return;
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::body_of;
+
+    #[test]
+    fn the_body_of_a_line_is_its_json_text() {
+        assert_eq!(
+            body_of(r#"{"src":"c","dest":"n1","body":{"type":"rollback","msg_id":1,"version":2}}"#)
+                .as_deref(),
+            Some(r#"{"type":"rollback","msg_id":1,"version":2}"#)
+        );
+        assert_eq!(body_of("not json"), None);
+    }
+}

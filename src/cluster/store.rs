@@ -1,0 +1,673 @@
+//! The PostgreSQL store: a connection that comes back by itself ([`Db`]), the leader's journal
+//! ([`PgJournal`], the second implementation of [`Store`]: every commit fenced by the lease's
+//! epoch), and the reads every node makes (history, the inbox, the flags, the stored status).
+
+use super::sql::{self, lit, opt, SCHEMA};
+use crate::core::machine::{Machine, Record, Snapshot};
+use crate::protocol::replies::HistoryEntry;
+use crate::store::{entry_of_record, Entry, Store, StoreError};
+use postgres::types::{ToSql, Type};
+use postgres::{Client, NoTls, Row, SimpleQueryMessage};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+/// A snapshot of the machine is stored once this many entries were written since the last.
+pub const SNAPSHOT_EVERY: u64 = 10_000;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbError {
+    /// The store could not be reached, or the connection was lost (it may come back).
+    Unreachable(String),
+    /// A fenced commit found the lease gone: this node no longer leads.
+    LeaseLost(String),
+    /// The store answered with an error.
+    Refused(String),
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbError::Unreachable(e) => write!(f, "the store cannot be reached: {e}"),
+            DbError::LeaseLost(e) => write!(f, "{e}"),
+            DbError::Refused(e) => write!(f, "the store refused: {e}"),
+        }
+    }
+}
+
+/// A connection to the store, made again after a failure (at most once a `retry_after`).
+pub struct Db {
+    config: postgres::Config,
+    client: Option<Client>,
+    failed_at: Option<Instant>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("connected", &self.client.is_some())
+            .finish()
+    }
+}
+
+/// How long a failed connection waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+fn said(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => {
+            let text = e.to_string();
+            match std::error::Error::source(e) {
+                Some(source) => format!("{text}: {source}"),
+                None => text,
+            }
+        }
+    }
+}
+
+impl Db {
+    /// A store at `url`, connected now.
+    ///
+    /// # Errors
+    /// The URL does not parse, or the store cannot be reached.
+    pub fn connect(url: &str) -> Result<Db, String> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| format!("--store {url} is not a PostgreSQL URL ({e}); give postgres://USER@/DB?host=SOCKETDIR"))?;
+        config.connect_timeout(Duration::from_secs(3));
+        let client = config.connect(NoTls).map_err(|e| said(&e))?;
+        Ok(Db {
+            config,
+            client: Some(client),
+            failed_at: None,
+        })
+    }
+
+    fn client(&mut self) -> Result<&mut Client, DbError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            if let Some(at) = self.failed_at {
+                if at.elapsed() < RETRY_AFTER {
+                    return Err(DbError::Unreachable("reconnecting".to_owned()));
+                }
+            }
+            match self.config.connect(NoTls) {
+                Ok(client) => {
+                    self.client = Some(client);
+                    self.failed_at = None;
+                }
+                Err(e) => {
+                    self.failed_at = Some(Instant::now());
+                    return Err(DbError::Unreachable(said(&e)));
+                }
+            }
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| DbError::Unreachable("not connected".to_owned()))
+    }
+
+    fn classify(&mut self, e: &postgres::Error) -> DbError {
+        let closed = self.client.as_ref().is_none_or(|c| c.is_closed());
+        if let Some(db) = e.as_db_error() {
+            if db.code().code() == sql::LEASE_LOST {
+                return DbError::LeaseLost(db.message().to_owned());
+            }
+            // The server ended the session (pg_terminate_backend, a restart): reconnect.
+            if db.code().code().starts_with("57P") || db.code().code().starts_with("08") {
+                self.client = None;
+                return DbError::Unreachable(db.message().to_owned());
+            }
+            if !closed {
+                return DbError::Refused(db.message().to_owned());
+            }
+        }
+        self.client = None;
+        self.failed_at = Some(Instant::now());
+        DbError::Unreachable(said(e))
+    }
+
+    /// Runs `text` (one or more statements, as one simple query).
+    ///
+    /// # Errors
+    /// See [`DbError`].
+    pub fn batch(&mut self, text: &str) -> Result<(), DbError> {
+        let result = self.client()?.batch_execute(text);
+        result.map_err(|e| self.classify(&e))
+    }
+
+    /// Runs `text` as one simple query and returns the rows of its statements as text.
+    ///
+    /// # Errors
+    /// See [`DbError`].
+    pub fn simple(&mut self, text: &str) -> Result<Vec<Vec<Option<String>>>, DbError> {
+        let result = self.client()?.simple_query(text);
+        let messages = result.map_err(|e| self.classify(&e))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_owned))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Runs one statement with typed parameters (an unnamed statement: safe behind a pooler).
+    ///
+    /// # Errors
+    /// See [`DbError`].
+    pub fn rows(
+        &mut self,
+        text: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, DbError> {
+        let result = self.client()?.query_typed(text, params);
+        result.map_err(|e| self.classify(&e))
+    }
+
+    /// Whether the last operation left a connection.
+    pub fn is_connected(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| !c.is_closed())
+    }
+}
+
+/// Creates the schema if needed and checks its format.
+///
+/// # Errors
+/// The store cannot be reached, or holds a newer format than this build reads.
+pub fn prepare(db: &mut Db) -> Result<(), String> {
+    db.batch(&sql::create()).map_err(|e| e.to_string())?;
+    let format = meta(db, "format").map_err(|e| e.to_string())?;
+    let format: u32 = format.as_deref().unwrap_or("0").parse().unwrap_or(u32::MAX);
+    if format > sql::FORMAT {
+        return Err(format!(
+            "the store's schema {SCHEMA} is of format {format}, newer than this build understands ({}); run a newer rollback-node",
+            sql::FORMAT
+        ));
+    }
+    Ok(())
+}
+
+/// A value of the store's `meta` table.
+///
+/// # Errors
+/// The store cannot be read.
+pub fn meta(db: &mut Db, key: &str) -> Result<Option<String>, DbError> {
+    let rows = db.rows(
+        &format!("SELECT value FROM {SCHEMA}.meta WHERE key = $1"),
+        &[(&key, Type::TEXT)],
+    )?;
+    Ok(rows.first().map(|r| r.get(0)))
+}
+
+/// Sets `key` to `value` unless it is set; returns what it holds now.
+///
+/// # Errors
+/// The store cannot be written.
+pub fn adopt(db: &mut Db, key: &str, value: &str) -> Result<String, DbError> {
+    db.rows(
+        &format!("INSERT INTO {SCHEMA}.meta VALUES ($1, $2) ON CONFLICT DO NOTHING"),
+        &[(&key, Type::TEXT), (&value, Type::TEXT)],
+    )?;
+    Ok(meta(db, key)?.unwrap_or_default())
+}
+
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn uint(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// The snapshot and the journal entries after it (and those it names as running), in order.
+///
+/// # Errors
+/// The store cannot be read, or its journal has a gap.
+pub fn load(db: &mut Db) -> Result<(Option<Snapshot>, Vec<Entry>), String> {
+    let rows = db
+        .rows(
+            &format!("SELECT body FROM {SCHEMA}.snapshot WHERE id = 1"),
+            &[],
+        )
+        .map_err(|e| e.to_string())?;
+    let snapshot: Option<Snapshot> = match rows.first() {
+        Some(row) => {
+            let body: String = row.get(0);
+            Some(
+                serde_json::from_str(&body)
+                    .map_err(|e| format!("the store's snapshot does not decode ({e})"))?,
+            )
+        }
+        None => None,
+    };
+    let after = snapshot.as_ref().map_or(0, |s| s.seq);
+    let running: Vec<i64> = snapshot
+        .as_ref()
+        .map(|s| s.running.iter().map(|&s| int(s)).collect())
+        .unwrap_or_default();
+    let rows = db
+        .rows(
+            &format!(
+                "SELECT seq, src, msg_id, accepted, request, operation, outcome, reply FROM {SCHEMA}.journal WHERE seq > $1 OR seq = ANY($2) ORDER BY seq"
+            ),
+            &[(&int(after), Type::INT8), (&running, Type::INT8_ARRAY)],
+        )
+        .map_err(|e| e.to_string())?;
+    let mut entries = Vec::with_capacity(rows.len());
+    let mut expected = after + 1;
+    for row in rows {
+        let entry = Entry {
+            seq: uint(row.get(0)),
+            src: row.get(1),
+            msg_id: uint(row.get(2)),
+            accepted: row.get(3),
+            request: row.get(4),
+            operation: row.get(5),
+            outcome: row.get(6),
+            reply: row.get(7),
+        };
+        if entry.seq > after {
+            if entry.seq != expected {
+                return Err(format!(
+                    "the store's journal entry {expected} is missing (the next one is {})",
+                    entry.seq
+                ));
+            }
+            expected += 1;
+        }
+        entries.push(entry);
+    }
+    Ok((snapshot, entries))
+}
+
+/// The last `limit` entries of the cluster's audit trail with a history sequence number above
+/// `after`, oldest first: operations the leaders ended and flag changes, in the order they were
+/// committed. Their `seq` is that history sequence number.
+///
+/// # Errors
+/// The store cannot be read.
+pub fn history(db: &mut Db, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, DbError> {
+    let order = if after > 0 { "ASC" } else { "DESC" };
+    let rows = db.rows(
+        &format!(
+            "SELECT hseq, src, msg_id, request, reply, outcome FROM (
+               SELECT hseq, src, msg_id, request, reply, outcome FROM {SCHEMA}.journal WHERE hseq > $1
+               UNION ALL
+               SELECT hseq, src, msg_id, request, reply, NULL FROM {SCHEMA}.flags WHERE hseq > $1) h
+             ORDER BY hseq {order} LIMIT $2"
+        ),
+        &[(&int(after), Type::INT8), (&i64::from(limit), Type::INT8)],
+    )?;
+    let mut entries: Vec<HistoryEntry> = rows
+        .into_iter()
+        .filter_map(|row| {
+            let outcome: Option<String> = row.get(5);
+            Entry {
+                seq: uint(row.get(0)),
+                src: row.get(1),
+                msg_id: uint(row.get(2)),
+                accepted: true,
+                request: row.get(3),
+                operation: None,
+                outcome: Some(outcome.unwrap_or_default()),
+                reply: row.get(4),
+            }
+            .history_entry()
+        })
+        .collect();
+    if after == 0 {
+        entries.reverse();
+    }
+    Ok(entries)
+}
+
+/// The flags as the store holds them: each flag's latest change, in commit order.
+///
+/// # Errors
+/// The store cannot be read.
+pub fn flags(db: &mut Db) -> Result<(u64, BTreeMap<String, bool>), DbError> {
+    let rows = db.rows(
+        &format!(
+            "SELECT DISTINCT ON (flag) flag, enabled, hseq FROM {SCHEMA}.flags ORDER BY flag, hseq DESC"
+        ),
+        &[],
+    )?;
+    let mut last = 0;
+    let mut flags = BTreeMap::new();
+    for row in rows {
+        last = last.max(uint(row.get(2)));
+        flags.insert(row.get(0), row.get(1));
+    }
+    Ok((last, flags))
+}
+
+/// The highest history sequence number of a flag change (0 before any).
+///
+/// # Errors
+/// The store cannot be read.
+pub fn last_flag_change(db: &mut Db) -> Result<u64, DbError> {
+    let rows = db.rows(
+        &format!("SELECT coalesce(max(hseq), 0) FROM {SCHEMA}.flags"),
+        &[],
+    )?;
+    Ok(rows.first().map_or(0, |r| uint(r.get(0))))
+}
+
+/// A flag change, recorded once per sender and msg_id: the reply of the change as recorded
+/// (this one's, or the original's for a retry) and whether this call recorded it.
+///
+/// # Errors
+/// The store cannot be written.
+#[allow(clippy::too_many_arguments)]
+pub fn record_flag(
+    db: &mut Db,
+    src: &str,
+    msg_id: u64,
+    node: &str,
+    flag: &str,
+    enabled: bool,
+    request: &str,
+    reply: &str,
+) -> Result<(String, bool), DbError> {
+    let inserted = db.rows(
+        &format!(
+            "INSERT INTO {SCHEMA}.flags (src, msg_id, node, flag, enabled, request, reply) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (src, msg_id) DO NOTHING RETURNING reply"
+        ),
+        &[
+            (&src, Type::TEXT),
+            (&int(msg_id), Type::INT8),
+            (&node, Type::TEXT),
+            (&flag, Type::TEXT),
+            (&enabled, Type::BOOL),
+            (&request, Type::TEXT),
+            (&reply, Type::TEXT),
+        ],
+    )?;
+    if let Some(row) = inserted.first() {
+        return Ok((row.get(0), true));
+    }
+    let existing = db.rows(
+        &format!("SELECT reply FROM {SCHEMA}.flags WHERE src = $1 AND msg_id = $2"),
+        &[(&src, Type::TEXT), (&int(msg_id), Type::INT8)],
+    )?;
+    existing
+        .first()
+        .map(|r| (r.get(0), false))
+        .ok_or_else(|| DbError::Refused("the flag change vanished".to_owned()))
+}
+
+/// Puts a request into the inbox for the leader; returns its inbox number.
+///
+/// # Errors
+/// The store cannot be written.
+pub fn enqueue(
+    db: &mut Db,
+    node: &str,
+    src: &str,
+    msg_id: u64,
+    body: &str,
+) -> Result<u64, DbError> {
+    let rows = db.rows(
+        &format!(
+            "INSERT INTO {SCHEMA}.inbox (node, src, msg_id, body) VALUES ($1, $2, $3, $4) RETURNING seq"
+        ),
+        &[
+            (&node, Type::TEXT),
+            (&src, Type::TEXT),
+            (&int(msg_id), Type::INT8),
+            (&body, Type::TEXT),
+        ],
+    )?;
+    Ok(rows.first().map_or(0, |r| uint(r.get(0))))
+}
+
+/// The replies written so far to the inbox rows `seqs`.
+///
+/// # Errors
+/// The store cannot be read.
+pub fn replies(db: &mut Db, seqs: &[u64]) -> Result<Vec<(u64, String)>, DbError> {
+    let seqs: Vec<i64> = seqs.iter().map(|&s| int(s)).collect();
+    let rows = db.rows(
+        &format!("SELECT seq, reply FROM {SCHEMA}.inbox WHERE seq = ANY($1) AND reply IS NOT NULL"),
+        &[(&seqs, Type::INT8_ARRAY)],
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (uint(r.get(0)), r.get(1)))
+        .collect())
+}
+
+/// One inbox row the leader has not answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inboxed {
+    /// Its inbox number.
+    pub seq: u64,
+    /// The sender.
+    pub src: String,
+    /// The request body.
+    pub body: String,
+}
+
+/// The unanswered inbox rows after `after`, in order.
+///
+/// # Errors
+/// The store cannot be read.
+pub fn unanswered(db: &mut Db, after: u64) -> Result<Vec<Inboxed>, DbError> {
+    let rows = db.rows(
+        &format!(
+            "SELECT seq, src, body FROM {SCHEMA}.inbox WHERE reply IS NULL AND seq > $1 ORDER BY seq LIMIT 1000"
+        ),
+        &[(&int(after), Type::INT8)],
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Inboxed {
+            seq: uint(r.get(0)),
+            src: r.get(1),
+            body: r.get(2),
+        })
+        .collect())
+}
+
+/// The status the leader last stored, with its epoch.
+///
+/// # Errors
+/// The store cannot be read.
+pub fn stored_status(db: &mut Db) -> Result<Option<(u64, String)>, DbError> {
+    let rows = db.rows(
+        &format!("SELECT epoch, body FROM {SCHEMA}.status WHERE id = 1"),
+        &[],
+    )?;
+    Ok(rows.first().map(|r| (uint(r.get(0)), r.get(1))))
+}
+
+/// The leader's journal: records buffered between commits, each commit one transaction that
+/// holds the lease of its epoch or writes nothing.
+#[derive(Debug)]
+pub struct PgJournal {
+    db: Db,
+    node: String,
+    epoch: u64,
+    /// Entries recorded since the last commit, by sequence number.
+    pending: Vec<Entry>,
+    /// Intents committed without an outcome, to complete their rows.
+    open: HashMap<u64, Entry>,
+    since_snapshot: u64,
+    /// Until when a lost connection is retried (the lease's local deadline).
+    deadline: std::sync::Arc<super::lease::Deadline>,
+}
+
+impl PgJournal {
+    /// The journal of `node`'s term at `epoch`, over its own connection; `open` are the
+    /// intents the store holds without an outcome.
+    pub fn new(
+        db: Db,
+        node: &str,
+        epoch: u64,
+        open: impl IntoIterator<Item = Entry>,
+        deadline: std::sync::Arc<super::lease::Deadline>,
+    ) -> Self {
+        PgJournal {
+            db,
+            node: node.to_owned(),
+            epoch,
+            pending: Vec::new(),
+            open: open.into_iter().map(|e| (e.seq, e)).collect(),
+            since_snapshot: 0,
+            deadline,
+        }
+    }
+
+    /// The journal's connection, for the leader's reads.
+    pub fn db(&mut self) -> &mut Db {
+        &mut self.db
+    }
+
+    /// The epoch this journal writes at.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Runs `text` as one fenced transaction, again after a lost connection (the statements are
+    /// idempotent) until it commits, the lease is found lost, or the lease's deadline passes.
+    fn fenced(&mut self, body: &str) -> Result<(), StoreError> {
+        let text = format!(
+            "BEGIN; {}; {body} COMMIT;",
+            sql::hold(self.epoch, &self.node)
+        );
+        loop {
+            match self.db.batch(&text) {
+                Ok(()) => return Ok(()),
+                Err(DbError::Unreachable(e)) if self.deadline.holds() => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    // Leave the connection in a clean state for whoever uses it next.
+                    let _ = self.db.batch("ROLLBACK");
+                    return Err(StoreError(format!(
+                        "the commit at epoch {} did not happen: {e}",
+                        self.epoch
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Writes the replies of inbox rows and the status, fenced.
+    ///
+    /// # Errors
+    /// The lease is lost or the store is gone past the lease's deadline.
+    pub fn answer(&mut self, replies: &[(u64, String)], status: &str) -> Result<(), StoreError> {
+        let mut body = String::new();
+        for (seq, reply) in replies {
+            let _ = write!(
+                body,
+                "UPDATE {SCHEMA}.inbox SET reply = {} WHERE seq = {seq} AND reply IS NULL; ",
+                lit(reply)
+            );
+        }
+        let _ = write!(
+            body,
+            "INSERT INTO {SCHEMA}.status VALUES (1, {}, {}) ON CONFLICT (id) DO UPDATE SET epoch = EXCLUDED.epoch, body = EXCLUDED.body;",
+            self.epoch,
+            lit(status)
+        );
+        self.fenced(&body)
+    }
+}
+
+impl Store for PgJournal {
+    fn record(&mut self, record: Record<'_>) {
+        let current = |seq: u64| {
+            self.pending
+                .iter()
+                .rev()
+                .find(|e| e.seq == seq)
+                .or_else(|| self.open.get(&seq))
+                .cloned()
+        };
+        let Some(entry) = entry_of_record(&record, current) else {
+            return;
+        };
+        self.pending.retain(|e| e.seq != entry.seq);
+        self.pending.push(entry);
+    }
+
+    fn commit(&mut self, machine: &Machine) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut body = format!(
+            "INSERT INTO {SCHEMA}.journal (seq, epoch, src, msg_id, accepted, request, operation, outcome, reply, hseq) VALUES "
+        );
+        for (i, e) in self.pending.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            let hseq = if e.outcome.is_some() {
+                format!("nextval('{SCHEMA}.history_seq')")
+            } else {
+                "NULL".to_owned()
+            };
+            let _ = write!(
+                body,
+                "({}, {}, {}, {}, {}, {}, {}, {}, {}, {hseq})",
+                e.seq,
+                self.epoch,
+                lit(&e.src),
+                int(e.msg_id),
+                e.accepted,
+                lit(&e.request),
+                opt(e.operation.as_deref()),
+                opt(e.outcome.as_deref()),
+                opt(e.reply.as_deref()),
+            );
+        }
+        body.push_str(
+            " ON CONFLICT (seq) DO UPDATE SET accepted = EXCLUDED.accepted, operation = coalesce(EXCLUDED.operation, journal.operation), outcome = EXCLUDED.outcome, reply = EXCLUDED.reply, hseq = coalesce(journal.hseq, EXCLUDED.hseq), epoch = EXCLUDED.epoch; ",
+        );
+        let written = self.pending.len() as u64;
+        let snapshot_due = self.since_snapshot + written >= SNAPSHOT_EVERY;
+        if snapshot_due {
+            let text = serde_json::to_string(&machine.snapshot()).unwrap_or_default();
+            let _ = write!(
+                body,
+                "INSERT INTO {SCHEMA}.snapshot VALUES (1, {}, {}) ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, body = EXCLUDED.body; ",
+                machine.seq(),
+                lit(&text)
+            );
+        }
+        self.fenced(&body)?;
+        for e in self.pending.drain(..) {
+            if e.operation.is_some() && e.outcome.is_none() {
+                self.open.insert(e.seq, e);
+            } else {
+                self.open.remove(&e.seq);
+            }
+        }
+        self.since_snapshot = if snapshot_due {
+            0
+        } else {
+            self.since_snapshot + written
+        };
+        Ok(())
+    }
+
+    fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String> {
+        history(&mut self.db, 0, limit).map_err(|e| e.to_string())
+    }
+
+    fn history_after(&mut self, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, String> {
+        history(&mut self.db, after, limit).map_err(|e| e.to_string())
+    }
+}
