@@ -54,6 +54,8 @@ pub struct PostgresDb(Engine<PostgresBackend>);
 /// The PostgreSQL side of [`Engine`].
 pub(crate) struct PostgresBackend {
     client: Client,
+    /// How to connect again (a fenced session the server ended, see [`FENCE_IDLE_TIMEOUT`]).
+    config: Config,
     url: String,
     lock_id: i64,
     locked: bool,
@@ -179,6 +181,7 @@ impl PostgresDb {
         Ok(PostgresDb(Engine {
             backend: PostgresBackend {
                 client,
+                config,
                 url: shown,
                 lock_id,
                 locked: false,
@@ -192,12 +195,36 @@ impl PostgresDb {
 
 super::schema::delegate_schema_db!(PostgresDb);
 
+impl PostgresBackend {
+    /// A fenced connection the server has closed (its idle timeout ended a paused
+    /// transaction) is opened again, so a node that still leads can go on; an unfenced one is
+    /// left as it is.
+    fn revive(&mut self) -> Result<(), SchemaError> {
+        if self.fence.is_none() || !self.client.is_closed() {
+            return Ok(());
+        }
+        self.client = self
+            .config
+            .connect(NoTls)
+            .map_err(|e| SchemaError::Unreachable {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
+        // The session's locks, transaction and what it had seen went with it.
+        self.locked = false;
+        self.maybe_in_tx = false;
+        self.tables_ok = false;
+        Ok(())
+    }
+}
+
 impl Backend for PostgresBackend {
     fn url(&self) -> &str {
         &self.url
     }
 
     fn lock(&mut self) -> Result<(), SchemaError> {
+        self.revive()?;
         let deadline = Instant::now() + TIMEOUT;
         loop {
             // Simple queries: one round trip each, no statement to prepare.
@@ -237,6 +264,10 @@ impl Backend for PostgresBackend {
     }
 
     fn ensure_tables(&mut self) -> Result<(), DbFailure> {
+        self.revive().map_err(|e| DbFailure {
+            said: e.to_string(),
+            locked: false,
+        })?;
         if self.tables_ok {
             return Ok(());
         }
