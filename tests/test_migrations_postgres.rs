@@ -7,11 +7,17 @@ mod pg;
 
 use std::fs;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use rollback_node::exec::migrations::postgres::advisory_lock_id;
+use rollback_node::core::effects::{Completion, Effect, FailureKind, Lane, Operation, Plan};
+use rollback_node::exec::connect::connect_fenced;
+use rollback_node::exec::migrations::postgres::{advisory_lock_id, FENCE_IDLE_TIMEOUT};
 use rollback_node::exec::migrations::{
-    open, Catalogue, Direction, Dirty, RunError, RunFailure, SchemaDb, SchemaError, Step, TxMode,
+    advance_fence, fences, open, Catalogue, Direction, Dirty, RunError, RunFailure, SchemaDb,
+    SchemaError, Step, TxMode,
 };
+use rollback_node::exec::LaneExecutor;
+use rollback_node::Estate;
 use tempfile::TempDir;
 
 const ACCOUNTS: u64 = 20250810144214;
@@ -446,4 +452,393 @@ fn unreachable_servers_are_named() {
     let msg = err.to_string();
     assert!(msg.contains("postgres://app:***@127.0.0.1:1/app"), "{msg}");
     assert!(!msg.contains("secret"), "{msg}");
+}
+
+// The fence: several controller nodes share one store; the leader's lease epoch is recorded in
+// the target (`rollback_node_fence`), and a fenced executor's transactions check it first.
+
+/// The fence's epochs, in row order.
+fn fence_rows(f: &Fixture) -> Vec<i64> {
+    f.client()
+        .query("SELECT epoch FROM rollback_node_fence", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// An estate whose `[schema]` is the fixture's database and directory.
+fn schema_estate(f: &Fixture) -> Estate {
+    let text = format!(
+        "[schema]\ndatabase = \"{}\"\nmigrations = \"{}\"\n",
+        f.url,
+        f.migrations().display()
+    );
+    Estate::from_toml(&text, "estate.toml").unwrap()
+}
+
+/// The schema lane of a node fenced at `epoch`, and the version it read at start.
+fn fenced_lane(f: &Fixture, epoch: u64) -> (LaneExecutor, Option<u64>) {
+    let (mut executors, found) =
+        connect_fenced(&schema_estate(f), f.dir.path(), 1.0, Some(epoch)).unwrap();
+    (executors.take(Lane::Schema).unwrap(), found.schema_version)
+}
+
+fn run_down(lane: &mut LaneExecutor, from: u64, to: u64) -> Completion {
+    perform(
+        lane,
+        Plan::Rollback { from, to },
+        vec![Effect::RunDown {
+            version: from,
+            file: String::new(),
+        }],
+    )
+}
+
+fn run_up(lane: &mut LaneExecutor, from: u64, versions: &[u64]) -> Completion {
+    let to = *versions.last().unwrap();
+    perform(
+        lane,
+        Plan::Migrate { from, to },
+        versions
+            .iter()
+            .map(|&version| Effect::RunUp {
+                version,
+                file: String::new(),
+            })
+            .collect(),
+    )
+}
+
+fn perform(lane: &mut LaneExecutor, plan: Plan, effects: Vec<Effect>) -> Completion {
+    lane.perform(&Operation { plan, effects }, &mut |_| {})
+}
+
+/// A failure the core answers 14 (abort) for: nothing changed, nothing completed before it.
+fn assert_abort(completion: Completion, effects: &[Effect]) -> String {
+    let Completion::Failed(failure) = completion else {
+        panic!("expected a failure, got {completion:?}")
+    };
+    assert_eq!(failure.kind, FailureKind::NothingChanged, "{failure:?}");
+    assert_eq!(failure.completed, 0, "{failure:?}");
+    assert!(!failure.is_part_way(effects), "{failure:?}");
+    failure.error.to_string()
+}
+
+fn assert_lease_lost(msg: &str, held: u64, ours: u64) {
+    assert!(
+        msg.contains(&format!(
+            "rollback_node_fence holds epoch {held}, newer than this node's epoch {ours}"
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("this node's lease was lost"), "{msg}");
+}
+
+#[test]
+fn advance_fence_creates_the_table_and_its_row() {
+    let f = Fixture::new("fence_creates");
+    let exists = |f: &Fixture| -> bool {
+        f.client()
+            .query_one(
+                "SELECT to_regclass('public.rollback_node_fence') IS NOT NULL",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert!(!exists(&f));
+    assert!(fences(&f.url));
+    advance_fence(&f.url, 1).unwrap();
+    assert!(exists(&f));
+    let cols: Vec<(String, String, String)> = f
+        .client()
+        .query(
+            "SELECT column_name::text, data_type::text, is_nullable::text FROM information_schema.columns
+             WHERE table_schema = 'public' AND table_name = 'rollback_node_fence' ORDER BY ordinal_position",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(cols, vec![("epoch".into(), "bigint".into(), "NO".into())]);
+    assert_eq!(fence_rows(&f), vec![1]);
+    // The same epoch again is this node's own: accepted.
+    advance_fence(&f.url, 1).unwrap();
+    advance_fence(&f.url, 4).unwrap();
+    assert_eq!(fence_rows(&f), vec![4]);
+}
+
+#[test]
+fn advance_fence_refuses_an_older_epoch_and_names_the_newer() {
+    let f = Fixture::new("fence_older");
+    advance_fence(&f.url, 2).unwrap();
+    let err = advance_fence(&f.url, 1).unwrap_err();
+    assert!(
+        err.contains("rollback_node_fence holds epoch 2, newer than epoch 1"),
+        "{err}"
+    );
+    assert!(err.contains("must not lead"), "{err}");
+    assert!(err.contains(&f.name), "{err}");
+    assert_eq!(fence_rows(&f), vec![2]);
+}
+
+#[test]
+fn an_sqlite_target_has_no_fence() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("app.db").display());
+    assert!(!fences(&url));
+    advance_fence(&url, 3).unwrap();
+    assert!(!dir.path().join("app.db").exists());
+    assert!(advance_fence("mysql://u@h/d", 1).is_err());
+}
+
+#[test]
+fn a_fenced_node_stops_once_a_newer_leader_advanced_the_fence() {
+    let f = Fixture::standard("fence_stops");
+    advance_fence(&f.url, 1).unwrap();
+    let (mut lane, at_start) = fenced_lane(&f, 1);
+    assert_eq!(at_start, Some(0));
+    let done = run_up(&mut lane, 0, &[ACCOUNTS, STATUS, TOUCH]);
+    assert!(matches!(done, Completion::Done(_)), "{done:?}");
+    let done = run_down(&mut lane, TOUCH, STATUS);
+    assert!(matches!(done, Completion::Done(_)), "{done:?}");
+    assert_eq!(f.version_row(), Some((STATUS as i64, false)));
+    assert_eq!(fence_rows(&f), vec![1]);
+    let before = f.schema();
+
+    // A newer leader takes over.
+    advance_fence(&f.url, 2).unwrap();
+    let effects = [Effect::RunDown {
+        version: STATUS,
+        file: String::new(),
+    }];
+    let msg = assert_abort(run_down(&mut lane, STATUS, ACCOUNTS), &effects);
+    assert_lease_lost(&msg, 2, 1);
+    assert_eq!(f.version_row(), Some((STATUS as i64, false)));
+    assert_eq!(f.schema(), before);
+    assert_eq!(fence_rows(&f), vec![2]);
+
+    // A file outside a transaction is refused before its dirty mark; forcing is refused too.
+    let effects = [Effect::RunUp {
+        version: EMAIL_INDEX,
+        file: String::new(),
+    }];
+    let msg = assert_abort(run_up(&mut lane, STATUS, &[TOUCH, EMAIL_INDEX]), &effects);
+    assert_lease_lost(&msg, 2, 1);
+    let forced = perform(
+        &mut lane,
+        Plan::ForceVersion {
+            from: STATUS,
+            to: ACCOUNTS,
+            evidence: None,
+        },
+        vec![Effect::ForceVersion { version: ACCOUNTS }],
+    );
+    let msg = assert_abort(forced, &[Effect::ForceVersion { version: ACCOUNTS }]);
+    assert_lease_lost(&msg, 2, 1);
+    assert_eq!(f.version_row(), Some((STATUS as i64, false)));
+    assert_eq!(f.schema(), before);
+
+    // The new leader's node runs.
+    let (mut leader, at_start) = fenced_lane(&f, 2);
+    assert_eq!(at_start, Some(STATUS));
+    let done = run_down(&mut leader, STATUS, ACCOUNTS);
+    assert!(matches!(done, Completion::Done(_)), "{done:?}");
+    assert_eq!(f.version_row(), Some((ACCOUNTS as i64, false)));
+}
+
+#[test]
+fn a_fenced_run_without_the_fence_table_is_refused() {
+    let f = Fixture::standard("fence_missing");
+    let (mut lane, _) = fenced_lane(&f, 1);
+    let effects = [Effect::RunUp {
+        version: ACCOUNTS,
+        file: String::new(),
+    }];
+    let msg = assert_abort(run_up(&mut lane, 0, &[ACCOUNTS]), &effects);
+    assert!(msg.contains("rollback_node_fence does not exist"), "{msg}");
+    assert!(msg.contains("lease (epoch 1) was lost"), "{msg}");
+    assert_eq!(f.version_row(), None);
+    assert_eq!(f.schema(), Vec::<String>::new());
+}
+
+#[test]
+fn every_fenced_transaction_checks_the_fence_first() {
+    let f = Fixture::standard("fence_first");
+    advance_fence(&f.url, 1).unwrap();
+    // Each write to the fence and to schema_migrations, in order, with its transaction and the
+    // idle timeout it ran under.
+    f.client()
+        .batch_execute(
+            "CREATE TABLE fence_log (n bigserial PRIMARY KEY, what text, xid text, idle text);
+             CREATE FUNCTION log_write() RETURNS trigger AS $$
+             BEGIN
+               INSERT INTO fence_log (what, xid, idle) VALUES (TG_TABLE_NAME,
+                 pg_current_xact_id()::text, current_setting('idle_in_transaction_session_timeout'));
+               RETURN NULL;
+             END $$ LANGUAGE plpgsql;
+             CREATE TRIGGER fence_log AFTER UPDATE ON rollback_node_fence
+               FOR EACH STATEMENT EXECUTE FUNCTION log_write();
+             CREATE TABLE schema_migrations (version bigint not null primary key, dirty boolean not null);
+             CREATE TRIGGER fence_log AFTER INSERT OR DELETE ON schema_migrations
+               FOR EACH STATEMENT EXECUTE FUNCTION log_write();",
+        )
+        .unwrap();
+    let (mut lane, _) = fenced_lane(&f, 1);
+    let done = run_up(&mut lane, 0, &[ACCOUNTS, STATUS, TOUCH, EMAIL_INDEX]);
+    assert!(matches!(done, Completion::Done(_)), "{done:?}");
+    assert_eq!(f.version_row(), Some((EMAIL_INDEX as i64, false)));
+    let log: Vec<(String, String, String)> = f
+        .client()
+        .query("SELECT what, xid, idle FROM fence_log ORDER BY n", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    // Transactions in the order they began: the three shared files, the dirty mark, the check
+    // on its own before CREATE INDEX CONCURRENTLY, the mark cleared.
+    let mut transactions: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for (what, xid, idle) in log {
+        match transactions.last_mut() {
+            Some((x, writes)) if *x == xid => writes.push((what, idle)),
+            _ => transactions.push((xid, vec![(what, idle)])),
+        }
+    }
+    let shapes: Vec<Vec<(&str, &str)>> = transactions
+        .iter()
+        .map(|(_, writes)| {
+            writes
+                .iter()
+                .map(|(w, i)| (w.as_str(), i.as_str()))
+                .collect()
+        })
+        .collect();
+    let fence = ("rollback_node_fence", "3s");
+    let version = ("schema_migrations", "3s");
+    assert_eq!(
+        shapes,
+        vec![
+            // Three steps in one transaction: DELETE and INSERT per step.
+            vec![fence, version, version, version, version, version, version],
+            vec![fence, version, version],
+            vec![("rollback_node_fence", "0")],
+            vec![fence, version, version],
+        ]
+    );
+}
+
+#[test]
+fn advance_fence_waits_for_a_transaction_holding_the_row() {
+    let f = Fixture::new("fence_waits");
+    advance_fence(&f.url, 1).unwrap();
+    let mut holder = f.client();
+    let mut tx = holder.transaction().unwrap();
+    tx.query("SELECT epoch FROM rollback_node_fence FOR UPDATE", &[])
+        .unwrap();
+    let url = f.url.clone();
+    let started = Instant::now();
+    let advancing = std::thread::spawn(move || {
+        let result = advance_fence(&url, 2);
+        (result, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!advancing.is_finished(), "advance_fence did not wait");
+    let committed = Instant::now();
+    tx.commit().unwrap();
+    let (result, finished) = advancing.join().unwrap();
+    result.unwrap();
+    assert!(
+        finished >= committed,
+        "finished before the holder committed"
+    );
+    assert!(finished - started >= Duration::from_millis(400));
+    assert_eq!(fence_rows(&f), vec![2]);
+}
+
+#[test]
+fn a_paused_fenced_holder_blocks_the_next_leader_only_for_the_idle_timeout() {
+    let f = Fixture::standard("fence_paused");
+    advance_fence(&f.url, 1).unwrap();
+    let (mut lane, _) = fenced_lane(&f, 1);
+    let (advanced_tx, advanced_rx) = std::sync::mpsc::channel::<Duration>();
+    let url = f.url.clone();
+    let mut next_leader = None;
+    let mut waited = None;
+    let effects = vec![Effect::RunUp {
+        version: ACCOUNTS,
+        file: String::new(),
+    }];
+    // The node pauses after its first statement, inside its fenced transaction, until the next
+    // leader got the fence (or 10 s).
+    let completion = lane.perform(
+        &Operation {
+            plan: Plan::Migrate {
+                from: 0,
+                to: ACCOUNTS,
+            },
+            effects: effects.clone(),
+        },
+        &mut |progress| {
+            if progress.done == 1 && next_leader.is_none() {
+                let url = url.clone();
+                let tx = advanced_tx.clone();
+                next_leader = Some(std::thread::spawn(move || {
+                    let t = Instant::now();
+                    let result = advance_fence(&url, 2);
+                    tx.send(t.elapsed()).unwrap();
+                    result
+                }));
+                waited = Some(advanced_rx.recv_timeout(Duration::from_secs(10)).unwrap());
+            }
+        },
+    );
+    next_leader.unwrap().join().unwrap().unwrap();
+    // The server ended the paused session after FENCE_IDLE_TIMEOUT (3 s), not at the pause's end.
+    let waited = waited.expect("the run paused after its first statement");
+    assert!(
+        waited >= FENCE_IDLE_TIMEOUT - Duration::from_millis(500)
+            && waited < Duration::from_secs(8),
+        "{waited:?}"
+    );
+    let Completion::Failed(failure) = &completion else {
+        panic!("{completion:?}")
+    };
+    // What the node read after the failure, on a connection opened again.
+    let now = failure.now.as_ref().expect("read after the failure");
+    assert_eq!(now.schema_version, Some(0));
+    let msg = assert_abort(completion, &effects);
+    assert!(msg.contains("create_accounts.up.sql"), "{msg}");
+    assert!(msg.contains("idle-in-transaction timeout"), "{msg}");
+    assert_eq!(f.version_row(), None);
+    assert_eq!(f.schema(), Vec::<String>::new());
+    assert_eq!(fence_rows(&f), vec![2]);
+
+    // Its next run, on a new connection, meets the fence.
+    let msg = assert_abort(run_up(&mut lane, 0, &[ACCOUNTS]), &effects);
+    assert_lease_lost(&msg, 2, 1);
+    assert_eq!(f.version_row(), None);
+}
+
+#[test]
+fn two_nodes_advancing_a_fresh_fence_at_once_leave_one_row() {
+    for round in 0..3 {
+        let f = Fixture::new(&format!("fence_race_{round}"));
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let racers: Vec<_> = [5, 5]
+            .into_iter()
+            .map(|epoch| {
+                let (url, start) = (f.url.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    advance_fence(&url, epoch)
+                })
+            })
+            .collect();
+        for racer in racers {
+            racer.join().unwrap().unwrap();
+        }
+        assert_eq!(fence_rows(&f), vec![5]);
+    }
 }

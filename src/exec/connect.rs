@@ -13,11 +13,28 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// The executors of `estate` (paths relative to `base`, simulated effects at `pace`), and what
-/// its real systems say at start.
+/// its real systems say at start: [`connect_fenced`] unfenced, for a node alone.
 ///
 /// # Errors
 /// One line naming the system that cannot be used and what would be right.
 pub fn connect(estate: &Estate, base: &Path, pace: f64) -> Result<(Executors, Found), String> {
+    connect_fenced(estate, base, pace, None)
+}
+
+/// As [`connect`], for a node that leads under a lease of epoch `fence` (`Some`): its migration
+/// transactions on a PostgreSQL target check the target's fence at that epoch first, so once a
+/// newer leader has advanced it, this node's next run fails changing nothing (14). The caller
+/// advances the fence first ([`crate::exec::migrations::advance_fence`] on the URL of the
+/// `[schema]` database), then connects, which reads the target. `None` is [`connect`].
+///
+/// # Errors
+/// As [`connect`].
+pub fn connect_fenced(
+    estate: &Estate,
+    base: &Path,
+    pace: f64,
+    fence: Option<u64>,
+) -> Result<(Executors, Found), String> {
     let simulated = Simulated::new(estate.costs.clone(), &estate.state, pace);
     let database = estate
         .systems
@@ -27,6 +44,7 @@ pub fn connect(estate: &Estate, base: &Path, pace: f64) -> Result<(Executors, Fo
         base,
         state: &estate.state,
         database,
+        fence,
     };
     let mut found = Found::default();
     let mut readers: Vec<Arc<dyn Reader>> = Vec::new();

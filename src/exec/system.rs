@@ -60,6 +60,10 @@ pub struct Connecting<'a> {
     pub state: &'a State,
     /// The schema system's live database and migrations directory, if it names one.
     pub database: Option<(Database, PathBuf)>,
+    /// The lease epoch this node leads under, when it is one of several sharing a store: the
+    /// schema system fences its PostgreSQL transactions at it (see
+    /// [`crate::exec::migrations::postgres`]). `None`: a node alone, unfenced.
+    pub fence: Option<u64>,
 }
 
 impl Connecting<'_> {

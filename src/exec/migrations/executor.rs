@@ -48,7 +48,7 @@ impl Config for SchemaConfig {
         let (database, directory) = self
             .database(with.base)
             .ok_or_else(|| Database::in_estate(&self.database, with.base).unwrap_err())?;
-        let (migrations, found) = Migrations::open(&database.url(), &directory)?;
+        let (migrations, found) = Migrations::open_fenced(&database.url(), &directory, with.fence)?;
         Ok(Connected {
             executor: Box::new(migrations),
             found,
@@ -103,6 +103,22 @@ pub struct Migrations {
     db: Box<dyn SchemaDb>,
     url: String,
     directory: PathBuf,
+    /// The lease epoch its transactions are fenced at (PostgreSQL only).
+    fence: Option<u64>,
+}
+
+/// Opens the schema database at `url`, fenced at `fence` when it is PostgreSQL (an SQLite
+/// target has no fence).
+fn open_db(url: &str, fence: Option<u64>) -> Result<Box<dyn SchemaDb>, String> {
+    match fence {
+        Some(epoch) if super::postgres::fences(url) => {
+            match super::postgres::PostgresDb::open_fenced(url, Some(epoch)) {
+                Ok(db) => Ok(Box::new(db)),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        _ => open(url).map_err(|e| e.to_string()),
+    }
 }
 
 impl Migrations {
@@ -113,10 +129,32 @@ impl Migrations {
     /// # Errors
     /// One line naming the path or URL and what would be right.
     pub fn open(url: &str, directory: &Path) -> Result<(Self, Found), String> {
+        Migrations::open_fenced(url, directory, None)
+    }
+
+    /// As [`Migrations::open`]; with `Some(epoch)` and a PostgreSQL database, every transaction
+    /// it opens checks the fence at that epoch first (see [`super::postgres`]), so a node that
+    /// has lost its lease changes nothing. An SQLite database has no fence: `fence` is ignored.
+    ///
+    /// # Errors
+    /// As [`Migrations::open`]; also an epoch beyond the fence's `bigint`.
+    pub fn open_fenced(
+        url: &str,
+        directory: &Path,
+        fence: Option<u64>,
+    ) -> Result<(Self, Found), String> {
+        if let Some(epoch) = fence.filter(|e| i64::try_from(*e).is_err()) {
+            return Err(format!(
+                "epoch {epoch} does not fit {}.epoch (bigint, at most {})",
+                super::postgres::FENCE_TABLE,
+                i64::MAX
+            ));
+        }
         let mut migrations = Migrations {
-            db: open(url).map_err(|e| e.to_string())?,
+            db: open_db(url, fence)?,
             url: url.to_owned(),
             directory: directory.to_owned(),
+            fence,
         };
         let found = migrations.read()?;
         Ok((migrations, found))
@@ -207,7 +245,7 @@ impl Executor for Migrations {
     fn notice(&mut self, effects: &[Effect]) {
         if effects.iter().any(|e| matches!(e, Effect::Restore { .. })) {
             // The database was replaced under it: connect again.
-            if let Ok(db) = open(&self.url) {
+            if let Ok(db) = open_db(&self.url, self.fence) {
                 self.db = db;
             }
         }

@@ -5,7 +5,8 @@
 //! - [`schema`]: the [`SchemaDb`] trait, what a database says ([`DbState`]), runs and their
 //!   reports and failures, and [`open`]. Which steps run is the core's decision
 //!   (`State::rollback`/`State::migrate`); the executor turns its effects into [`Step`]s.
-//! - [`sqlite`] and [`postgres`]: the two databases.
+//! - [`sqlite`] and [`postgres`]: the two databases; PostgreSQL's fence for several nodes sharing
+//!   one store ([`advance_fence`], [`fences`]).
 //!
 //! ```
 //! use rollback_node::exec::migrations::{open, Catalogue, Direction, SqlFile, Step};
@@ -52,6 +53,7 @@ pub mod sqlite;
 pub mod url;
 
 pub use catalogue::{Catalogue, CatalogueError, Migration};
+pub use postgres::{advance_fence, fences};
 pub use schema::{
     DbState, Direction, Dirty, Drift, Evidence, ForceReport, NotInDirectory, RunError, RunFailure,
     RunReport, SchemaDb, SchemaError, Step, StepError, StepReport,

@@ -1,12 +1,35 @@
 //! The PostgreSQL schema database (the synchronous `postgres` client): golang-migrate's layout
 //! for `schema_migrations` and its advisory lock, so this engine and golang-migrate never run at
 //! the same time on one database.
+//!
+//! ## The fence
+//!
+//! When several controller nodes share one store, one of them leads at a time, under a lease
+//! with an increasing integer epoch. A node that lost its lease may not know it yet (a long
+//! pause, a partition), so the target itself refuses its writes: the table
+//! [`FENCE_TABLE`]`(epoch bigint NOT NULL)`, one row, in the database's default schema, holds
+//! the newest epoch that has led.
+//!
+//! - A node that takes the lease calls [`advance_fence`] first (it waits for any transaction
+//!   holding the row), then reads the target, reconciles and starts its queue.
+//! - A database opened with [`PostgresDb::open_fenced`] at epoch `E` begins every transaction
+//!   it opens with `SET LOCAL idle_in_transaction_session_timeout` ([`FENCE_IDLE_TIMEOUT`], so
+//!   a paused holder does not keep the next leader waiting) and
+//!   `UPDATE rollback_node_fence SET epoch = E WHERE epoch <= E`, raising an error when no row
+//!   matched: the row lock is held through the migration, and a node that has lost its lease
+//!   stops at its next transaction. A file run outside a transaction (`CREATE INDEX
+//!   CONCURRENTLY`) is preceded by the same check as a statement of its own.
+//!
+//! SQLite targets have no fence: they are one file on one machine ([`fences`] says which URLs
+//! have one).
 
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use ::postgres::{Client, Config, NoTls};
+
+use crate::exec::database::Database;
 
 use super::schema::{
     Backend, DbFailure, Direction, Engine, Evidence, SchemaDb, SchemaError, CHECKSUM_TABLE,
@@ -16,12 +39,23 @@ use super::schema::{
 /// How long to wait for the server, and for the migration lock.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The fence table: one row, the newest epoch that has led (see the module's documentation).
+pub const FENCE_TABLE: &str = "rollback_node_fence";
+
+/// How long a fenced transaction may sit idle before the server ends its session, releasing the
+/// fence row: a paused or partitioned holder keeps the next leader's [`advance_fence`] waiting
+/// at most this long once its current statement is done. Set with `SET LOCAL`, so only our own
+/// transactions have it.
+pub const FENCE_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A PostgreSQL database as a [`SchemaDb`].
 pub struct PostgresDb(Engine<PostgresBackend>);
 
 /// The PostgreSQL side of [`Engine`].
 pub(crate) struct PostgresBackend {
     client: Client,
+    /// How to connect again (a fenced session the server ended, see [`FENCE_IDLE_TIMEOUT`]).
+    config: Config,
     url: String,
     lock_id: i64,
     locked: bool,
@@ -29,6 +63,8 @@ pub(crate) struct PostgresBackend {
     maybe_in_tx: bool,
     /// The three tables were seen on this connection.
     tables_ok: bool,
+    /// The epoch every transaction checks the fence against (`None`: unfenced).
+    fence: Option<u64>,
 }
 
 /// The first row of a simple query, as text.
@@ -101,8 +137,16 @@ pub fn advisory_lock_id(database: &str, schema: &str, table: &str) -> i64 {
 }
 
 impl PostgresDb {
-    /// Connects (with a timeout of [`TIMEOUT`]).
+    /// Connects (with a timeout of [`TIMEOUT`]), unfenced.
     pub fn open(url: &str) -> Result<PostgresDb, SchemaError> {
+        PostgresDb::open_fenced(url, None)
+    }
+
+    /// Connects (with a timeout of [`TIMEOUT`]); with `Some(epoch)`, every transaction it opens
+    /// first checks [`FENCE_TABLE`] against that epoch and fails, changing nothing, when a newer
+    /// epoch has been recorded or the table is missing (see the module's documentation). An
+    /// epoch beyond `bigint` is refused by the database at each transaction.
+    pub fn open_fenced(url: &str, fence: Option<u64>) -> Result<PostgresDb, SchemaError> {
         let shown = redact(url);
         let mut config = Config::from_str(url).map_err(|e| SchemaError::BadUrl {
             url: shown.clone(),
@@ -137,11 +181,13 @@ impl PostgresDb {
         Ok(PostgresDb(Engine {
             backend: PostgresBackend {
                 client,
+                config,
                 url: shown,
                 lock_id,
                 locked: false,
                 maybe_in_tx: false,
                 tables_ok: false,
+                fence,
             },
         }))
     }
@@ -149,12 +195,36 @@ impl PostgresDb {
 
 super::schema::delegate_schema_db!(PostgresDb);
 
+impl PostgresBackend {
+    /// A fenced connection the server has closed (its idle timeout ended a paused
+    /// transaction) is opened again, so a node that still leads can go on; an unfenced one is
+    /// left as it is.
+    fn revive(&mut self) -> Result<(), SchemaError> {
+        if self.fence.is_none() || !self.client.is_closed() {
+            return Ok(());
+        }
+        self.client = self
+            .config
+            .connect(NoTls)
+            .map_err(|e| SchemaError::Unreachable {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
+        // The session's locks, transaction and what it had seen went with it.
+        self.locked = false;
+        self.maybe_in_tx = false;
+        self.tables_ok = false;
+        Ok(())
+    }
+}
+
 impl Backend for PostgresBackend {
     fn url(&self) -> &str {
         &self.url
     }
 
     fn lock(&mut self) -> Result<(), SchemaError> {
+        self.revive()?;
         let deadline = Instant::now() + TIMEOUT;
         loop {
             // Simple queries: one round trip each, no statement to prepare.
@@ -194,6 +264,10 @@ impl Backend for PostgresBackend {
     }
 
     fn ensure_tables(&mut self) -> Result<(), DbFailure> {
+        self.revive().map_err(|e| DbFailure {
+            said: e.to_string(),
+            locked: false,
+        })?;
         if self.tables_ok {
             return Ok(());
         }
@@ -233,7 +307,33 @@ impl Backend for PostgresBackend {
     }
 
     fn begin(&mut self) -> Result<(), DbFailure> {
-        self.exec("BEGIN")
+        let Some(epoch) = self.fence else {
+            return self.exec("BEGIN");
+        };
+        // One round trip: the fence row is locked by the transaction's first statements and
+        // held until it ends.
+        let sql = format!(
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '{}'; {}",
+            timeout_setting(FENCE_IDLE_TIMEOUT),
+            fence_check_sql(epoch)
+        );
+        let result = self.exec(&sql);
+        if result.is_err() {
+            // Refused (or failed) after BEGIN: leave no aborted transaction behind, so the
+            // engine can still read where the database stands.
+            let _ = self.exec("ROLLBACK");
+        }
+        result
+    }
+
+    fn fence(&mut self) -> Result<(), DbFailure> {
+        match self.fence {
+            Some(epoch) => self
+                .client
+                .batch_execute(&fence_check_sql(epoch))
+                .map_err(failure),
+            None => Ok(()),
+        }
     }
 
     // The client does not follow BEGIN/COMMIT sent as text, and a file run outside our
@@ -301,6 +401,9 @@ impl Backend for PostgresBackend {
 
     fn write_evidence(&mut self, e: &Evidence) -> Result<(), DbFailure> {
         let mut tx = self.client.transaction().map_err(failure)?;
+        if let Some(epoch) = self.fence {
+            tx.batch_execute(&fence_check_sql(epoch)).map_err(failure)?;
+        }
         tx.execute(&format!("DELETE FROM {EVIDENCE_TABLE}"), &[])
             .map_err(failure)?;
         tx.execute(
@@ -325,6 +428,116 @@ impl Backend for PostgresBackend {
     fn now_sql(&self) -> &'static str {
         "now()"
     }
+}
+
+/// A duration as a PostgreSQL time setting: whole seconds as `3s`, else milliseconds.
+fn timeout_setting(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// One statement that advances the fence to `epoch` (the row stays locked until the
+/// transaction ends) or raises an error naming the epoch it holds: a newer one, no row, or no
+/// table are all a lease this node no longer has.
+fn fence_check_sql(epoch: u64) -> String {
+    format!(
+        "DO $rollback_node_fence$
+DECLARE held bigint;
+BEGIN
+  IF to_regclass('{FENCE_TABLE}') IS NULL THEN
+    RAISE EXCEPTION '{FENCE_TABLE} does not exist, so no leader has advanced it: this node''s lease (epoch {epoch}) was lost or never recorded, so it must not change the database';
+  END IF;
+  UPDATE {FENCE_TABLE} SET epoch = {epoch} WHERE epoch <= {epoch};
+  IF NOT FOUND THEN
+    SELECT max(epoch) INTO held FROM {FENCE_TABLE};
+    RAISE EXCEPTION '{FENCE_TABLE} holds epoch %, newer than this node''s epoch {epoch}: this node''s lease was lost, so it must not change the database', coalesce(held::text, 'none (it has no row)');
+  END IF;
+END
+$rollback_node_fence$"
+    )
+}
+
+/// Whether a target URL has a fence: a PostgreSQL one does; an SQLite one (one file on one
+/// machine) does not, nor does a URL that names neither.
+pub fn fences(url: &str) -> bool {
+    matches!(Database::from_url(url), Ok(Database::Postgres(_)))
+}
+
+/// Advances the fence of the PostgreSQL target at `url` to `epoch`: what a node does first when
+/// it takes the lease, before it reads the target and starts its queue.
+///
+/// Creates [`FENCE_TABLE`]`(epoch bigint NOT NULL)` in the database's default schema if it is
+/// missing, and its one row (epoch 0) if it has none, under a transaction-scoped advisory lock,
+/// so two nodes doing it at once are safe; then `UPDATE rollback_node_fence SET epoch = E WHERE
+/// epoch <= E`, which waits for any transaction holding the row (a fenced migration of the
+/// previous leader; at most [`FENCE_IDLE_TIMEOUT`] once that leader stops sending statements).
+/// The same epoch again is accepted.
+///
+/// An SQLite target has no fence: `Ok(())` at once (see [`fences`]).
+///
+/// # Errors
+/// The URL or server cannot be used, or a newer epoch than `epoch` has been recorded: then this
+/// node must not lead, and the error names that epoch.
+pub fn advance_fence(url: &str, epoch: u64) -> Result<(), String> {
+    if let Database::Sqlite(_) = Database::from_url(url)? {
+        return Ok(());
+    }
+    let shown = redact(url);
+    let wanted = i64::try_from(epoch).map_err(|_| {
+        format!(
+            "{shown}: epoch {epoch} does not fit {FENCE_TABLE}.epoch (bigint, at most {})",
+            i64::MAX
+        )
+    })?;
+    let mut config = Config::from_str(url).map_err(|e| format!("{shown}: {e}"))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(TIMEOUT);
+    }
+    let mut client = config
+        .connect(NoTls)
+        .map_err(|e| format!("{shown}: unreachable: {e}"))?;
+    let said =
+        |doing: &str, e: ::postgres::Error| format!("{shown}: {doing} failed: {}", failure(e).said);
+    let names = client
+        .query_one(
+            "SELECT current_database()::text, coalesce(current_schema()::text, 'public')",
+            &[],
+        )
+        .map_err(|e| said("reading the database and schema names", e))?;
+    let lock_id = advisory_lock_id(
+        &names.get::<_, String>(0),
+        &names.get::<_, String>(1),
+        FENCE_TABLE,
+    );
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             SELECT pg_advisory_xact_lock({lock_id});
+             CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (epoch bigint NOT NULL);
+             INSERT INTO {FENCE_TABLE} (epoch) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM {FENCE_TABLE});
+             COMMIT;"
+        ))
+        .map_err(|e| said(&format!("creating {FENCE_TABLE}"), e))?;
+    let advanced = client
+        .execute(
+            &format!("UPDATE {FENCE_TABLE} SET epoch = $1 WHERE epoch <= $1"),
+            &[&wanted],
+        )
+        .map_err(|e| said(&format!("advancing {FENCE_TABLE} to epoch {epoch}"), e))?;
+    if advanced > 0 {
+        return Ok(());
+    }
+    let held: Option<i64> = client
+        .query_one(&format!("SELECT max(epoch) FROM {FENCE_TABLE}"), &[])
+        .map_err(|e| said(&format!("reading {FENCE_TABLE}"), e))?
+        .get(0);
+    let held = held.map_or("none (it has no row)".to_owned(), |h| h.to_string());
+    Err(format!(
+        "{shown}: {FENCE_TABLE} holds epoch {held}, newer than epoch {epoch}: a node with a newer lease has led this database, so this node must not lead"
+    ))
 }
 
 #[cfg(test)]

@@ -403,8 +403,14 @@ pub(crate) trait Backend: Send {
     fn ensure_tables(&mut self) -> Result<(), DbFailure>;
     /// Runs SQL text as written (one statement, or our own batch).
     fn exec(&mut self, sql: &str) -> Result<(), DbFailure>;
-    /// Opens a transaction that takes the write lock at once.
+    /// Opens a transaction that takes the write lock at once (on a fenced database, its first
+    /// statements check the fence; refused, no transaction is left open).
     fn begin(&mut self) -> Result<(), DbFailure>;
+    /// Checks the fence as a statement of its own, before a file that runs outside our
+    /// transactions; a database without one has nothing to check.
+    fn fence(&mut self) -> Result<(), DbFailure> {
+        Ok(())
+    }
     /// Whether a transaction is open.
     fn in_transaction(&mut self) -> bool;
     /// `schema_migrations`: version (negative or absent: none) and dirty.
@@ -732,7 +738,8 @@ impl<B: Backend> Engine<B> {
 
     /// golang-migrate's protocol for a file that cannot run in a transaction: mark the version
     /// dirty, run the file as written, then clear the mark; a failure of the file keeps the mark
-    /// and records the evidence.
+    /// and records the evidence. On a fenced database the fence is checked again, as a
+    /// statement of its own, right before the file.
     fn run_dirty(
         &mut self,
         step: &Step,
@@ -751,6 +758,15 @@ impl<B: Backend> Engine<B> {
             self.rollback();
             let e = self.query_error("marking schema_migrations dirty", f);
             return Err(self.stop(run, e.into()));
+        }
+        if let Err(f) = self.backend.fence() {
+            // The mark is committed; a node the fence refuses writes nothing more, not even
+            // evidence, so the database stays dirty for the leader to resolve.
+            let e = self.query_error(
+                "checking the fence before running a file outside a transaction",
+                f,
+            );
+            return Err(run.fail(step.version_after, true, e.into()));
         }
         let body = step.file.body();
         if let Err((s, said)) = self.exec_statements(&body, run) {
