@@ -14,31 +14,24 @@ pub mod node;
 pub mod sql;
 pub mod store;
 
-use crate::core::effects::Found;
 use crate::exec::estate::Estate;
-use crate::exec::Executors;
 use std::path::Path;
 
-/// Advances the fence of every target that has one (a PostgreSQL schema database) to `epoch`:
-/// after it, a transaction of an earlier epoch cannot commit there.
+/// Advances the fence of the target that has one (a PostgreSQL schema database) to `epoch`:
+/// after it, a migration transaction of an earlier epoch cannot commit there.
 ///
 /// # Errors
 /// A newer epoch has been there, or the target cannot be reached.
 pub fn advance_fences(estate: &Estate, base: &Path, epoch: u64) -> Result<(), String> {
-    let _ = (estate, base, epoch);
+    let databases = estate
+        .systems
+        .iter()
+        .filter_map(|c| c.config().database(base));
+    for (database, _) in databases {
+        let url = database.url();
+        if crate::exec::migrations::fences(&url) {
+            crate::exec::migrations::advance_fence(&url, epoch)?;
+        }
+    }
     Ok(())
-}
-
-/// The executors of a leader's term at `epoch` (a PostgreSQL migration checks its fence).
-///
-/// # Errors
-/// A real system cannot be used.
-pub fn connect_fenced(
-    estate: &Estate,
-    base: &Path,
-    pace: f64,
-    epoch: u64,
-) -> Result<(Executors, Found), String> {
-    let _ = epoch;
-    crate::exec::connect::connect(estate, base, pace)
 }

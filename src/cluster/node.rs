@@ -613,7 +613,8 @@ impl Node {
             .filter(|e| e.operation.is_some() && e.outcome.is_none())
             .cloned()
             .collect();
-        let (executors, found) = super::connect_fenced(&self.estate, &self.base, self.pace, epoch)?;
+        let (executors, found) =
+            crate::exec::connect::connect_fenced(&self.estate, &self.base, self.pace, Some(epoch))?;
         let mut machine = match snapshot {
             Some(snapshot) => Machine::from_snapshot(snapshot),
             None => Machine::new(self.estate.state.clone()),
