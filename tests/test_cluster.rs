@@ -1,0 +1,349 @@
+//! Several nodes on one PostgreSQL store, through the binary: three node processes per test on
+//! a throwaway PostgreSQL 15 (one server for this test binary, one store database per test).
+//! Any node accepts any request; one leads; a retry sent to another node joins the original;
+//! the kill switch is answered with no leader; a leader killed in the middle of a rollback is
+//! replaced and the request is answered with the interruption; bad starts are refused.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+#[path = "support/pg.rs"]
+mod pg;
+
+use cluster::{wait_until, Node};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const REPLY: Duration = Duration::from_secs(15);
+
+/// A fresh store database and its URL.
+fn store(hint: &str) -> (String, String) {
+    pg::server().create_database(hint)
+}
+
+fn three(url: &str, extra: &[&str]) -> [Node; 3] {
+    ["n1", "n2", "n3"].map(|id| Node::start(url, id, None, extra))
+}
+
+fn status(node: &Node) -> Value {
+    node.request("ops", json!({"type": "status"}), REPLY)["body"].clone()
+}
+
+/// The leader every node names, once they agree (and someone leads).
+fn agreed_leader(nodes: &[Node]) -> String {
+    let mut leader = String::new();
+    let agreed = wait_until(Duration::from_secs(15), || {
+        let named: Vec<Value> = nodes
+            .iter()
+            .map(|n| status(n)["cluster"]["leader"].clone())
+            .collect();
+        match named[0].as_str() {
+            Some(first) if named.iter().all(|l| l.as_str() == Some(first)) => {
+                leader = first.to_owned();
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(agreed, "the nodes never agreed on a leader");
+    leader
+}
+
+fn sql(db: &str, text: &str) -> Vec<postgres::SimpleQueryMessage> {
+    pg::server()
+        .connect(db)
+        .simple_query(text)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+fn count(db: &str, text: &str) -> i64 {
+    let rows: Vec<i64> = sql(db, text)
+        .into_iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .collect();
+    rows[0]
+}
+
+#[test]
+fn any_node_accepts_and_one_leads() {
+    let (url, db) = store("accepts");
+    let nodes = three(&url, &[]);
+    let leader = agreed_leader(&nodes);
+    let follower = nodes.iter().find(|n| n.node_id != leader).unwrap();
+    let other = nodes
+        .iter()
+        .find(|n| n.node_id != leader && n.node_id != follower.node_id)
+        .unwrap();
+
+    let first = status(follower);
+    assert_eq!(first["schema_version"], 3);
+    let cluster = &first["cluster"];
+    assert_eq!(cluster["node"], follower.node_id.as_str());
+    assert_eq!(cluster["leader"], leader.as_str());
+    assert!(cluster["epoch"].as_u64().unwrap() >= 1, "{cluster}");
+    assert_eq!(cluster["nodes"], json!(["n1", "n2", "n3"]));
+
+    // Accepted by a follower, run by the leader, answered by the follower.
+    let reply = follower.request(
+        "deploy",
+        json!({"type": "rollback", "msg_id": 1, "version": 2}),
+        REPLY,
+    );
+    assert_eq!(reply["src"], follower.node_id.as_str());
+    assert_eq!(reply["dest"], "deploy");
+    assert_eq!(reply["body"]["type"], "rollback_complete", "{reply}");
+    assert_eq!(reply["body"]["rolled_back_to"], 1);
+    // The same request again, to another node: the original's reply, not a second run.
+    let retry = other.request(
+        "deploy",
+        json!({"type": "rollback", "msg_id": 1, "version": 2}),
+        REPLY,
+    );
+    assert_eq!(retry["body"], reply["body"]);
+    for node in &nodes {
+        assert_eq!(status(node)["schema_version"], 1, "{}", node.node_id);
+    }
+    // A request refused by the leader's machine is refused on every node alike.
+    let refused = other.request(
+        "deploy",
+        json!({"type": "rollback", "msg_id": 2, "version": 7}),
+        REPLY,
+    );
+    assert_eq!(refused["body"]["type"], "error");
+
+    // One history entry for the rollback, the same on every node.
+    for node in &nodes {
+        let history = node.request("ops", json!({"type": "history"}), REPLY);
+        let entries = history["body"]["entries"].as_array().unwrap().clone();
+        let rollbacks: Vec<&Value> = entries
+            .iter()
+            .filter(|e| e["request"]["type"] == "rollback" && e["msg_id"] == 1)
+            .collect();
+        assert_eq!(rollbacks.len(), 1, "{}: {entries:?}", node.node_id);
+        assert_eq!(rollbacks[0]["reply"], reply["body"]);
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM rollback_node.journal WHERE hseq IS NOT NULL AND msg_id = 1"),
+        1
+    );
+}
+
+#[test]
+fn the_kill_switch_is_answered_with_no_leader() {
+    let (url, db) = store("killswitch");
+    let nodes = three(&url, &[]);
+    agreed_leader(&nodes);
+    // A holder that is not a node keeps the lease: nobody leads.
+    sql(
+        &db,
+        "UPDATE rollback_node.lease SET holder = 'ghost', epoch = epoch + 1, expires_at = clock_timestamp() + interval '1 hour'",
+    );
+    assert!(wait_until(Duration::from_secs(10), || nodes
+        .iter()
+        .all(|n| status(n)["cluster"]["leader"] == "ghost")));
+
+    let started = Instant::now();
+    let reply = nodes[1].request(
+        "oncall",
+        json!({"type": "disable_feature", "msg_id": 5, "feature": "new_checkout"}),
+        REPLY,
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        reply["body"],
+        json!({"type": "feature_disabled", "in_reply_to": 5, "feature": "new_checkout", "rolled_back_instant": true})
+    );
+    // Every node serves the store's flags.
+    assert!(wait_until(Duration::from_secs(5), || nodes
+        .iter()
+        .all(|n| status(n)["flags"]["new_checkout"] == false)));
+    // A retry on another node is answered from the store, once.
+    let retry = nodes[2].request(
+        "oncall",
+        json!({"type": "disable_feature", "msg_id": 5, "feature": "new_checkout"}),
+        REPLY,
+    );
+    assert_eq!(retry["body"], reply["body"]);
+    assert_eq!(count(&db, "SELECT count(*) FROM rollback_node.flags"), 1);
+    // An unknown flag is refused and recorded nowhere.
+    let unknown = nodes[0].request(
+        "oncall",
+        json!({"type": "disable_feature", "msg_id": 6, "feature": "nope"}),
+        REPLY,
+    );
+    assert_eq!(unknown["body"]["code"], 20, "{unknown}");
+    assert_eq!(count(&db, "SELECT count(*) FROM rollback_node.flags"), 1);
+
+    // A rollback waits for a leader, and is run once one takes the lease.
+    nodes[0].send_body("deploy", &json!({"type": "rollback", "msg_id": 9, "version": 3}));
+    assert!(nodes[0].try_recv_reply(9, Duration::from_secs(1)).is_none());
+    sql(
+        &db,
+        "UPDATE rollback_node.lease SET holder = NULL, expires_at = clock_timestamp()",
+    );
+    let reply = nodes[0].recv_reply(9, REPLY);
+    assert_eq!(reply["body"]["type"], "rollback_complete", "{reply}");
+}
+
+#[test]
+fn a_leader_killed_mid_rollback_is_replaced_and_the_request_answered_with_the_interruption() {
+    let (url, _db) = store("failover");
+    // A rollback to 1 is 25 modelled seconds: 5 s of wall time at this pace.
+    let nodes = three(&url, &["--pace", "0.2"]);
+    let leader = agreed_leader(&nodes);
+    let epoch = status(&nodes[0])["cluster"]["epoch"].as_u64().unwrap();
+    let accepting = nodes.iter().find(|n| n.node_id != leader).unwrap();
+    let third = nodes
+        .iter()
+        .find(|n| n.node_id != leader && n.node_id != accepting.node_id)
+        .unwrap();
+    accepting.send_body("deploy", &json!({"type": "rollback", "msg_id": 3, "version": 2}));
+    let leading = nodes.iter().find(|n| n.node_id == leader).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        status(leading)["in_flight"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|o| o["msg_id"] == 3))
+    }));
+    let killed = Instant::now();
+    leading.kill9();
+
+    let reply = accepting.recv_reply(3, REPLY);
+    let took = killed.elapsed();
+    assert_eq!(reply["body"]["type"], "error", "{reply}");
+    assert_eq!(reply["body"]["code"], 13, "{reply}");
+    assert!(
+        reply["body"]["text"].as_str().unwrap().contains("interrupted"),
+        "{reply}"
+    );
+    assert!(took < Duration::from_secs(10), "answered {took:?} after the kill");
+    // A retry anywhere gets the same; every node lists the interruption; a higher epoch leads.
+    let retry = third.request(
+        "deploy",
+        json!({"type": "rollback", "msg_id": 3, "version": 2}),
+        REPLY,
+    );
+    assert_eq!(retry["body"], reply["body"]);
+    for node in [accepting, third] {
+        let s = status(node);
+        let interrupted = s["interrupted"].as_array().cloned().unwrap_or_default();
+        assert!(
+            interrupted.iter().any(|i| i["msg_id"] == 3 && i["src"] == "deploy"),
+            "{}: {s}",
+            node.node_id
+        );
+        assert!(s["cluster"]["epoch"].as_u64().unwrap() > epoch, "{s}");
+        assert_ne!(s["cluster"]["leader"], leader.as_str(), "{s}");
+        let history = node.request("ops", json!({"type": "history"}), REPLY);
+        let entries = history["body"]["entries"].as_array().unwrap().clone();
+        let mine: Vec<&Value> = entries.iter().filter(|e| e["msg_id"] == 3).collect();
+        assert_eq!(mine.len(), 1, "{entries:?}");
+        assert!(mine[0]["reply"]["text"].as_str().unwrap().contains("interrupted"));
+    }
+    // The queue carries on under the new leader.
+    let next = third.request(
+        "deploy",
+        json!({"type": "switch_traffic", "msg_id": 4, "to": "blue"}),
+        REPLY,
+    );
+    assert_eq!(next["body"]["type"], "traffic_switched", "{next}");
+}
+
+#[test]
+fn nodes_with_different_estates_are_refused_naming_both() {
+    let (url, _db) = store("estates");
+    let first = Node::start(&url, "n1", None, &[]);
+    status(&first);
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.toml");
+    let text = rollback_node::EXAMPLE_ESTATE.replace("new_checkout", "old_checkout");
+    std::fs::write(&other, text).unwrap();
+    let second = Node::start(&url, "n2", Some(&other), &[]);
+    let exit = second.wait_exit(Duration::from_secs(15)).expect("refused");
+    assert_eq!(exit.code(), Some(2));
+    let said = second.stderr_text();
+    assert!(said.contains("another estate"), "{said}");
+    assert!(said.contains("the built-in example estate"), "{said}");
+    assert!(said.contains("other.toml"), "{said}");
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+}
+
+#[test]
+fn an_unreachable_store_at_start_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("postgres://nobody@/rb?host={}", dir.path().display());
+    let node = Node::start(&url, "n1", None, &[]);
+    let exit = node.wait_exit(Duration::from_secs(15)).expect("refused");
+    assert_eq!(exit.code(), Some(2));
+    let said = node.stderr_text();
+    assert!(said.contains("cannot reach the store"), "{said}");
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+}
+
+#[test]
+fn a_live_node_id_is_refused_and_a_crashed_one_is_waited_for() {
+    let (url, _db) = store("ids");
+    let first = Node::start(&url, "n1", None, &[]);
+    status(&first);
+    let twin = Node::start(&url, "n1", None, &[]);
+    let exit = twin.wait_exit(Duration::from_secs(15)).expect("refused");
+    assert_eq!(exit.code(), Some(2), "{}", twin.stderr_text());
+    assert!(twin.stderr_text().contains("held by a live node"), "{}", twin.stderr_text());
+
+    // After a kill -9 the same id starts again, once its old heartbeat is a lease old.
+    first.kill9();
+    let restarted = Instant::now();
+    first.restart();
+    assert_eq!(status(&first)["cluster"]["node"], "n1");
+    assert!(first.stderr_text().contains("waiting up to"), "{}", first.stderr_text());
+    assert!(restarted.elapsed() >= Duration::from_secs(1));
+}
+
+#[test]
+fn a_store_that_goes_away_refuses_changes_and_comes_back_by_itself() {
+    let (url, db) = store("outage");
+    let nodes = three(&url, &[]);
+    agreed_leader(&nodes);
+    let server = pg::server();
+    sql("postgres", &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
+    cluster::terminate_backends(&server.url("postgres"), &db);
+
+    let refused = nodes[1].request(
+        "oncall",
+        json!({"type": "disable_feature", "msg_id": 1, "feature": "new_checkout"}),
+        REPLY,
+    );
+    assert_eq!(refused["body"]["code"], 11, "{refused}");
+    let forwarded = nodes[2].request(
+        "deploy",
+        json!({"type": "rollback", "msg_id": 2, "version": 3}),
+        REPLY,
+    );
+    assert_eq!(forwarded["body"]["code"], 11, "{forwarded}");
+    let known = status(&nodes[0]);
+    assert_eq!(known["schema_version"], 3);
+    assert!(
+        known["cluster"]["store"].as_str().unwrap().starts_with("cut off"),
+        "{known}"
+    );
+
+    sql("postgres", &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    let mut last = Value::Null;
+    let back = wait_until(Duration::from_secs(20), || {
+        last = nodes[1].request(
+            "oncall",
+            json!({"type": "disable_feature", "feature": "new_checkout"}),
+            REPLY,
+        );
+        last["body"]["type"] == "feature_disabled"
+    });
+    assert!(back, "{last}");
+    let reply = nodes[2].request(
+        "deploy",
+        json!({"type": "rollback", "msg_id": 3, "version": 3}),
+        REPLY,
+    );
+    assert_eq!(reply["body"]["type"], "rollback_complete", "{reply}");
+    assert_eq!(status(&nodes[0])["cluster"]["store"], "connected");
+}
