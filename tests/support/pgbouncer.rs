@@ -128,7 +128,10 @@ fn log_of(dir: &Path) -> String {
 }
 
 /// The configuration: transaction pooling, every database of the server behind one wildcard
-/// entry (so each database gets a pool of its own, made on first use).
+/// entry (so each database gets a pool of its own, made on first use). The `postgres` crate's
+/// startup packet holds `client_encoding` (which PgBouncer tracks), `user` and `database`, and
+/// `options` or `application_name` only when the URL sets them; `extra_float_digits` is what
+/// JDBC and psycopg send. `server_reset_query` is empty: transaction mode runs none anyway.
 fn config(dir: &Path, port: u16, user: &str, server: &pg::PgServer) -> String {
     format!(
         "[databases]
