@@ -26,7 +26,7 @@ use crate::service::ofrep::OfrepServer;
 use crate::store::{replay, Entry, MemoryStore};
 use crate::wire::lines::{LineSplitter, Piece};
 use crate::wire::MAX_LINE_BYTES;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -176,8 +176,8 @@ struct Term {
     deadline: Arc<Deadline>,
     workers: [Option<Sender<Job>>; 3],
     events: Receiver<Event>,
-    /// The highest inbox number fed to the machine.
-    fed: u64,
+    /// The inbox rows fed to the machine in this term and not yet answered.
+    fed: HashSet<u64>,
     looked: Option<Instant>,
     /// Replies to inbox rows, handed over by the waiters after a commit.
     answers: Arc<Mutex<Vec<(u64, String)>>>,
@@ -653,7 +653,7 @@ impl Node {
             deadline,
             workers,
             events,
-            fed: 0,
+            fed: HashSet::new(),
             looked: None,
             answers: Arc::new(Mutex::new(Vec::new())),
             status,
@@ -679,14 +679,18 @@ impl Node {
         let mut scratch = Vec::new();
         if term.looked.is_none_or(|at| at.elapsed() >= INBOX_EVERY) {
             term.looked = Some(Instant::now());
-            let rows: Vec<Inboxed> =
-                match store::unanswered(term.session.store_mut().db(), term.fed) {
-                    Ok(rows) => rows,
-                    Err(DbError::Unreachable(_)) => Vec::new(),
-                    Err(e) => return Err(e.to_string()),
-                };
+            let rows: Vec<Inboxed> = match store::unanswered(term.session.store_mut().db()) {
+                Ok(rows) => rows,
+                // Nothing is known about the inbox now: what was fed stays fed.
+                Err(DbError::Unreachable(_)) => return Ok(()),
+                Err(e) => return Err(e.to_string()),
+            };
+            let unanswered: HashSet<u64> = rows.iter().map(|r| r.seq).collect();
+            term.fed.retain(|seq| unanswered.contains(seq));
             for row in rows {
-                term.fed = term.fed.max(row.seq);
+                if !term.fed.insert(row.seq) {
+                    continue;
+                }
                 let answers = term.answers.clone();
                 let seq = row.seq;
                 let waiter = Waiter::new(move |answer| {

@@ -457,16 +457,18 @@ pub struct Inboxed {
     pub body: String,
 }
 
-/// The unanswered inbox rows after `after`, in order.
+/// The unanswered inbox rows, oldest first (at most a thousand). Not "after the last one
+/// read": inbox numbers are taken when a row is inserted, not when it commits, so a row can
+/// appear after one with a higher number.
 ///
 /// # Errors
 /// The store cannot be read.
-pub fn unanswered(db: &mut Db, after: u64) -> Result<Vec<Inboxed>, DbError> {
+pub fn unanswered(db: &mut Db) -> Result<Vec<Inboxed>, DbError> {
     let rows = db.rows(
         &format!(
-            "SELECT seq, src, body FROM {SCHEMA}.inbox WHERE reply IS NULL AND seq > $1 ORDER BY seq LIMIT 1000"
+            "SELECT seq, src, body FROM {SCHEMA}.inbox WHERE reply IS NULL ORDER BY seq LIMIT 1000"
         ),
-        &[(&int(after), Type::INT8)],
+        &[],
     )?;
     Ok(rows
         .into_iter()
