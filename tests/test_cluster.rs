@@ -125,7 +125,10 @@ fn any_node_accepts_and_one_leads() {
         assert_eq!(rollbacks[0]["reply"], reply["body"]);
     }
     assert_eq!(
-        count(&db, "SELECT count(*) FROM rollback_node.journal WHERE hseq IS NOT NULL AND msg_id = 1"),
+        count(
+            &db,
+            "SELECT count(*) FROM rollback_node.journal WHERE hseq IS NOT NULL AND msg_id = 1"
+        ),
         1
     );
 }
@@ -177,7 +180,10 @@ fn the_kill_switch_is_answered_with_no_leader() {
     assert_eq!(count(&db, "SELECT count(*) FROM rollback_node.flags"), 1);
 
     // A rollback waits for a leader, and is run once one takes the lease.
-    nodes[0].send_body("deploy", &json!({"type": "rollback", "msg_id": 9, "version": 3}));
+    nodes[0].send_body(
+        "deploy",
+        &json!({"type": "rollback", "msg_id": 9, "version": 3}),
+    );
     assert!(nodes[0].try_recv_reply(9, Duration::from_secs(1)).is_none());
     sql(
         &db,
@@ -199,7 +205,10 @@ fn a_leader_killed_mid_rollback_is_replaced_and_the_request_answered_with_the_in
         .iter()
         .find(|n| n.node_id != leader && n.node_id != accepting.node_id)
         .unwrap();
-    accepting.send_body("deploy", &json!({"type": "rollback", "msg_id": 3, "version": 2}));
+    accepting.send_body(
+        "deploy",
+        &json!({"type": "rollback", "msg_id": 3, "version": 2}),
+    );
     let leading = nodes.iter().find(|n| n.node_id == leader).unwrap();
     assert!(wait_until(Duration::from_secs(5), || {
         status(leading)["in_flight"]
@@ -214,10 +223,16 @@ fn a_leader_killed_mid_rollback_is_replaced_and_the_request_answered_with_the_in
     assert_eq!(reply["body"]["type"], "error", "{reply}");
     assert_eq!(reply["body"]["code"], 13, "{reply}");
     assert!(
-        reply["body"]["text"].as_str().unwrap().contains("interrupted"),
+        reply["body"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"),
         "{reply}"
     );
-    assert!(took < Duration::from_secs(10), "answered {took:?} after the kill");
+    assert!(
+        took < Duration::from_secs(10),
+        "answered {took:?} after the kill"
+    );
     // A retry anywhere gets the same; every node lists the interruption; a higher epoch leads.
     let retry = third.request(
         "deploy",
@@ -229,7 +244,9 @@ fn a_leader_killed_mid_rollback_is_replaced_and_the_request_answered_with_the_in
         let s = status(node);
         let interrupted = s["interrupted"].as_array().cloned().unwrap_or_default();
         assert!(
-            interrupted.iter().any(|i| i["msg_id"] == 3 && i["src"] == "deploy"),
+            interrupted
+                .iter()
+                .any(|i| i["msg_id"] == 3 && i["src"] == "deploy"),
             "{}: {s}",
             node.node_id
         );
@@ -239,12 +256,15 @@ fn a_leader_killed_mid_rollback_is_replaced_and_the_request_answered_with_the_in
         let entries = history["body"]["entries"].as_array().unwrap().clone();
         let mine: Vec<&Value> = entries.iter().filter(|e| e["msg_id"] == 3).collect();
         assert_eq!(mine.len(), 1, "{entries:?}");
-        assert!(mine[0]["reply"]["text"].as_str().unwrap().contains("interrupted"));
+        assert!(mine[0]["reply"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"));
     }
     // The queue carries on under the new leader.
     let next = third.request(
         "deploy",
-        json!({"type": "switch_traffic", "msg_id": 4, "to": "blue"}),
+        json!({"type": "switch_traffic", "msg_id": 4, "from": "green", "to": "blue"}),
         REPLY,
     );
     assert_eq!(next["body"]["type"], "traffic_switched", "{next}");
@@ -289,14 +309,22 @@ fn a_live_node_id_is_refused_and_a_crashed_one_is_waited_for() {
     let twin = Node::start(&url, "n1", None, &[]);
     let exit = twin.wait_exit(Duration::from_secs(15)).expect("refused");
     assert_eq!(exit.code(), Some(2), "{}", twin.stderr_text());
-    assert!(twin.stderr_text().contains("held by a live node"), "{}", twin.stderr_text());
+    assert!(
+        twin.stderr_text().contains("held by a live node"),
+        "{}",
+        twin.stderr_text()
+    );
 
     // After a kill -9 the same id starts again, once its old heartbeat is a lease old.
     first.kill9();
     let restarted = Instant::now();
     first.restart();
     assert_eq!(status(&first)["cluster"]["node"], "n1");
-    assert!(first.stderr_text().contains("waiting up to"), "{}", first.stderr_text());
+    assert!(
+        first.stderr_text().contains("waiting up to"),
+        "{}",
+        first.stderr_text()
+    );
     assert!(restarted.elapsed() >= Duration::from_secs(1));
 }
 
@@ -306,7 +334,10 @@ fn a_store_that_goes_away_refuses_changes_and_comes_back_by_itself() {
     let nodes = three(&url, &[]);
     agreed_leader(&nodes);
     let server = pg::server();
-    sql("postgres", &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
+    sql(
+        "postgres",
+        &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"),
+    );
     cluster::terminate_backends(&server.url("postgres"), &db);
 
     let refused = nodes[1].request(
@@ -324,11 +355,17 @@ fn a_store_that_goes_away_refuses_changes_and_comes_back_by_itself() {
     let known = status(&nodes[0]);
     assert_eq!(known["schema_version"], 3);
     assert!(
-        known["cluster"]["store"].as_str().unwrap().starts_with("cut off"),
+        known["cluster"]["store"]
+            .as_str()
+            .unwrap()
+            .starts_with("cut off"),
         "{known}"
     );
 
-    sql("postgres", &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    sql(
+        "postgres",
+        &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"),
+    );
     let mut last = Value::Null;
     let back = wait_until(Duration::from_secs(20), || {
         last = nodes[1].request(

@@ -525,12 +525,12 @@ impl Node {
     /// the store's flags and the cluster as this node knows it.
     fn status(&mut self, msg_id: u64) -> String {
         let view = self.keeper.view();
+        // Read from the store even on the leader: whether it answers is part of the status.
+        let read = store::stored_status(&mut self.db);
+        let reachable = read.as_ref().err().map(ToString::to_string);
         let stored = match &self.term {
             Some(term) => Some(term.status.clone()).filter(|s| !s.is_empty()),
-            None => store::stored_status(&mut self.db)
-                .ok()
-                .flatten()
-                .map(|(_, b)| b),
+            None => read.ok().flatten().map(|(_, b)| b),
         };
         let body = stored.unwrap_or_else(|| self.view.status_body());
         let mut value: serde_json::Map<String, serde_json::Value> =
@@ -538,10 +538,9 @@ impl Node {
         if let Some(flags) = &self.store_flags {
             value.insert("flags".to_owned(), serde_json::json!(flags));
         }
-        let store_state = match (&view.cut_off, self.db.is_connected()) {
-            (None, true) => serde_json::Value::String("connected".to_owned()),
-            (Some(e), _) => serde_json::Value::String(format!("cut off: {e}")),
-            (None, false) => serde_json::Value::String("cut off: reconnecting".to_owned()),
+        let store_state = match reachable.or(view.cut_off) {
+            None => "connected".to_owned(),
+            Some(e) => format!("cut off: {e}"),
         };
         let cluster = serde_json::json!({
             "node": self.me,
