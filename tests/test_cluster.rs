@@ -384,3 +384,102 @@ fn a_store_that_goes_away_refuses_changes_and_comes_back_by_itself() {
     assert_eq!(reply["body"]["type"], "rollback_complete", "{reply}");
     assert_eq!(status(&nodes[0])["cluster"]["store"], "connected");
 }
+
+/// A PostgreSQL target with a second migration whose up() takes 1.5 s inside its transaction.
+fn slow_target(dir: &std::path::Path) -> (String, String) {
+    let (url, name) = pg::server().create_database("fence_target");
+    let migrations = dir.join("migrations");
+    std::fs::create_dir(&migrations).unwrap();
+    for (file, text) in [
+        (
+            "1_create_items.up.sql",
+            "CREATE TABLE items (id bigint PRIMARY KEY);",
+        ),
+        ("1_create_items.down.sql", "DROP TABLE items;"),
+        (
+            "2_add_price.up.sql",
+            "SELECT pg_sleep(1.5);\nALTER TABLE items ADD COLUMN price bigint;",
+        ),
+        (
+            "2_add_price.down.sql",
+            "ALTER TABLE items DROP COLUMN price;",
+        ),
+    ] {
+        std::fs::write(migrations.join(file), text).unwrap();
+    }
+    std::fs::write(
+        dir.join("estate.toml"),
+        format!("[schema]\ndatabase = \"{url}\"\nmigrations = \"migrations\"\n"),
+    )
+    .unwrap();
+    (url, name)
+}
+
+#[test]
+fn a_leader_paused_in_a_migration_cannot_write_after_its_successor() {
+    let (url, _) = store("fence_store");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, target) = slow_target(dir.path());
+    let estate = dir.path().join("estate.toml");
+    let nodes = ["n1", "n2", "n3"].map(|id| Node::start(&url, id, Some(&estate), &[]));
+    let leader = agreed_leader(&nodes);
+    let leading = nodes.iter().find(|n| n.node_id == leader).unwrap();
+    let accepting = nodes.iter().find(|n| n.node_id != leader).unwrap();
+    let first = accepting.request("deploy", json!({"type": "migrate", "version": 1}), REPLY);
+    assert_eq!(first["body"]["type"], "migrate_complete", "{first}");
+    let epoch = status(accepting)["cluster"]["epoch"].as_u64().unwrap();
+    assert_eq!(
+        count(&target, "SELECT epoch FROM rollback_node_fence"),
+        epoch as i64
+    );
+
+    // Paused inside the slow migration's transaction, past its lease.
+    accepting.send_body(
+        "deploy",
+        &json!({"type": "migrate", "msg_id": 2, "version": 2}),
+    );
+    assert!(wait_until(Duration::from_secs(5), || count(
+        &target,
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(1.5)%'"
+    ) == 1));
+    leading.sigstop();
+    let reply = accepting.recv_reply(2, Duration::from_secs(30));
+    assert_eq!(reply["body"]["code"], 13, "{reply}");
+    assert!(
+        reply["body"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"),
+        "{reply}"
+    );
+    let after = status(accepting);
+    let new_epoch = after["cluster"]["epoch"].as_u64().unwrap();
+    assert!(new_epoch > epoch, "{after}");
+    assert_eq!(
+        count(&target, "SELECT epoch FROM rollback_node_fence"),
+        new_epoch as i64,
+        "the successor advanced the fence before it reconciled"
+    );
+    // The paused node comes back: it must not finish the migration it started.
+    leading.sigcont();
+    assert!(
+        leading.wait_stderr_contains("stops leading", Duration::from_secs(15)),
+        "{}",
+        leading.stderr_text()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        count(&target, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'items' AND column_name = 'price'"),
+        0,
+        "the paused leader's migration wrote after its successor"
+    );
+    assert_eq!(count(&target, "SELECT version FROM schema_migrations"), 1);
+    // The new leader runs it when asked again, once.
+    let again = accepting.request(
+        "deploy",
+        json!({"type": "migrate", "msg_id": 3, "version": 2}),
+        Duration::from_secs(30),
+    );
+    assert_eq!(again["body"]["type"], "migrate_complete", "{again}");
+    assert_eq!(count(&target, "SELECT version FROM schema_migrations"), 2);
+}

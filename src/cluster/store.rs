@@ -131,13 +131,34 @@ impl Db {
         DbError::Unreachable(said(e))
     }
 
+    /// Runs `op` on the connection; when a connection that had been working turns out dead
+    /// (the server ended it while idle), once more on a new one. Every statement the store
+    /// sends is safe to send twice: upserts, inserts a retry joins, reads.
+    fn with<T>(
+        &mut self,
+        op: impl Fn(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, DbError> {
+        let had = self.client.as_ref().is_some_and(|c| !c.is_closed());
+        let result = op(self.client()?);
+        match result {
+            Ok(value) => Ok(value),
+            Err(e) => match self.classify(&e) {
+                DbError::Unreachable(_) if had => {
+                    self.failed_at = None;
+                    let again = op(self.client()?);
+                    again.map_err(|e| self.classify(&e))
+                }
+                other => Err(other),
+            },
+        }
+    }
+
     /// Runs `text` (one or more statements, as one simple query).
     ///
     /// # Errors
     /// See [`DbError`].
     pub fn batch(&mut self, text: &str) -> Result<(), DbError> {
-        let result = self.client()?.batch_execute(text);
-        result.map_err(|e| self.classify(&e))
+        self.with(|c| c.batch_execute(text))
     }
 
     /// Runs `text` as one simple query and returns the rows of its statements as text.
@@ -145,8 +166,7 @@ impl Db {
     /// # Errors
     /// See [`DbError`].
     pub fn simple(&mut self, text: &str) -> Result<Vec<Vec<Option<String>>>, DbError> {
-        let result = self.client()?.simple_query(text);
-        let messages = result.map_err(|e| self.classify(&e))?;
+        let messages = self.with(|c| c.simple_query(text))?;
         Ok(messages
             .into_iter()
             .filter_map(|m| match m {
@@ -169,8 +189,7 @@ impl Db {
         text: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, DbError> {
-        let result = self.client()?.query_typed(text, params);
-        result.map_err(|e| self.classify(&e))
+        self.with(|c| c.query_typed(text, params))
     }
 
     /// Whether the last operation left a connection.

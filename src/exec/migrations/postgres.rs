@@ -68,6 +68,10 @@ pub(crate) struct PostgresBackend {
 }
 
 /// The first row of a simple query, as text.
+/// The key of the transaction-scoped advisory lock that serialises creating the bookkeeping
+/// tables.
+const TABLES_LOCK: i64 = 0x7262_6e5f_7462_6c73;
+
 fn first_row(
     client: &mut Client,
     sql: &str,
@@ -283,16 +287,21 @@ impl Backend for PostgresBackend {
             self.tables_ok = true;
             return Ok(());
         }
-        // golang-migrate's postgres driver creates exactly this table.
+        // golang-migrate's postgres driver creates exactly this table. Several nodes may start
+        // on one database at the same moment: CREATE TABLE IF NOT EXISTS alone can then fail on
+        // a duplicate type, so the creation is serialised by a transaction-scoped lock.
         self.client
             .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version bigint not null primary key, dirty boolean not null);
+                "BEGIN;
+                 SELECT pg_advisory_xact_lock({TABLES_LOCK});
+                 CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version bigint not null primary key, dirty boolean not null);
                  CREATE TABLE IF NOT EXISTS {CHECKSUM_TABLE} (
                      version bigint primary key, checksum text not null, applied_at timestamptz not null);
                  CREATE TABLE IF NOT EXISTS {EVIDENCE_TABLE} (
                      version bigint not null, direction text not null, file text not null,
                      line bigint not null, statement text not null, database_said text not null,
-                     recorded_at timestamptz not null default now());"
+                     recorded_at timestamptz not null default now());
+                 COMMIT;"
             ))
             .map_err(failure)?;
         self.tables_ok = true;
