@@ -8,6 +8,8 @@
 mod cluster;
 #[path = "support/pg.rs"]
 mod pg;
+#[path = "support/pgbouncer.rs"]
+mod pgbouncer;
 
 use cluster::{wait_until, Node};
 use serde_json::{json, Value};
@@ -482,4 +484,64 @@ fn a_leader_paused_in_a_migration_cannot_write_after_its_successor() {
     );
     assert_eq!(again["body"]["type"], "migrate_complete", "{again}");
     assert_eq!(count(&target, "SELECT version FROM schema_migrations"), 2);
+}
+
+#[test]
+fn three_nodes_through_pgbouncer_in_transaction_pooling() {
+    let (_, db) = store("bouncer");
+    let bouncer = pgbouncer::bouncer();
+    let url = bouncer.url(&db);
+    let nodes = three(&url, &["--pace", "0.2"]);
+    let leader = agreed_leader(&nodes);
+    let accepting = nodes.iter().find(|n| n.node_id != leader).unwrap();
+    let third = nodes
+        .iter()
+        .find(|n| n.node_id != leader && n.node_id != accepting.node_id)
+        .unwrap();
+    // Every node holds several client connections; they share the pool's few server ones.
+    let pool = bouncer.pool(&db).expect("a pool for the store");
+    let clients: usize = pool["cl_active"].parse::<usize>().unwrap()
+        + pool["cl_waiting"].parse::<usize>().unwrap();
+    let servers: usize = pool["sv_active"].parse::<usize>().unwrap()
+        + pool["sv_idle"].parse::<usize>().unwrap()
+        + pool["sv_used"].parse::<usize>().unwrap();
+    assert!(clients >= 6, "{pool:?}");
+    assert!(servers <= pgbouncer::POOL_SIZE, "{pool:?}");
+
+    let off = third.request(
+        "oncall",
+        json!({"type": "disable_feature", "msg_id": 1, "feature": "new_checkout"}),
+        REPLY,
+    );
+    assert_eq!(off["body"]["type"], "feature_disabled", "{off}");
+    let switched = accepting.request(
+        "deploy",
+        json!({"type": "switch_traffic", "msg_id": 2, "from": "green", "to": "blue"}),
+        REPLY,
+    );
+    assert_eq!(switched["body"]["type"], "traffic_switched", "{switched}");
+
+    // Failover behind the pooler.
+    accepting.send_body("deploy", &json!({"type": "rollback", "msg_id": 3, "version": 2}));
+    let leading = nodes.iter().find(|n| n.node_id == leader).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        status(leading)["in_flight"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|o| o["msg_id"] == 3))
+    }));
+    leading.kill9();
+    let reply = accepting.recv_reply(3, REPLY);
+    assert_eq!(reply["body"]["code"], 13, "{reply}");
+    let next = third.request(
+        "deploy",
+        json!({"type": "switch_traffic", "msg_id": 4, "from": "blue", "to": "green"}),
+        REPLY,
+    );
+    assert_eq!(next["body"]["type"], "traffic_switched", "{next}");
+    for node in [accepting, third] {
+        let s = status(node);
+        assert_eq!(s["live_environment"], "green", "{s}");
+        assert_eq!(s["flags"]["new_checkout"], false, "{s}");
+        assert_eq!(s["cluster"]["store"], "connected", "{s}");
+    }
 }
