@@ -500,8 +500,8 @@ fn three_nodes_through_pgbouncer_in_transaction_pooling() {
         .unwrap();
     // Every node holds several client connections; they share the pool's few server ones.
     let pool = bouncer.pool(&db).expect("a pool for the store");
-    let clients: usize = pool["cl_active"].parse::<usize>().unwrap()
-        + pool["cl_waiting"].parse::<usize>().unwrap();
+    let clients: usize =
+        pool["cl_active"].parse::<usize>().unwrap() + pool["cl_waiting"].parse::<usize>().unwrap();
     let servers: usize = pool["sv_active"].parse::<usize>().unwrap()
         + pool["sv_idle"].parse::<usize>().unwrap()
         + pool["sv_used"].parse::<usize>().unwrap();
@@ -522,7 +522,10 @@ fn three_nodes_through_pgbouncer_in_transaction_pooling() {
     assert_eq!(switched["body"]["type"], "traffic_switched", "{switched}");
 
     // Failover behind the pooler.
-    accepting.send_body("deploy", &json!({"type": "rollback", "msg_id": 3, "version": 2}));
+    accepting.send_body(
+        "deploy",
+        &json!({"type": "rollback", "msg_id": 3, "version": 2}),
+    );
     let leading = nodes.iter().find(|n| n.node_id == leader).unwrap();
     assert!(wait_until(Duration::from_secs(5), || {
         status(leading)["in_flight"]

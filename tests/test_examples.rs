@@ -337,3 +337,30 @@ fn the_service_example_listens_and_stays_out_of_the_checkout() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
     copy.assert_clean();
 }
+
+#[test]
+fn the_cluster_example_fails_over_and_leaves_nothing() {
+    let readme = std::fs::read_to_string(checkout().join("README.md")).unwrap();
+    let section = &readme[readme.find("## Several nodes").unwrap()..];
+    assert!(section.contains("examples/cluster/run.sh"));
+    let copy = Copy::of("cluster");
+    let out = copy.run("examples/cluster/run.sh", &[], "");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(r#""type":"feature_disabled""#), "{stdout}");
+    assert!(stdout.contains(r#""type":"rollback_complete""#), "{stdout}");
+    assert!(stderr.contains("new leader "), "{stderr}");
+    let host = stderr
+        .split("host=")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .expect("the example names its store");
+    assert!(
+        !Path::new(host).parent().unwrap().exists(),
+        "the example left {host}"
+    );
+    copy.assert_clean();
+}
