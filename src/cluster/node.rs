@@ -139,7 +139,6 @@ pub fn run(options: ClusterOptions) -> Result<(), Failure> {
         flags_executor,
         flags_view,
         store_flags: None,
-        flags_seen: 0,
         flags_looked: None,
         waiting: HashMap::new(),
         keeper,
@@ -197,7 +196,6 @@ struct Node {
     flags_view: FlagsView,
     /// The flags as the store holds them, once read.
     store_flags: Option<BTreeMap<String, bool>>,
-    flags_seen: u64,
     flags_looked: Option<Instant>,
     waiting: HashMap<u64, Forwarded>,
     keeper: Keeper,
@@ -450,29 +448,27 @@ impl Node {
         }
     }
 
-    /// Follows the store's flags if they changed since the last look.
+    /// Follows the store's flags. They are read whole each time (one index look-up per flag):
+    /// a change's sequence number is taken before it commits, so "changes after the last one
+    /// seen" could miss one that committed late.
     fn sync_flags(&mut self) {
         self.flags_looked = Some(Instant::now());
-        let Ok(last) = store::last_flag_change(&mut self.db) else {
-            return;
-        };
-        if last == self.flags_seen && self.store_flags.is_some() {
-            return;
-        }
         if let Err(e) = self.sync_flags_now() {
-            eprintln!("rollback-node: the flag file could not follow the store: {e}");
+            if self.db.is_connected() {
+                eprintln!("rollback-node: the flag file could not follow the store: {e}");
+            }
         }
     }
 
     /// Reads the store's flags and sets this node's flag file (read again first, one flag at a
     /// time, only where it differs), its machines and its OFREP to them.
     fn sync_flags_now(&mut self) -> Result<(), String> {
-        let (last, changed) = store::flags(&mut self.db).map_err(|e| e.to_string())?;
+        let names: Vec<String> = self.view.machine().state().flags.keys().cloned().collect();
+        let changed = store::flags(&mut self.db, &names).map_err(|e| e.to_string())?;
         let mut flags = self.view.machine().state().flags.clone();
-        for (flag, enabled) in changed {
-            if let Some(value) = flags.get_mut(&flag) {
-                *value = enabled;
-            }
+        flags.extend(changed);
+        if self.store_flags.as_ref() == Some(&flags) && self.flags_executor.is_none() {
+            return Ok(());
         }
         if let Some(executor) = self.flags_executor.as_mut() {
             let probe = Operation {
@@ -507,6 +503,9 @@ impl Node {
                 }
             }
         }
+        if self.store_flags.as_ref() == Some(&flags) {
+            return Ok(());
+        }
         let found = Found {
             flags: Some(flags.clone()),
             ..Found::default()
@@ -517,7 +516,6 @@ impl Node {
         }
         self.flags_view.publish(flags.clone());
         self.store_flags = Some(flags);
-        self.flags_seen = last;
         Ok(())
     }
 

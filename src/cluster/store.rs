@@ -349,36 +349,20 @@ pub fn history(db: &mut Db, after: u64, limit: u32) -> Result<Vec<HistoryEntry>,
     Ok(entries)
 }
 
-/// The flags as the store holds them: each flag's latest change, in commit order.
+/// The flags `names` as the store holds them: each one's latest change (none for a flag never
+/// changed), one index look-up per flag.
 ///
 /// # Errors
 /// The store cannot be read.
-pub fn flags(db: &mut Db) -> Result<(u64, BTreeMap<String, bool>), DbError> {
+pub fn flags(db: &mut Db, names: &[String]) -> Result<BTreeMap<String, bool>, DbError> {
     let rows = db.rows(
         &format!(
-            "SELECT DISTINCT ON (flag) flag, enabled, hseq FROM {SCHEMA}.flags ORDER BY flag, hseq DESC"
+            "SELECT f.flag, l.enabled FROM unnest($1::text[]) AS f(flag)
+             CROSS JOIN LATERAL (SELECT enabled FROM {SCHEMA}.flags WHERE flag = f.flag ORDER BY hseq DESC LIMIT 1) l"
         ),
-        &[],
+        &[(&names, Type::TEXT_ARRAY)],
     )?;
-    let mut last = 0;
-    let mut flags = BTreeMap::new();
-    for row in rows {
-        last = last.max(uint(row.get(2)));
-        flags.insert(row.get(0), row.get(1));
-    }
-    Ok((last, flags))
-}
-
-/// The highest history sequence number of a flag change (0 before any).
-///
-/// # Errors
-/// The store cannot be read.
-pub fn last_flag_change(db: &mut Db) -> Result<u64, DbError> {
-    let rows = db.rows(
-        &format!("SELECT coalesce(max(hseq), 0) FROM {SCHEMA}.flags"),
-        &[],
-    )?;
-    Ok(rows.first().map_or(0, |r| uint(r.get(0))))
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// A flag change, recorded once per sender and msg_id: the reply of the change as recorded
