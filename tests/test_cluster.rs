@@ -548,3 +548,112 @@ fn three_nodes_through_pgbouncer_in_transaction_pooling() {
         assert_eq!(s["cluster"]["store"], "connected", "{s}");
     }
 }
+
+/// The value OFREP at `addr` gives `flag` now.
+fn ofrep(addr: &str, flag: &str) -> Option<bool> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        stream,
+        "POST /ofrep/v1/evaluate/flags/{flag} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    )
+    .ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut length = 0;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        if header.trim().is_empty() {
+            break;
+        }
+        if let Some(value) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    serde_json::from_slice::<Value>(&body).ok()?["value"].as_bool()
+}
+
+/// What a flagd file says of `flag`.
+fn flagd_value(path: &std::path::Path, flag: &str) -> bool {
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let flag = &file["flags"][flag];
+    flag["variants"][flag["defaultVariant"].as_str().unwrap()]
+        .as_bool()
+        .unwrap()
+}
+
+#[test]
+fn every_nodes_flag_file_and_ofrep_follow_the_store() {
+    let (url, _) = store("flagd");
+    // Three hosts: the same estate, each its own flag file beside it.
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    for dir in &dirs {
+        for file in ["estate.toml", "flags.json"] {
+            std::fs::copy(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("examples/flagd")
+                    .join(file),
+                dir.path().join(file),
+            )
+            .unwrap();
+        }
+    }
+    let ports: Vec<String> = (0..3)
+        .map(|_| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        })
+        .collect();
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            Node::start(
+                &url,
+                &format!("n{}", i + 1),
+                Some(&dirs[i].path().join("estate.toml")),
+                &["--ofrep", &ports[i]],
+            )
+        })
+        .collect();
+    agreed_leader(&nodes);
+    assert!(ports.iter().all(|p| ofrep(p, "new_checkout") == Some(true)));
+
+    let reply = nodes[2].request(
+        "oncall",
+        json!({"type": "disable_feature", "msg_id": 1, "feature": "new_checkout"}),
+        REPLY,
+    );
+    assert_eq!(reply["body"]["type"], "feature_disabled", "{reply}");
+    // The node that answered has its file and OFREP set before its reply.
+    assert_eq!(ofrep(&ports[2], "new_checkout"), Some(false));
+    assert!(!flagd_value(
+        &dirs[2].path().join("flags.json"),
+        "new_checkout"
+    ));
+    // The others follow within their next look at the store.
+    let changed = Instant::now();
+    assert!(wait_until(Duration::from_secs(3), || {
+        (0..2).all(|i| {
+            ofrep(&ports[i], "new_checkout") == Some(false)
+                && !flagd_value(&dirs[i].path().join("flags.json"), "new_checkout")
+        })
+    }));
+    assert!(
+        changed.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        changed.elapsed()
+    );
+    // A file changed by hand is set back to the store's flags.
+    let path = dirs[0].path().join("flags.json");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/flagd/flags.json"),
+        &path,
+    )
+    .unwrap();
+    assert!(flagd_value(&path, "new_checkout"));
+    assert!(wait_until(Duration::from_secs(3), || !flagd_value(
+        &path,
+        "new_checkout"
+    )));
+}
