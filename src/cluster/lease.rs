@@ -22,6 +22,11 @@ const CLOCK_WARN: f64 = 1.0;
 pub struct Deadline(Mutex<Option<Instant>>);
 
 impl Deadline {
+    /// A deadline at `at` (a leader's term as a test holds it).
+    pub fn until(at: Instant) -> Self {
+        Deadline(Mutex::new(Some(at)))
+    }
+
     /// Whether the lease still holds by the local clock.
     pub fn holds(&self) -> bool {
         self.0

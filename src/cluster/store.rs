@@ -495,6 +495,41 @@ pub fn stored_status(db: &mut Db) -> Result<Option<(u64, String)>, DbError> {
     Ok(rows.first().map(|r| (uint(r.get(0)), r.get(1))))
 }
 
+/// The statement that writes `entries` at `epoch`: safe to run again (as after a commit whose
+/// answer was lost): a row is replaced by its sequence number, and keeps the history sequence
+/// number it was first given.
+pub fn upsert(entries: &[Entry], epoch: u64) -> String {
+    let mut body = format!(
+        "INSERT INTO {SCHEMA}.journal (seq, epoch, src, msg_id, accepted, request, operation, outcome, reply, hseq) VALUES "
+    );
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        let hseq = if e.outcome.is_some() {
+            format!("nextval('{SCHEMA}.history_seq')")
+        } else {
+            "NULL".to_owned()
+        };
+        let _ = write!(
+            body,
+            "({}, {epoch}, {}, {}, {}, {}, {}, {}, {}, {hseq})",
+            e.seq,
+            lit(&e.src),
+            int(e.msg_id),
+            e.accepted,
+            lit(&e.request),
+            opt(e.operation.as_deref()),
+            opt(e.outcome.as_deref()),
+            opt(e.reply.as_deref()),
+        );
+    }
+    body.push_str(
+        " ON CONFLICT (seq) DO UPDATE SET accepted = EXCLUDED.accepted, operation = coalesce(EXCLUDED.operation, journal.operation), outcome = EXCLUDED.outcome, reply = EXCLUDED.reply, hseq = coalesce(journal.hseq, EXCLUDED.hseq), epoch = EXCLUDED.epoch; ",
+    );
+    body
+}
+
 /// The leader's journal: records buffered between commits, each commit one transaction that
 /// holds the lease of its epoch or writes nothing.
 #[derive(Debug)]
@@ -612,35 +647,7 @@ impl Store for PgJournal {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let mut body = format!(
-            "INSERT INTO {SCHEMA}.journal (seq, epoch, src, msg_id, accepted, request, operation, outcome, reply, hseq) VALUES "
-        );
-        for (i, e) in self.pending.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            let hseq = if e.outcome.is_some() {
-                format!("nextval('{SCHEMA}.history_seq')")
-            } else {
-                "NULL".to_owned()
-            };
-            let _ = write!(
-                body,
-                "({}, {}, {}, {}, {}, {}, {}, {}, {}, {hseq})",
-                e.seq,
-                self.epoch,
-                lit(&e.src),
-                int(e.msg_id),
-                e.accepted,
-                lit(&e.request),
-                opt(e.operation.as_deref()),
-                opt(e.outcome.as_deref()),
-                opt(e.reply.as_deref()),
-            );
-        }
-        body.push_str(
-            " ON CONFLICT (seq) DO UPDATE SET accepted = EXCLUDED.accepted, operation = coalesce(EXCLUDED.operation, journal.operation), outcome = EXCLUDED.outcome, reply = EXCLUDED.reply, hseq = coalesce(journal.hseq, EXCLUDED.hseq), epoch = EXCLUDED.epoch; ",
-        );
+        let mut body = upsert(&self.pending, self.epoch);
         let written = self.pending.len() as u64;
         let snapshot_due = self.since_snapshot + written >= SNAPSHOT_EVERY;
         if snapshot_due {
