@@ -8,7 +8,7 @@ mod pg;
 
 use rollback_node::cluster::lease::Deadline;
 use rollback_node::cluster::store::{self, Db, PgJournal, SNAPSHOT_EVERY};
-use rollback_node::store::{replay, Store};
+use rollback_node::store::replay;
 use rollback_node::{Estate, Machine, Session, Simulated};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
