@@ -657,3 +657,18 @@ fn every_nodes_flag_file_and_ofrep_follow_the_store() {
         "new_checkout"
     )));
 }
+
+#[test]
+fn a_store_of_a_newer_format_is_refused_and_said() {
+    let (url, db) = store("format");
+    let first = Node::start(&url, "n1", None, &[]);
+    status(&first);
+    first.kill9();
+    sql(&db, "UPDATE rollback_node.meta SET value = '99' WHERE key = 'format'");
+    let again = Node::start(&url, "n2", None, &[]);
+    let exit = again.wait_exit(Duration::from_secs(15)).expect("refused");
+    assert_eq!(exit.code(), Some(2));
+    let said = again.stderr_text();
+    assert!(said.contains("format 99, newer than this build understands"), "{said}");
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+}

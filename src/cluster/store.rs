@@ -203,16 +203,21 @@ impl Db {
 /// # Errors
 /// The store cannot be reached, or holds a newer format than this build reads.
 pub fn prepare(db: &mut Db) -> Result<(), String> {
-    db.batch(&sql::create()).map_err(|e| e.to_string())?;
-    let format = meta(db, "format").map_err(|e| e.to_string())?;
-    let format: u32 = format.as_deref().unwrap_or("0").parse().unwrap_or(u32::MAX);
-    if format > sql::FORMAT {
-        return Err(format!(
-            "the store's schema {SCHEMA} is of format {format}, newer than this build understands ({}); run a newer rollback-node",
-            sql::FORMAT
-        ));
+    // The format is read before anything is created or replaced: a newer store is left as it is.
+    let present = db
+        .simple(&format!("SELECT to_regclass('{SCHEMA}.meta') IS NOT NULL"))
+        .map_err(|e| e.to_string())?;
+    if present.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("t") {
+        let format = meta(db, "format").map_err(|e| e.to_string())?;
+        let format: u32 = format.as_deref().unwrap_or("0").parse().unwrap_or(u32::MAX);
+        if format > sql::FORMAT {
+            return Err(format!(
+                "the store's schema {SCHEMA} is of format {format}, newer than this build understands ({}); run a newer rollback-node",
+                sql::FORMAT
+            ));
+        }
     }
-    Ok(())
+    db.batch(&sql::create()).map_err(|e| e.to_string())
 }
 
 /// A value of the store's `meta` table.
