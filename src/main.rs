@@ -155,19 +155,13 @@ fn main() -> ExitCode {
 }
 
 fn serve_cluster(args: ServeArgs) -> Result<(), Failure> {
-    if args.listen.is_some() {
-        return Err(Failure(
-            2,
-            "--listen is not available with --store yet: a cluster node serves stdin (and --ofrep)"
-                .to_owned(),
-        ));
-    }
     rollback_node::cluster::node::run(rollback_node::cluster::node::ClusterOptions {
         store: args.store.unwrap_or_default(),
         node_id: args.node_id.unwrap_or_default(),
         estate: args.estate,
         pace: args.pace,
         ofrep: args.ofrep,
+        listen: args.listen,
     })
 }
 

@@ -39,15 +39,15 @@ pub struct Options {
 }
 
 /// What the HTTP service needs from the estate: where, who, and what each layer is.
-struct Listening {
-    addr: SocketAddr,
-    tokens: Vec<Token>,
-    systems: serde_json::Value,
+pub(crate) struct Listening {
+    pub(crate) addr: SocketAddr,
+    pub(crate) tokens: Vec<Token>,
+    pub(crate) systems: serde_json::Value,
 }
 
 /// The service's view of the estate, refused when it has no tokens (a listener never starts
 /// open to anyone).
-fn listening(
+pub(crate) fn listening(
     addr: Option<SocketAddr>,
     estate: &Estate,
     origin: &str,

@@ -10,6 +10,8 @@ mod cluster;
 mod pg;
 #[path = "support/pgbouncer.rs"]
 mod pgbouncer;
+#[path = "support/service.rs"]
+mod service;
 
 use cluster::{wait_until, Node};
 use serde_json::{json, Value};
@@ -664,11 +666,120 @@ fn a_store_of_a_newer_format_is_refused_and_said() {
     let first = Node::start(&url, "n1", None, &[]);
     status(&first);
     first.kill9();
-    sql(&db, "UPDATE rollback_node.meta SET value = '99' WHERE key = 'format'");
+    sql(
+        &db,
+        "UPDATE rollback_node.meta SET value = '99' WHERE key = 'format'",
+    );
     let again = Node::start(&url, "n2", None, &[]);
     let exit = again.wait_exit(Duration::from_secs(15)).expect("refused");
     assert_eq!(exit.code(), Some(2));
     let said = again.stderr_text();
-    assert!(said.contains("format 99, newer than this build understands"), "{said}");
+    assert!(
+        said.contains("format 99, newer than this build understands"),
+        "{said}"
+    );
     assert_eq!(said.trim().lines().count(), 1, "{said}");
+}
+
+/// The address a node started with `--listen 127.0.0.1:0` says it listens on.
+fn listening(node: &Node) -> std::net::SocketAddr {
+    assert!(
+        node.wait_stderr_contains("listening on http://", Duration::from_secs(20)),
+        "{}",
+        node.stderr_text()
+    );
+    let said = node.stderr_text();
+    said.split("listening on http://")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn every_node_serves_the_http_api_with_tokens() {
+    let (url, _) = store("listen");
+    let dir = tempfile::tempdir().unwrap();
+    let estate = service::estate_file(dir.path());
+    let nodes = ["n1", "n2", "n3"]
+        .map(|id| Node::start(&url, id, Some(&estate), &["--listen", "127.0.0.1:0"]));
+    let addrs: Vec<_> = nodes.iter().map(listening).collect();
+    let leader = agreed_leader(&nodes);
+    let i = nodes.iter().position(|n| n.node_id != leader).unwrap();
+    let j = (0..3)
+        .find(|&j| j != i && nodes[j].node_id != leader)
+        .unwrap();
+
+    let bearer = |secret: &str| format!("Bearer {secret}");
+    let no_token = service::request(addrs[i], "GET", "/v1/status", &[], b"");
+    assert_eq!(no_token.status, 401);
+    let viewer = bearer(service::VIEWER);
+    let refused = service::request(
+        addrs[i],
+        "POST",
+        "/v1/messages",
+        &[("Authorization", &viewer)],
+        br#"{"type":"rollback","msg_id":1,"version":2}"#,
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+
+    let mut events = service::Events::open(addrs[j], service::VIEWER, &[]);
+    let admin = bearer(service::ADMIN);
+    let done = service::request(
+        addrs[i],
+        "POST",
+        "/v1/messages",
+        &[("Authorization", &admin)],
+        br#"{"type":"rollback","msg_id":1,"version":2}"#,
+    );
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.json()["type"], "rollback_complete", "{}", done.body);
+    // Another node's stream tells the entry, and its status the new version and the cluster.
+    let entry = events.next_of("entry");
+    let entry: Value = serde_json::from_str(&entry.data).unwrap();
+    assert_eq!(entry["msg_id"], 1, "{entry}");
+    assert_eq!(entry["src"], "ada", "{entry}");
+    let status = service::request(
+        addrs[j],
+        "GET",
+        "/v1/status",
+        &[("Authorization", &viewer)],
+        b"",
+    );
+    let status = status.json();
+    assert_eq!(status["schema_version"], 1, "{status}");
+    assert_eq!(
+        status["cluster"]["node"],
+        nodes[j].node_id.as_str(),
+        "{status}"
+    );
+    assert!(status.get("in_reply_to").is_none(), "{status}");
+    let operator = bearer(service::OPERATOR);
+    let off = service::request(
+        addrs[j],
+        "POST",
+        "/v1/messages",
+        &[("Authorization", &operator)],
+        br#"{"type":"disable_feature","msg_id":2,"feature":"new_checkout"}"#,
+    );
+    assert_eq!(off.json()["type"], "feature_disabled", "{}", off.body);
+    let history = service::request(
+        addrs[i],
+        "GET",
+        "/v1/history",
+        &[("Authorization", &viewer)],
+        b"",
+    );
+    let entries = history.json()["entries"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    // SIGTERM stops a node cleanly.
+    nodes[j].signal(libc::SIGTERM);
+    let exit = nodes[j]
+        .wait_exit(Duration::from_secs(15))
+        .expect("stopped");
+    assert_eq!(exit.code(), Some(0), "{}", nodes[j].stderr_text());
 }

@@ -210,3 +210,76 @@ fn a_waiters_reply_waits_for_the_commit() {
         r#"{"type":"feature_disabled","in_reply_to":1,"feature":"new_checkout","rolled_back_instant":true}"#
     );
 }
+
+/// Three requests under one (sender, msg_id): a restore that runs, a rollback refused at once and
+/// a dry run that waits behind the restore. Each waiter gets its own request's reply, not the
+/// first reply that comes under that id.
+#[test]
+fn a_reply_given_at_once_goes_to_its_own_request_whatever_waits_under_its_id() {
+    use rollback_node::runtime::session::{Performing, Waiter};
+    let estate = Estate::example();
+    let mut session = Session::new(
+        Machine::new(estate.state.clone()),
+        Simulated::new(estate.costs.clone(), &estate.state, 0.0).executors(),
+        MemoryStore::new(),
+    )
+    .performing(Performing::Manual);
+    let mut out = Vec::new();
+    let waiting = |session: &mut Session, body: &[u8], out: &mut Vec<u8>| {
+        let (tx, rx) = channel();
+        session.handle_message(
+            "alice",
+            body,
+            Waiter::new(move |a| tx.send(a).unwrap()),
+            out,
+        );
+        rx
+    };
+    let restore = waiting(
+        &mut session,
+        br#"{"type":"restore","msg_id":22,"backup":"users_backup_20240115"}"#,
+        &mut out,
+    );
+    let rollback = waiting(
+        &mut session,
+        br#"{"type":"rollback","msg_id":22,"version":2}"#,
+        &mut out,
+    );
+    let dry = waiting(
+        &mut session,
+        br#"{"type":"restore","msg_id":22,"backup":"users_backup_20240115","dry_run":true}"#,
+        &mut out,
+    );
+    session.commit().unwrap();
+    session.deliver();
+    let refused: serde_json::Value =
+        serde_json::from_str(&rollback.try_recv().unwrap().unwrap()).unwrap();
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert!(restore.try_recv().is_err(), "the restore is still running");
+    assert!(
+        dry.try_recv().is_err(),
+        "the dry run waits behind the restore"
+    );
+    let starts = session.take_starts();
+    assert_eq!(starts.len(), 1);
+    let (lane, seq, operation) = starts.into_iter().next().unwrap();
+    let completion = Simulated::new(estate.costs.clone(), &estate.state, 0.0)
+        .executors()
+        .lane(lane)
+        .unwrap()
+        .perform(&operation, &mut |_| {});
+    session.complete(lane, seq, completion, &mut out);
+    session.commit().unwrap();
+    session.deliver();
+    let done: serde_json::Value =
+        serde_json::from_str(&restore.try_recv().unwrap().unwrap()).unwrap();
+    assert_eq!(done["type"], "restore_complete", "{done}");
+    let planned: serde_json::Value =
+        serde_json::from_str(&dry.try_recv().unwrap().unwrap()).unwrap();
+    assert_eq!(planned["type"], "plan_ok", "{planned}");
+    assert!(
+        out.is_empty(),
+        "nothing for stdout: {}",
+        String::from_utf8_lossy(&out)
+    );
+}

@@ -16,13 +16,15 @@ use crate::exec::connect::connect;
 use crate::exec::estate::{Estate, EXAMPLE_ESTATE};
 use crate::exec::LaneExecutor;
 use crate::node::{config, Failure};
-use crate::protocol::encode::{body_string, write_reply, write_reply_raw};
+use crate::protocol::encode::{body_string, write_reply_raw};
 use crate::protocol::replies::{FeatureDisabled, FeatureEnabled, HistoryOk};
 use crate::protocol::Refusal;
 use crate::runtime::flags::FlagsView;
-use crate::runtime::serve::{spawn_worker, Event, Job};
-use crate::runtime::session::{Session, Waiter, DEFAULT_NODE_ID};
+use crate::runtime::serve::{spawn_worker, Audience, Call, Event, Job, Link};
+use crate::runtime::session::{Session, Unanswerable, Waiter, DEFAULT_NODE_ID};
+use crate::service::hub::Hub;
 use crate::service::ofrep::OfrepServer;
+use crate::service::{Config as ServiceConfig, Service};
 use crate::store::{replay, Entry, MemoryStore};
 use crate::wire::lines::{LineSplitter, Piece};
 use crate::wire::MAX_LINE_BYTES;
@@ -39,6 +41,10 @@ const TICK: Duration = Duration::from_millis(10);
 /// How often the flags in the store are looked at (a change made on another node reaches this
 /// node's flag file and OFREP within this).
 const FLAGS_EVERY: Duration = Duration::from_millis(100);
+/// The least time between two statuses told to the event streams.
+const STATUS_EVERY: Duration = Duration::from_millis(100);
+/// How long a stopping node waits for its forwarded requests and running operations.
+const STOP_WITHIN: Duration = Duration::from_secs(7);
 /// How often a leader looks at the inbox for requests other nodes accepted.
 const INBOX_EVERY: Duration = Duration::from_millis(10);
 
@@ -55,6 +61,8 @@ pub struct ClusterOptions {
     pub pace: f64,
     /// Where to serve OFREP, if anywhere.
     pub ofrep: Option<SocketAddr>,
+    /// Where to serve the HTTP service, if anywhere.
+    pub listen: Option<SocketAddr>,
 }
 
 /// The store URL without its password, for messages.
@@ -87,6 +95,7 @@ pub fn run(options: ClusterOptions) -> Result<(), Failure> {
         ),
     };
     let estate = Estate::from_toml(&text, &origin).map_err(config)?;
+    let listening = crate::node::listening(options.listen, &estate, &origin)?;
     let url = &options.store;
     let mut db = Db::connect(url)
         .map_err(|e| config(format!("cannot reach the store {}: {e}", shown(url))))?;
@@ -145,7 +154,36 @@ pub fn run(options: ClusterOptions) -> Result<(), Failure> {
         term: None,
         epoch_seen: None,
     };
-    let served = node.serve(io::stdin(), &mut io::stdout().lock());
+    let served = match listening {
+        None => node.serve(io::stdin(), &mut io::stdout().lock(), None),
+        Some(listening) => {
+            let hub = Hub::new();
+            let link = Link::new(hub.audience());
+            let addr = listening.addr;
+            let service = Service::start(
+                ServiceConfig {
+                    addr,
+                    tokens: listening.tokens,
+                    systems: listening.systems,
+                },
+                link.calls(),
+                hub,
+                node.flags_view.clone(),
+            )
+            .map_err(|e| {
+                config(format!(
+                    "cannot listen at {addr}: {e}; give --listen a free address such as 127.0.0.1:8080"
+                ))
+            })?;
+            eprintln!(
+                "rollback-node: listening on http://{}",
+                service.local_addr()
+            );
+            let served = node.serve(io::stdin(), &mut io::stdout().lock(), Some(link));
+            service.stop();
+            served
+        }
+    };
     let Node { keeper, .. } = node;
     keeper.stop();
     served
@@ -162,10 +200,40 @@ fn estate_dir(path: &Path) -> PathBuf {
     std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned())
 }
 
-/// A forwarded request waiting for its reply in the inbox.
-struct Forwarded {
-    from: String,
-    to: String,
+/// Where an HTTP caller's reply body goes.
+type Answer = tokio::sync::oneshot::Sender<Result<String, Unanswerable>>;
+
+/// Where one reply goes: a stdout line, or an HTTP caller.
+enum To {
+    Line { from: String, to: String },
+    Http(Answer),
+}
+
+impl To {
+    fn send(self, out: &mut Vec<u8>, body: &str) {
+        match self {
+            To::Line { from, to } => write_reply_raw(out, &from, &to, body.as_bytes()),
+            To::Http(answer) => {
+                let _ = answer.send(Ok(body.to_owned()));
+            }
+        }
+    }
+}
+
+/// A waiter handing a session's reply to an HTTP caller.
+fn waiter(answer: Answer) -> Waiter {
+    Waiter::new(move |body| {
+        let _ = answer.send(body);
+    })
+}
+
+/// What the event streams were last told.
+struct Publishing {
+    audience: Box<dyn Audience>,
+    status: String,
+    /// The last history entry published.
+    seq: u64,
+    at: Option<Instant>,
 }
 
 /// The leader's term: the machine, its journal on the store, its lane workers.
@@ -197,7 +265,7 @@ struct Node {
     /// The flags as the store holds them, once read.
     store_flags: Option<BTreeMap<String, bool>>,
     flags_looked: Option<Instant>,
-    waiting: HashMap<u64, Forwarded>,
+    waiting: HashMap<u64, To>,
     keeper: Keeper,
     term: Option<Term>,
     epoch_seen: Option<u64>,
@@ -208,12 +276,30 @@ impl Node {
         &mut self,
         input: impl Read + Send + 'static,
         output: &mut impl Write,
+        link: Option<Link>,
     ) -> Result<(), Failure> {
-        let (events, inbox) = mpsc::sync_channel::<Event>(64);
+        let (inbox, events, audience) = match link {
+            Some(link) => {
+                let (inbox, events, audience) = link.into_parts();
+                (inbox, events, Some(audience))
+            }
+            None => {
+                let (events, inbox) = mpsc::sync_channel::<Event>(64);
+                (inbox, events, None)
+            }
+        };
         spawn_reader(input, events);
+        let linked = audience.is_some();
+        let mut publishing = audience.map(|audience| Publishing {
+            audience,
+            status: String::new(),
+            seq: self.last_history_seq(),
+            at: None,
+        });
         let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
         let mut out = Vec::new();
         let mut ended = false;
+        let mut stopping: Option<Instant> = None;
         self.sync_flags();
         loop {
             match inbox.recv_timeout(TICK) {
@@ -229,6 +315,7 @@ impl Node {
                 Ok(Event::ReadFailed(e)) => {
                     return Err(Failure(1, format!("reading stdin failed: {e}")));
                 }
+                Ok(Event::Call(call)) => self.call(call, &mut out, &mut stopping),
                 Ok(_) | Err(RecvTimeoutError::Timeout) => {}
             }
             self.step(&mut out);
@@ -239,6 +326,9 @@ impl Node {
                     other => other.map_err(|e| Failure(1, e.to_string()))?,
                 }
                 out.clear();
+            }
+            if let Some(publishing) = publishing.as_mut() {
+                self.publish(publishing);
             }
             if self.keeper.view().usurped {
                 return Err(Failure(
@@ -253,8 +343,71 @@ impl Node {
                 .term
                 .as_ref()
                 .is_some_and(|t| !t.session.machine().is_idle());
-            if ended && self.waiting.is_empty() && !busy {
-                return Ok(());
+            let done = self.waiting.is_empty() && !busy;
+            match stopping {
+                Some(since) if done || since.elapsed() >= STOP_WITHIN => return Ok(()),
+                None if ended && !linked && done => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+
+    /// A call of the HTTP service.
+    fn call(&mut self, call: Call, out: &mut Vec<u8>, stopping: &mut Option<Instant>) {
+        match call {
+            Call::Message {
+                sender,
+                body,
+                reply,
+            } if stopping.is_none() => self.message(&sender, &body, reply, out),
+            Call::Message { .. } => {}
+            Call::Status(reply) => {
+                let _ = reply.send(self.status(None));
+            }
+            Call::History { limit, reply } => {
+                let _ = reply.send(self.history("", limit, None));
+            }
+            Call::After {
+                after,
+                limit,
+                reply,
+            } => {
+                let entries = store::history(&mut self.db, after, limit).map_err(|e| e.to_string());
+                let _ = reply.send(entries);
+            }
+            Call::Backups(reply) => self.view.backups_body(Waiter::new(move |answer| {
+                let _ = reply.send(answer.unwrap_or_else(|why| why.0));
+            })),
+            Call::Stop => {
+                stopping.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    /// The sequence number of the cluster's last history entry (0 before any).
+    fn last_history_seq(&mut self) -> u64 {
+        store::history(&mut self.db, 0, 1)
+            .ok()
+            .and_then(|entries| entries.last().map(|e| e.seq))
+            .unwrap_or(0)
+    }
+
+    /// Tells the event streams, at most ten times a second, the status when it changed and the
+    /// history entries the cluster committed since the last time.
+    fn publish(&mut self, publishing: &mut Publishing) {
+        if publishing.at.is_some_and(|at| at.elapsed() < STATUS_EVERY) {
+            return;
+        }
+        publishing.at = Some(Instant::now());
+        let status = self.status(None);
+        if status != publishing.status {
+            publishing.audience.status(status.clone());
+            publishing.status = status;
+        }
+        if let Ok(entries) = store::history(&mut self.db, publishing.seq, 100) {
+            if let Some(last) = entries.last() {
+                publishing.seq = last.seq;
+                publishing.audience.ended(entries);
             }
         }
     }
@@ -295,80 +448,113 @@ impl Node {
             }
         };
         let text = std::str::from_utf8(line).unwrap_or("");
-        let routed = match crate::wire::decode(text) {
-            Ok(incoming) => match (incoming.src.as_deref(), incoming.msg_id, &incoming.request) {
-                (Some(src), Some(msg_id), Ok(request)) if !src.contains('\0') => {
-                    let from = self
-                        .view
-                        .node_id()
-                        .or(incoming.dest.as_deref())
-                        .unwrap_or(DEFAULT_NODE_ID)
-                        .to_owned();
-                    let src = src.to_owned();
-                    Some((from, src, msg_id, request.clone(), incoming.dry_run))
-                }
-                _ => None,
-            },
-            Err(_) => None,
-        };
-        let Some((from, src, msg_id, request, dry_run)) = routed else {
+        if !self.route(text, None, out) {
             if let Some(d) = self.view.handle_line(line, out) {
                 eprintln!("rollback-node: {d}");
-            }
-            return;
-        };
-        match (&request, request.lane()) {
-            (_, Some(Lane::Schema | Lane::Traffic)) => {
-                self.forward(text, &from, &src, msg_id, out);
-            }
-            (Request::DisableFeature { feature } | Request::EnableFeature { feature }, _)
-                if !dry_run =>
-            {
-                let enabled = matches!(request, Request::EnableFeature { .. });
-                let feature = feature.clone();
-                self.set_flag(&request, &from, &src, msg_id, &feature, enabled, out);
-            }
-            (Request::Status {}, _) => {
-                let body = self.status(msg_id);
-                write_reply_raw(out, &from, &src, body.as_bytes());
-            }
-            (Request::History { limit }, _) => {
-                let body = self.history(text, *limit, msg_id);
-                write_reply_raw(out, &from, &src, body.as_bytes());
-            }
-            _ => {
-                self.view.handle_line(line, out);
             }
         }
     }
 
+    /// A request body from the HTTP service, from `sender`: answered as its stdin line would be.
+    fn message(&mut self, sender: &str, body: &[u8], reply: Answer, out: &mut Vec<u8>) {
+        let text = std::str::from_utf8(body).unwrap_or("");
+        let line = format!(
+            "{{\"src\":{},\"dest\":{},\"body\":{text}}}",
+            serde_json::to_string(sender).unwrap_or_default(),
+            serde_json::to_string(&self.me).unwrap_or_default(),
+        );
+        if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+            // Not JSON: the view says so, as a single node would.
+            self.view.handle_message(sender, body, waiter(reply), out);
+            return;
+        }
+        if let Err(reply) = self.route_http(&line, reply, out) {
+            self.view.handle_message(sender, body, waiter(reply), out);
+        }
+    }
+
+    fn route_http(&mut self, line: &str, reply: Answer, out: &mut Vec<u8>) -> Result<(), Answer> {
+        let mut slot = Some(reply);
+        let routed = self.route(line, Some(&mut slot), out);
+        match slot {
+            Some(reply) if !routed => Err(reply),
+            _ => Ok(()),
+        }
+    }
+
+    /// Answers or forwards one request line that this node routes itself: schema and traffic
+    /// through the inbox, the kill switch, status and history. Returns false (leaving `http`
+    /// as it was) for anything the view session answers.
+    fn route(&mut self, text: &str, http: Option<&mut Option<Answer>>, out: &mut Vec<u8>) -> bool {
+        let Ok(incoming) = crate::wire::decode(text) else {
+            return false;
+        };
+        let (Some(src), Some(msg_id), Ok(request)) =
+            (incoming.src.as_deref(), incoming.msg_id, &incoming.request)
+        else {
+            return false;
+        };
+        if src.contains('\0') {
+            return false;
+        }
+        let routed = matches!(request.lane(), Some(Lane::Schema | Lane::Traffic))
+            || (matches!(request.lane(), Some(Lane::Flags)) && !incoming.dry_run)
+            || matches!(request, Request::Status {} | Request::History { .. });
+        if !routed {
+            return false;
+        }
+        let to = match http.and_then(Option::take) {
+            Some(answer) => To::Http(answer),
+            None => To::Line {
+                from: self
+                    .view
+                    .node_id()
+                    .or(incoming.dest.as_deref())
+                    .unwrap_or(DEFAULT_NODE_ID)
+                    .to_owned(),
+                to: src.to_owned(),
+            },
+        };
+        let (src, request) = (src.to_owned(), request.clone());
+        match &request {
+            Request::DisableFeature { feature } | Request::EnableFeature { feature } => {
+                let enabled = matches!(request, Request::EnableFeature { .. });
+                let body = self.set_flag(&request, &src, msg_id, feature, enabled);
+                to.send(out, &body);
+            }
+            Request::Status {} => {
+                let body = self.status(Some(msg_id));
+                to.send(out, &body);
+            }
+            Request::History { limit } => {
+                let body = self.history(text, *limit, Some(msg_id));
+                to.send(out, &body);
+            }
+            _ => self.forward(text, &src, msg_id, to, out),
+        }
+        true
+    }
+
     /// Puts a schema or traffic request into the inbox; its reply comes when the leader wrote
     /// it.
-    fn forward(&mut self, line: &str, from: &str, src: &str, msg_id: u64, out: &mut Vec<u8>) {
-        let body = match body_of(line) {
-            Some(body) => body,
-            None => return,
+    fn forward(&mut self, line: &str, src: &str, msg_id: u64, to: To, out: &mut Vec<u8>) {
+        let Some(body) = body_of(line) else {
+            return;
         };
         match store::enqueue(&mut self.db, &self.me, src, msg_id, &body) {
             Ok(seq) => {
-                self.waiting.insert(
-                    seq,
-                    Forwarded {
-                        from: from.to_owned(),
-                        to: src.to_owned(),
-                    },
-                );
+                self.waiting.insert(seq, to);
             }
             Err(e) => {
                 let refusal = Refusal::TemporarilyUnavailable(format!(
                     "{e}; nothing was recorded, so retrying with the same msg_id is safe"
                 ));
-                write_reply(out, from, src, Some(msg_id), &refusal);
+                to.send(out, &body_string(Some(msg_id), &refusal));
             }
         }
     }
 
-    /// Writes the replies the leader has written for forwarded requests.
+    /// Sends the replies the leader has written for forwarded requests.
     fn collect(&mut self, out: &mut Vec<u8>) {
         if self.waiting.is_empty() {
             return;
@@ -378,28 +564,24 @@ impl Node {
             return;
         };
         for (seq, reply) in replies {
-            if let Some(f) = self.waiting.remove(&seq) {
-                write_reply_raw(out, &f.from, &f.to, reply.as_bytes());
+            if let Some(to) = self.waiting.remove(&seq) {
+                to.send(out, &reply);
             }
         }
     }
 
     /// The kill switch: decided here, recorded once in the store (a retry gets the original's
-    /// reply), then this node's flag file and OFREP follow the store.
-    #[allow(clippy::too_many_arguments)]
+    /// reply), then this node's flag file and OFREP follow the store. Returns the reply body.
     fn set_flag(
         &mut self,
         request: &Request,
-        from: &str,
         src: &str,
         msg_id: u64,
         feature: &str,
         enabled: bool,
-        out: &mut Vec<u8>,
-    ) {
+    ) -> String {
         if let Err(refusal) = self.view.machine().check(src, request) {
-            write_reply(out, from, src, Some(msg_id), &refusal);
-            return;
+            return body_string(Some(msg_id), &refusal);
         }
         let reply = if enabled {
             body_string(
@@ -429,22 +611,21 @@ impl Node {
             &reply,
         );
         match recorded {
-            Ok((reply, _)) => {
-                if let Err(e) = self.sync_flags_now() {
-                    let refusal = Refusal::Crash(format!(
+            Ok((reply, _)) => match self.sync_flags_now() {
+                Ok(()) => reply,
+                Err(e) => body_string(
+                    Some(msg_id),
+                    &Refusal::Crash(format!(
                         "the change is recorded in the store, but this node's flag file could not be set: {e}; every node keeps setting it to the store's flags"
-                    ));
-                    write_reply(out, from, src, Some(msg_id), &refusal);
-                    return;
-                }
-                write_reply_raw(out, from, src, reply.as_bytes());
-            }
-            Err(e) => {
-                let refusal = Refusal::TemporarilyUnavailable(format!(
+                    )),
+                ),
+            },
+            Err(e) => body_string(
+                Some(msg_id),
+                &Refusal::TemporarilyUnavailable(format!(
                     "{e}; the flag was not changed, so retrying with the same msg_id is safe"
-                ));
-                write_reply(out, from, src, Some(msg_id), &refusal);
-            }
+                )),
+            ),
         }
     }
 
@@ -521,7 +702,7 @@ impl Node {
 
     /// `status_ok`: the leader's stored status (or, before any leader, this node's own), with
     /// the store's flags and the cluster as this node knows it.
-    fn status(&mut self, msg_id: u64) -> String {
+    fn status(&mut self, msg_id: Option<u64>) -> String {
         let view = self.keeper.view();
         // Read from the store even on the leader: whether it answers is part of the status.
         let read = store::stored_status(&mut self.db);
@@ -547,7 +728,10 @@ impl Node {
             "nodes": view.nodes,
             "store": store_state,
         });
-        let mut text = format!("{{\"type\":\"status_ok\",\"in_reply_to\":{msg_id}");
+        let mut text = "{\"type\":\"status_ok\"".to_owned();
+        if let Some(msg_id) = msg_id {
+            text.push_str(&format!(",\"in_reply_to\":{msg_id}"));
+        }
         value.remove("type");
         value.remove("in_reply_to");
         value.insert("cluster".to_owned(), cluster);
@@ -562,23 +746,23 @@ impl Node {
     }
 
     /// `history_ok` from the store: the cluster's trail (`after: SEQ` pages through it).
-    fn history(&mut self, line: &str, limit: Option<u32>, msg_id: u64) -> String {
+    fn history(&mut self, line: &str, limit: Option<u32>, msg_id: Option<u64>) -> String {
         let decided = self.view.machine().state().history(limit);
         let limit = match decided {
             Ok(crate::core::effects::Decision::Lookup(crate::core::effects::Lookup::History {
                 limit,
             })) => limit,
             Ok(_) => 20,
-            Err(refusal) => return body_string(Some(msg_id), &refusal),
+            Err(refusal) => return body_string(msg_id, &refusal),
         };
         let after = serde_json::from_str::<serde_json::Value>(line)
             .ok()
             .and_then(|v| v.get("body")?.get("after")?.as_u64())
             .unwrap_or(0);
         match store::history(&mut self.db, after, limit) {
-            Ok(entries) => body_string(Some(msg_id), &HistoryOk { entries }),
+            Ok(entries) => body_string(msg_id, &HistoryOk { entries }),
             Err(e) => body_string(
-                Some(msg_id),
+                msg_id,
                 &Refusal::TemporarilyUnavailable(format!("the audit trail cannot be read: {e}")),
             ),
         }

@@ -207,7 +207,12 @@ pub fn prepare(db: &mut Db) -> Result<(), String> {
     let present = db
         .simple(&format!("SELECT to_regclass('{SCHEMA}.meta') IS NOT NULL"))
         .map_err(|e| e.to_string())?;
-    if present.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("t") {
+    if present
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .as_deref()
+        == Some("t")
+    {
         let format = meta(db, "format").map_err(|e| e.to_string())?;
         let format: u32 = format.as_deref().unwrap_or("0").parse().unwrap_or(u32::MAX);
         if format > sql::FORMAT {

@@ -160,6 +160,11 @@ impl Link {
     pub fn calls(&self) -> Calls {
         Calls(self.sender.clone())
     }
+
+    /// Its channel's two ends and its audience, for a loop of its own (a cluster node's).
+    pub(crate) fn into_parts(self) -> (Receiver<Event>, SyncSender<Event>, Box<dyn Audience>) {
+        (self.inbox, self.sender, self.audience)
+    }
 }
 
 /// Why serving stopped early.

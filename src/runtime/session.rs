@@ -110,35 +110,54 @@ impl fmt::Debug for Waiter {
     }
 }
 
-/// Where the replies to `(sender, msg_id)` go, in the order their requests arrived: a waiter,
-/// or stdout (`None`). Empty while nothing but stdin speaks, so that stdin pays nothing for it.
+/// Where the replies to `(sender, msg_id)` go: the request being decided first (its reply,
+/// if it gets one at once — a refusal, a remembered answer, a dry run — is its own, whatever
+/// waits under the same id), then the others in the order their requests arrived: a waiter, or
+/// stdout (`None`). Empty while nothing but stdin speaks, so that stdin pays nothing for it.
 #[derive(Debug, Default)]
-struct Routes(HashMap<(String, u64), VecDeque<Option<Waiter>>>);
+struct Routes {
+    waiting: HashMap<(String, u64), VecDeque<Option<Waiter>>>,
+    /// The request being decided now, while it is.
+    deciding: Option<((String, u64), Option<Waiter>)>,
+}
 
 impl Routes {
-    fn push(&mut self, src: &str, msg_id: u64, waiter: Option<Waiter>) {
-        self.0
-            .entry((src.to_owned(), msg_id))
-            .or_default()
-            .push_back(waiter);
+    /// The request `(src, msg_id)` is being decided, its reply going to `waiter`.
+    fn decide(&mut self, src: &str, msg_id: u64, waiter: Option<Waiter>) {
+        self.deciding = Some(((src.to_owned(), msg_id), waiter));
+    }
+
+    /// The request decided has no reply yet: it waits behind those of its id.
+    fn decided(&mut self) {
+        if let Some(((src, msg_id), waiter)) = self.deciding.take() {
+            self.waiting
+                .entry((src, msg_id))
+                .or_default()
+                .push_back(waiter);
+        }
     }
 
     /// The next reply's route for `(src, msg_id)`: `None` when none was pushed (stdout).
     fn take(&mut self, src: &str, msg_id: u64) -> Option<Waiter> {
-        if self.0.is_empty() {
+        if let Some(((s, m), _)) = &self.deciding {
+            if s == src && *m == msg_id {
+                return self.deciding.take().and_then(|(_, waiter)| waiter);
+            }
+        }
+        if self.waiting.is_empty() {
             return None;
         }
         let key = (src.to_owned(), msg_id);
-        let queue = self.0.get_mut(&key)?;
+        let queue = self.waiting.get_mut(&key)?;
         let waiter = queue.pop_front().flatten();
         if queue.is_empty() {
-            self.0.remove(&key);
+            self.waiting.remove(&key);
         }
         waiter
     }
 
     fn contains(&self, src: &str, msg_id: u64) -> bool {
-        !self.0.is_empty() && self.0.contains_key(&(src.to_owned(), msg_id))
+        !self.waiting.is_empty() && self.waiting.contains_key(&(src.to_owned(), msg_id))
     }
 }
 
@@ -500,12 +519,13 @@ impl<S: Store> Session<S> {
                         self.node_id = Some(node_id.clone());
                     }
                 }
-                match waiter.take() {
-                    Some(waiter) => self.routes.push(src, msg_id, Some(waiter)),
-                    None if self.routes.contains(src, msg_id) => {
-                        self.routes.push(src, msg_id, None);
-                    }
-                    None => {}
+                let routed = match waiter.take() {
+                    Some(waiter) => Some(Some(waiter)),
+                    None if self.routes.contains(src, msg_id) => Some(None),
+                    None => None,
+                };
+                if let Some(waiter) = routed {
+                    self.routes.decide(src, msg_id, waiter);
                 }
                 let inbound = Inbound {
                     src,
@@ -516,6 +536,7 @@ impl<S: Store> Session<S> {
                 };
                 let mut sink = outputs!(self, out);
                 self.machine.receive(inbound, request, &mut sink);
+                self.routes.decided();
                 self.perform_instant(out);
             }
         }
