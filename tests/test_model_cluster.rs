@@ -1812,9 +1812,11 @@ enum Action {
     },
 }
 
-/// What the generator needs to know: which nodes are up, paused, connected; what was sent.
+/// What the generator needs to know: which nodes are up, paused, connected; what was sent. And
+/// the rate each node's clock starts at.
 #[derive(Clone, Debug)]
 struct Shape {
+    rates: [u64; NODES],
     up: [bool; NODES],
     paused: [bool; NODES],
     connected: [bool; NODES],
@@ -1860,14 +1862,17 @@ impl ReferenceStateMachine for Reference {
     type Transition = Action;
 
     fn init_state() -> BoxedStrategy<Shape> {
-        Just(Shape {
-            up: [true; NODES],
-            paused: [false; NODES],
-            connected: [true; NODES],
-            sent: Vec::new(),
-            next_id: 1,
-        })
-        .boxed()
+        let rate = || select(RATES.to_vec());
+        (rate(), rate(), rate())
+            .prop_map(|(a, b, c)| Shape {
+                rates: [a, b, c],
+                up: [true; NODES],
+                paused: [false; NODES],
+                connected: [true; NODES],
+                sent: Vec::new(),
+                next_id: 1,
+            })
+            .boxed()
     }
 
     fn transitions(state: &Shape) -> BoxedStrategy<Action> {
@@ -2073,8 +2078,12 @@ impl StateMachineTest for ClusterTest {
     type SystemUnderTest = Cluster;
     type Reference = Reference;
 
-    fn init_test(_shape: &Shape) -> Cluster {
-        Cluster::new()
+    fn init_test(shape: &Shape) -> Cluster {
+        let mut cluster = Cluster::new();
+        for (node, rate) in cluster.nodes.iter_mut().zip(shape.rates) {
+            node.rate = rate;
+        }
+        cluster
     }
 
     fn apply(mut cluster: Cluster, _shape: &Shape, action: Action) -> Cluster {
