@@ -905,12 +905,10 @@ impl Cluster {
             });
         }
         store.commit(&machine).expect("the memory store commits");
-        for entry in store.entries() {
-            let seq = &entry.seq;
-            let entry = &entry;
+        for staged in store.entries() {
             assert_eq!(
-                Some(entry),
-                self.db.journal.get(seq).map(|r| &r.entry),
+                Some(&staged),
+                self.db.journal.get(&staged.seq).map(|r| &r.entry),
                 "replay_yields_same_state: an open intent is staged as the store holds it"
             );
         }
