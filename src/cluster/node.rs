@@ -8,7 +8,7 @@
 //! its client within a tick of the commit.
 
 use super::lease::{claim, Deadline, Keeper, Timing};
-use super::store::{self, Db, DbError, Inboxed, PgJournal};
+use super::store::{self, Db, DbError, FlagChange, Inboxed, PgJournal};
 use crate::core::effects::{Effect, Found, Lane, Operation, Plan};
 use crate::core::machine::Machine;
 use crate::core::transitions::Request;
@@ -17,7 +17,7 @@ use crate::exec::estate::{Estate, EXAMPLE_ESTATE};
 use crate::exec::LaneExecutor;
 use crate::node::{config, Failure};
 use crate::protocol::encode::{body_string, write_reply_raw};
-use crate::protocol::replies::{FeatureDisabled, FeatureEnabled, HistoryOk};
+use crate::protocol::replies::HistoryOk;
 use crate::protocol::Refusal;
 use crate::runtime::flags::FlagsView;
 use crate::runtime::serve::{spawn_worker, Audience, Call, Event, Job, Link};
@@ -45,6 +45,8 @@ const FLAGS_EVERY: Duration = Duration::from_millis(100);
 const STATUS_EVERY: Duration = Duration::from_millis(100);
 /// How long a stopping node waits for its forwarded requests and running operations.
 const STOP_WITHIN: Duration = Duration::from_secs(7);
+/// How far below the highest history number told the event streams' look goes.
+const LOOK_BACK: u64 = 256;
 /// How often a leader looks at the inbox for requests other nodes accepted.
 const INBOX_EVERY: Duration = Duration::from_millis(10);
 
@@ -150,6 +152,7 @@ pub fn run(options: ClusterOptions) -> Result<(), Failure> {
         store_flags: None,
         flags_looked: None,
         waiting: HashMap::new(),
+        flag_batch: Vec::new(),
         keeper,
         term: None,
         epoch_seen: None,
@@ -231,8 +234,10 @@ fn waiter(answer: Answer) -> Waiter {
 struct Publishing {
     audience: Box<dyn Audience>,
     status: String,
-    /// The last history entry published.
+    /// The highest history number told.
     seq: u64,
+    /// The numbers told within [`LOOK_BACK`] of it.
+    told: HashSet<u64>,
     at: Option<Instant>,
 }
 
@@ -266,6 +271,8 @@ struct Node {
     store_flags: Option<BTreeMap<String, bool>>,
     flags_looked: Option<Instant>,
     waiting: HashMap<u64, To>,
+    /// Kill-switch changes decided and not yet recorded, in the order they came.
+    flag_batch: Vec<(To, Result<FlagChange, String>)>,
     keeper: Keeper,
     term: Option<Term>,
     epoch_seen: Option<u64>,
@@ -294,6 +301,7 @@ impl Node {
             audience,
             status: String::new(),
             seq: self.last_history_seq(),
+            told: HashSet::new(),
             at: None,
         });
         let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
@@ -305,10 +313,12 @@ impl Node {
             match inbox.recv_timeout(TICK) {
                 Ok(Event::Input(chunk)) => {
                     splitter.push(&chunk, |piece| self.handle(piece, &mut out));
+                    self.flush_flags(&mut out);
                 }
                 Ok(Event::End) | Err(RecvTimeoutError::Disconnected) => {
                     if !ended {
                         splitter.finish(|piece| self.handle(piece, &mut out));
+                        self.flush_flags(&mut out);
                     }
                     ended = true;
                 }
@@ -404,9 +414,16 @@ impl Node {
             publishing.audience.status(status.clone());
             publishing.status = status;
         }
-        if let Ok(entries) = store::history(&mut self.db, publishing.seq, 100) {
-            if let Some(last) = entries.last() {
-                publishing.seq = last.seq;
+        // A history number is taken before its commit, so an entry can appear below one
+        // already told: look a little way back, and tell only what was not told.
+        let from = publishing.seq.saturating_sub(LOOK_BACK);
+        if let Ok(mut entries) = store::history(&mut self.db, from, 1_000) {
+            entries.retain(|e| !publishing.told.contains(&e.seq));
+            if let Some(last) = entries.iter().map(|e| e.seq).max() {
+                publishing.seq = publishing.seq.max(last);
+                publishing.told.extend(entries.iter().map(|e| e.seq));
+                let floor = publishing.seq.saturating_sub(LOOK_BACK);
+                publishing.told.retain(|&seq| seq > floor);
                 publishing.audience.ended(entries);
             }
         }
@@ -449,6 +466,7 @@ impl Node {
         };
         let text = std::str::from_utf8(line).unwrap_or("");
         if !self.route(text, None, out) {
+            self.flush_flags(out);
             if let Some(d) = self.view.handle_line(line, out) {
                 eprintln!("rollback-node: {d}");
             }
@@ -471,6 +489,7 @@ impl Node {
         if let Err(reply) = self.route_http(&line, reply, out) {
             self.view.handle_message(sender, body, waiter(reply), out);
         }
+        self.flush_flags(out);
     }
 
     fn route_http(&mut self, line: &str, reply: Answer, out: &mut Vec<u8>) -> Result<(), Answer> {
@@ -519,9 +538,13 @@ impl Node {
         match &request {
             Request::DisableFeature { feature } | Request::EnableFeature { feature } => {
                 let enabled = matches!(request, Request::EnableFeature { .. });
-                let body = self.set_flag(&request, &src, msg_id, feature, enabled);
-                to.send(out, &body);
+                let change = self.flag_change(&request, &src, msg_id, feature, enabled);
+                self.flag_batch.push((to, change));
+                return true;
             }
+            _ => self.flush_flags(out),
+        }
+        match &request {
             Request::Status {} => {
                 let body = self.status(Some(msg_id));
                 to.send(out, &body);
@@ -570,62 +593,66 @@ impl Node {
         }
     }
 
-    /// The kill switch: decided here, recorded once in the store (a retry gets the original's
-    /// reply), then this node's flag file and OFREP follow the store. Returns the reply body.
-    fn set_flag(
+    /// The kill switch, decided here: the change to record, or the refusal's body. Changes are
+    /// recorded in batches ([`Node::flush_flags`]): the requests of one input chunk share one
+    /// statement.
+    fn flag_change(
         &mut self,
         request: &Request,
         src: &str,
         msg_id: u64,
         feature: &str,
         enabled: bool,
-    ) -> String {
+    ) -> Result<FlagChange, String> {
         if let Err(refusal) = self.view.machine().check(src, request) {
-            return body_string(Some(msg_id), &refusal);
+            return Err(body_string(Some(msg_id), &refusal));
         }
-        let reply = if enabled {
-            body_string(
-                Some(msg_id),
-                &FeatureEnabled {
-                    feature: feature.to_owned(),
-                },
-            )
-        } else {
-            body_string(
-                Some(msg_id),
-                &FeatureDisabled {
-                    feature: feature.to_owned(),
-                    rolled_back_instant: true,
-                },
-            )
-        };
-        let request_json = serde_json::to_string(request).unwrap_or_default();
-        let recorded = store::record_flag(
-            &mut self.db,
-            src,
+        Ok(FlagChange {
+            src: src.to_owned(),
             msg_id,
-            &self.me,
-            feature,
+            flag: feature.to_owned(),
             enabled,
-            &request_json,
-            &reply,
-        );
-        match recorded {
-            Ok((reply, _)) => match self.sync_flags_now() {
-                Ok(()) => reply,
-                Err(e) => body_string(
-                    Some(msg_id),
-                    &Refusal::Crash(format!(
-                        "the change is recorded in the store, but this node's flag file could not be set: {e}; every node keeps setting it to the store's flags"
-                    )),
-                ),
-            },
-            Err(e) => body_string(
-                Some(msg_id),
-                &Refusal::TemporarilyUnavailable(format!(
-                    "{e}; the flag was not changed, so retrying with the same msg_id is safe"
-                )),
-            ),
+        })
+    }
+
+    /// Records the kill-switch changes waiting (once per sender and msg_id: a retry gets the
+    /// original's reply), sets this node's flag file and OFREP to the store's flags, then
+    /// answers them in the order they came.
+    fn flush_flags(&mut self, out: &mut Vec<u8>) {
+        if self.flag_batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.flag_batch);
+        let changes: Vec<FlagChange> = batch
+            .iter()
+            .filter_map(|(_, c)| c.as_ref().ok().cloned())
+            .collect();
+        let recorded = store::record_flags(&mut self.db, &self.me, &changes);
+        let synced = match &recorded {
+            Ok(_) if !changes.is_empty() => self.sync_flags_now(),
+            _ => Ok(()),
+        };
+        let mut replies = recorded.as_ref().map(|r| r.iter());
+        for (to, change) in batch {
+            let body = match change {
+                Err(refusal) => refusal,
+                Ok(change) => match (&mut replies, &synced) {
+                    (Ok(replies), Ok(())) => replies.next().cloned().unwrap_or_default(),
+                    (Ok(_), Err(e)) => body_string(
+                        Some(change.msg_id),
+                        &Refusal::Crash(format!(
+                            "the change is recorded in the store, but this node's flag file could not be set: {e}; every node keeps setting it to the store's flags"
+                        )),
+                    ),
+                    (Err(e), _) => body_string(
+                        Some(change.msg_id),
+                        &Refusal::TemporarilyUnavailable(format!(
+                            "{e}; the flag was not changed, so retrying with the same msg_id is safe"
+                        )),
+                    ),
+                },
+            };
+            to.send(out, &body);
         }
     }
 
@@ -940,7 +967,7 @@ fn body_of(line: &str) -> Option<String> {
 /// Reads `input` in chunks for the owner thread.
 fn spawn_reader(mut input: impl Read + Send + 'static, events: SyncSender<Event>) {
     std::thread::spawn(move || {
-        let mut chunk = vec![0u8; 1 << 16];
+        let mut chunk = vec![0u8; 1 << 20];
         loop {
             match input.read(&mut chunk) {
                 Ok(0) => {

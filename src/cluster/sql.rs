@@ -69,10 +69,11 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.flags (
   node text NOT NULL,
   flag text NOT NULL,
   enabled boolean NOT NULL,
-  request text NOT NULL,
-  reply text NOT NULL,
   UNIQUE (src, msg_id));
-CREATE INDEX IF NOT EXISTS flags_latest ON {SCHEMA}.flags (flag, hseq DESC);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.flag_state (
+  flag text PRIMARY KEY,
+  enabled boolean NOT NULL,
+  hseq bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS {SCHEMA}.status (
   id int PRIMARY KEY CHECK (id = 1),
   epoch bigint NOT NULL,

@@ -24,6 +24,8 @@ pub enum DbError {
     LeaseLost(String),
     /// The store answered with an error.
     Refused(String),
+    /// A row of that key is there already (SQLSTATE 23505).
+    Duplicate(String),
 }
 
 impl std::fmt::Display for DbError {
@@ -31,7 +33,7 @@ impl std::fmt::Display for DbError {
         match self {
             DbError::Unreachable(e) => write!(f, "the store cannot be reached: {e}"),
             DbError::LeaseLost(e) => write!(f, "{e}"),
-            DbError::Refused(e) => write!(f, "the store refused: {e}"),
+            DbError::Refused(e) | DbError::Duplicate(e) => write!(f, "the store refused: {e}"),
         }
     }
 }
@@ -116,6 +118,9 @@ impl Db {
         if let Some(db) = e.as_db_error() {
             if db.code().code() == sql::LEASE_LOST {
                 return DbError::LeaseLost(db.message().to_owned());
+            }
+            if db.code().code() == "23505" {
+                return DbError::Duplicate(db.message().to_owned());
             }
             // The server ended the session (pg_terminate_backend, a restart): reconnect.
             if db.code().code().starts_with("57P") || db.code().code().starts_with("08") {
@@ -328,10 +333,11 @@ pub fn history(db: &mut Db, after: u64, limit: u32) -> Result<Vec<HistoryEntry>,
     let order = if after > 0 { "ASC" } else { "DESC" };
     let rows = db.rows(
         &format!(
-            "SELECT hseq, src, msg_id, request, reply, outcome FROM (
-               SELECT hseq, src, msg_id, request, reply, outcome FROM {SCHEMA}.journal WHERE hseq > $1
+            "SELECT hseq, src, msg_id, request, reply, outcome, flag, enabled FROM (
+               SELECT hseq, src, msg_id, request, reply, outcome, NULL AS flag, NULL::boolean AS enabled
+                 FROM {SCHEMA}.journal WHERE hseq > $1
                UNION ALL
-               SELECT hseq, src, msg_id, request, reply, NULL FROM {SCHEMA}.flags WHERE hseq > $1) h
+               SELECT hseq, src, msg_id, NULL, NULL, NULL, flag, enabled FROM {SCHEMA}.flags WHERE hseq > $1) h
              ORDER BY hseq {order} LIMIT $2"
         ),
         &[(&int(after), Type::INT8), (&i64::from(limit), Type::INT8)],
@@ -339,16 +345,25 @@ pub fn history(db: &mut Db, after: u64, limit: u32) -> Result<Vec<HistoryEntry>,
     let mut entries: Vec<HistoryEntry> = rows
         .into_iter()
         .filter_map(|row| {
+            let msg_id = uint(row.get(2));
             let outcome: Option<String> = row.get(5);
+            let flag: Option<String> = row.get(6);
+            let (request, reply) = match (flag, row.get::<_, Option<bool>>(7)) {
+                (Some(flag), Some(enabled)) => (
+                    flag_request(&flag, enabled),
+                    Some(flag_reply(&flag, enabled, msg_id)),
+                ),
+                _ => (row.get(3), row.get(4)),
+            };
             Entry {
                 seq: uint(row.get(0)),
                 src: row.get(1),
-                msg_id: uint(row.get(2)),
+                msg_id,
                 accepted: true,
-                request: row.get(3),
+                request,
                 operation: None,
                 outcome: Some(outcome.unwrap_or_default()),
-                reply: row.get(4),
+                reply,
             }
             .history_entry()
         })
@@ -360,62 +375,159 @@ pub fn history(db: &mut Db, after: u64, limit: u32) -> Result<Vec<HistoryEntry>,
 }
 
 /// The flags `names` as the store holds them: each one's latest change (none for a flag never
-/// changed), one index look-up per flag.
+/// changed).
 ///
 /// # Errors
 /// The store cannot be read.
 pub fn flags(db: &mut Db, names: &[String]) -> Result<BTreeMap<String, bool>, DbError> {
     let rows = db.rows(
-        &format!(
-            "SELECT f.flag, l.enabled FROM unnest($1::text[]) AS f(flag)
-             CROSS JOIN LATERAL (SELECT enabled FROM {SCHEMA}.flags WHERE flag = f.flag ORDER BY hseq DESC LIMIT 1) l"
-        ),
+        &format!("SELECT flag, enabled FROM {SCHEMA}.flag_state WHERE flag = ANY($1)"),
         &[(&names, Type::TEXT_ARRAY)],
     )?;
     Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// A flag change, recorded once per sender and msg_id: the reply of the change as recorded
-/// (this one's, or the original's for a retry) and whether this call recorded it.
+/// A flag change's request, as the history shows it.
+pub fn flag_request(flag: &str, enabled: bool) -> String {
+    let request = if enabled {
+        crate::core::transitions::Request::EnableFeature {
+            feature: flag.to_owned(),
+        }
+    } else {
+        crate::core::transitions::Request::DisableFeature {
+            feature: flag.to_owned(),
+        }
+    };
+    serde_json::to_string(&request).unwrap_or_default()
+}
+
+/// A flag change's reply body.
+pub fn flag_reply(flag: &str, enabled: bool, msg_id: u64) -> String {
+    use crate::protocol::encode::body_string;
+    use crate::protocol::replies::{FeatureDisabled, FeatureEnabled};
+    let feature = flag.to_owned();
+    if enabled {
+        body_string(Some(msg_id), &FeatureEnabled { feature })
+    } else {
+        body_string(
+            Some(msg_id),
+            &FeatureDisabled {
+                feature,
+                rolled_back_instant: true,
+            },
+        )
+    }
+}
+
+/// A flag change to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagChange {
+    /// The sender.
+    pub src: String,
+    /// The request's msg_id.
+    pub msg_id: u64,
+    /// The flag.
+    pub flag: String,
+    /// Its new value.
+    pub enabled: bool,
+}
+
+/// The statement that records a batch of flag changes and each flag's latest state.
+fn insert_flags(on_conflict: &str, answer: &str) -> String {
+    format!(
+        "WITH ins AS (
+           INSERT INTO {SCHEMA}.flags (src, msg_id, node, flag, enabled)
+           SELECT src, msg_id, $5, flag, enabled
+             FROM unnest($1::text[], $2::bigint[], $3::text[], $4::boolean[]) WITH ORDINALITY AS c(src, msg_id, flag, enabled, n)
+             ORDER BY n
+           {on_conflict}
+           RETURNING hseq, src, msg_id, flag, enabled),
+         latest AS (
+           INSERT INTO {SCHEMA}.flag_state
+           SELECT DISTINCT ON (flag) flag, enabled, hseq FROM ins ORDER BY flag, hseq DESC
+           ON CONFLICT (flag) DO UPDATE SET enabled = EXCLUDED.enabled, hseq = EXCLUDED.hseq
+             WHERE flag_state.hseq < EXCLUDED.hseq)
+         {answer}"
+    )
+}
+
+/// Flag changes, recorded in one statement (in the order given: their history numbers follow
+/// it), each once per sender and msg_id, with each flag's latest state beside them (kept by
+/// history number, so the order of commits does not matter). Returns each change's reply as
+/// recorded: its own, or the original's for a retry.
 ///
 /// # Errors
 /// The store cannot be written.
-#[allow(clippy::too_many_arguments)]
-pub fn record_flag(
+pub fn record_flags(
     db: &mut Db,
-    src: &str,
-    msg_id: u64,
     node: &str,
-    flag: &str,
-    enabled: bool,
-    request: &str,
-    reply: &str,
-) -> Result<(String, bool), DbError> {
-    let inserted = db.rows(
-        &format!(
-            "INSERT INTO {SCHEMA}.flags (src, msg_id, node, flag, enabled, request, reply) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (src, msg_id) DO NOTHING RETURNING reply"
-        ),
-        &[
-            (&src, Type::TEXT),
-            (&int(msg_id), Type::INT8),
-            (&node, Type::TEXT),
-            (&flag, Type::TEXT),
-            (&enabled, Type::BOOL),
-            (&request, Type::TEXT),
-            (&reply, Type::TEXT),
-        ],
-    )?;
-    if let Some(row) = inserted.first() {
-        return Ok((row.get(0), true));
+    changes: &[FlagChange],
+) -> Result<Vec<String>, DbError> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
     }
-    let existing = db.rows(
-        &format!("SELECT reply FROM {SCHEMA}.flags WHERE src = $1 AND msg_id = $2"),
-        &[(&src, Type::TEXT), (&int(msg_id), Type::INT8)],
-    )?;
-    existing
-        .first()
-        .map(|r| (r.get(0), false))
-        .ok_or_else(|| DbError::Refused("the flag change vanished".to_owned()))
+    let srcs: Vec<&str> = changes.iter().map(|c| c.src.as_str()).collect();
+    let ids: Vec<i64> = changes.iter().map(|c| int(c.msg_id)).collect();
+    let flags: Vec<&str> = changes.iter().map(|c| c.flag.as_str()).collect();
+    let values: Vec<bool> = changes.iter().map(|c| c.enabled).collect();
+    let params: [(&(dyn ToSql + Sync), Type); 5] = [
+        (&srcs, Type::TEXT_ARRAY),
+        (&ids, Type::INT8_ARRAY),
+        (&flags, Type::TEXT_ARRAY),
+        (&values, Type::BOOL_ARRAY),
+        (&node, Type::TEXT),
+    ];
+    // Most batches hold no retry: inserted as they are, without the cost of ON CONFLICT; one
+    // that does is refused whole and inserted again row by row where there is room.
+    let mine: std::collections::HashSet<(String, u64)> =
+        match db.rows(&insert_flags("", "SELECT count(*) FROM ins"), &params) {
+            Ok(_) => changes.iter().map(|c| (c.src.clone(), c.msg_id)).collect(),
+            Err(DbError::Duplicate(_)) => db
+                .rows(
+                    &insert_flags(
+                        "ON CONFLICT (src, msg_id) DO NOTHING",
+                        "SELECT src, msg_id FROM ins",
+                    ),
+                    &params,
+                )?
+                .into_iter()
+                .map(|r| (r.get(0), uint(r.get(1))))
+                .collect(),
+            Err(e) => return Err(e),
+        };
+    let mut originals: HashMap<(String, u64), (String, bool)> = HashMap::new();
+    let retries: Vec<&FlagChange> = changes
+        .iter()
+        .filter(|c| !mine.contains(&(c.src.clone(), c.msg_id)))
+        .collect();
+    if !retries.is_empty() {
+        let srcs: Vec<&str> = retries.iter().map(|c| c.src.as_str()).collect();
+        let ids: Vec<i64> = retries.iter().map(|c| int(c.msg_id)).collect();
+        let rows = db.rows(
+            &format!(
+                "SELECT f.src, f.msg_id, f.flag, f.enabled FROM unnest($1::text[], $2::bigint[]) AS k(src, msg_id)
+                 JOIN {SCHEMA}.flags f ON f.src = k.src AND f.msg_id = k.msg_id"
+            ),
+            &[(&srcs, Type::TEXT_ARRAY), (&ids, Type::INT8_ARRAY)],
+        )?;
+        originals = rows
+            .into_iter()
+            .map(|r| ((r.get(0), uint(r.get(1))), (r.get(2), r.get(3))))
+            .collect();
+    }
+    changes
+        .iter()
+        .map(|c| {
+            let key = (c.src.clone(), c.msg_id);
+            if mine.contains(&key) {
+                return Ok(flag_reply(&c.flag, c.enabled, c.msg_id));
+            }
+            originals
+                .get(&key)
+                .map(|(flag, enabled)| flag_reply(flag, *enabled, c.msg_id))
+                .ok_or_else(|| DbError::Refused("the flag change vanished".to_owned()))
+        })
+        .collect()
 }
 
 /// Puts a request into the inbox for the leader; returns its inbox number.
