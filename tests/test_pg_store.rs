@@ -158,3 +158,39 @@ fn a_commit_sent_again_after_a_lost_connection_is_one_history_entry() {
     assert_eq!(ids, vec![1, 2]);
     assert_eq!(history, before, "the same entries, with the same numbers");
 }
+
+#[test]
+fn flag_changes_are_recorded_once_per_sender_and_msg_id_and_the_latest_wins() {
+    use rollback_node::cluster::store::FlagChange;
+    let (mut db, _) = fresh("flags");
+    let change = |src: &str, msg_id: u64, enabled: bool| FlagChange {
+        src: src.to_owned(),
+        msg_id,
+        flag: "new_checkout".to_owned(),
+        enabled,
+    };
+    let replies = store::record_flags(
+        &mut db,
+        "n1",
+        &[
+            change("a", 1, false),
+            change("a", 1, false),
+            change("b", 1, true),
+        ],
+    )
+    .unwrap();
+    assert_eq!(replies.len(), 3);
+    assert!(replies[0].contains("feature_disabled"), "{replies:?}");
+    assert_eq!(replies[0], replies[1], "a retry in the same batch");
+    assert!(replies[2].contains("feature_enabled"), "{replies:?}");
+    let names = vec!["new_checkout".to_owned()];
+    assert_eq!(store::flags(&mut db, &names).unwrap()["new_checkout"], true);
+    // A retry in a later batch, even with another body, gets the original's reply and
+    // changes nothing.
+    let again = store::record_flags(&mut db, "n2", &[change("a", 1, true)]).unwrap();
+    assert_eq!(again[0], replies[0]);
+    assert_eq!(store::flags(&mut db, &names).unwrap()["new_checkout"], true);
+    let history = store::history(&mut db, 0, 10).unwrap();
+    let order: Vec<(String, u64)> = history.iter().map(|e| (e.src.clone(), e.msg_id)).collect();
+    assert_eq!(order, vec![("a".to_owned(), 1), ("b".to_owned(), 1)]);
+}
