@@ -155,6 +155,7 @@ pub fn run(options: ClusterOptions) -> Result<(), Failure> {
         flag_batch: Vec::new(),
         keeper,
         term: None,
+        taking_over: None,
         epoch_seen: None,
     };
     let served = match listening {
@@ -230,6 +231,78 @@ fn waiter(answer: Answer) -> Waiter {
     })
 }
 
+/// What a takeover needs, apart from the node.
+struct TakeOver {
+    me: String,
+    url: String,
+    estate: Estate,
+    base: PathBuf,
+    pace: f64,
+    flags: Option<BTreeMap<String, bool>>,
+    deadline: Arc<Deadline>,
+}
+
+impl TakeOver {
+    /// Takes over at `epoch`: fence the target, rebuild from the store, reconcile what the last
+    /// leader left open. The unanswered requests are fed again by the term's first round.
+    fn run(self, epoch: u64) -> Result<Term, String> {
+        let deadline = self.deadline;
+        super::advance_fences(&self.estate, &self.base, epoch)?;
+        let mut db = Db::connect(&self.url)?;
+        let (snapshot, entries) = store::load(&mut db)?;
+        let open_entries: Vec<Entry> = entries
+            .iter()
+            .filter(|e| e.operation.is_some() && e.outcome.is_none())
+            .cloned()
+            .collect();
+        let (executors, found) =
+            crate::exec::connect::connect_fenced(&self.estate, &self.base, self.pace, Some(epoch))?;
+        let mut machine = match snapshot {
+            Some(snapshot) => Machine::from_snapshot(snapshot),
+            None => Machine::new(self.estate.state.clone()),
+        };
+        machine.observe(&Found {
+            catalogue: found.catalogue.clone(),
+            ..Found::default()
+        });
+        let open = replay::rebuild(&mut machine, entries).map_err(|e| e.to_string())?;
+        machine.observe(&found);
+        if let Some(flags) = self.flags {
+            machine.observe(&Found {
+                flags: Some(flags),
+                ..Found::default()
+            });
+        }
+        let journal = PgJournal::new(db, &self.me, epoch, open_entries, deadline.clone());
+        let mut session = Session::new(machine, executors, journal);
+        for note in session.reconcile(open) {
+            eprintln!("rollback-node: {note}");
+        }
+        session.commit().map_err(|e| e.to_string())?;
+        let (sender, events) = mpsc::sync_channel::<Event>(4096);
+        let mut workers: [Option<Sender<Job>>; 3] = Default::default();
+        for (lane, executor) in session.take_slow_executors() {
+            workers[lane.index()] = Some(spawn_worker(lane, executor, sender.clone()));
+        }
+        let status = session.status_body();
+        session
+            .store_mut()
+            .answer(&[], &status)
+            .map_err(|e| e.to_string())?;
+        Ok(Term {
+            epoch,
+            session,
+            deadline,
+            workers,
+            events,
+            fed: HashSet::new(),
+            looked: None,
+            answers: Arc::new(Mutex::new(Vec::new())),
+            status,
+        })
+    }
+}
+
 /// What the event streams were last told.
 struct Publishing {
     audience: Box<dyn Audience>,
@@ -275,6 +348,8 @@ struct Node {
     flag_batch: Vec<(To, Result<FlagChange, String>)>,
     keeper: Keeper,
     term: Option<Term>,
+    /// A takeover under way on its own thread: its epoch and where its term comes.
+    taking_over: Option<(u64, Receiver<Result<Term, String>>)>,
     epoch_seen: Option<u64>,
 }
 
@@ -434,6 +509,7 @@ impl Node {
     fn step(&mut self, out: &mut Vec<u8>) {
         let view = self.keeper.view();
         self.epoch_seen = self.epoch_seen.max(view.epoch);
+        self.took_over(view.leading);
         match (&self.term, view.leading) {
             (None, Some(epoch)) => self.begin_term(epoch),
             (Some(term), leading) if leading != Some(term.epoch) || !term.deadline.holds() => {
@@ -795,77 +871,63 @@ impl Node {
         }
     }
 
-    /// Takes over at `epoch`: fence the target, rebuild from the store, reconcile what the last
-    /// leader left open, and feed again every request still unanswered.
+    /// Starts taking over at `epoch` on a thread of its own (advancing the fence may wait for a
+    /// transaction that holds it, for seconds): meanwhile this node keeps answering, the kill
+    /// switch included.
     fn begin_term(&mut self, epoch: u64) {
-        match self.take_over(epoch) {
-            Ok(term) => {
+        if self.taking_over.as_ref().is_some_and(|(e, _)| *e == epoch) {
+            return;
+        }
+        let taking = TakeOver {
+            me: self.me.clone(),
+            url: self.url.clone(),
+            estate: self.estate.clone(),
+            base: self.base.clone(),
+            pace: self.pace,
+            flags: self.store_flags.clone(),
+            deadline: self.keeper.deadline(),
+        };
+        let (done, result) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(taking.run(epoch));
+        });
+        self.taking_over = Some((epoch, result));
+    }
+
+    /// The takeover started by [`Node::begin_term`], once it has ended: the term, if the lease
+    /// is still this node's.
+    fn took_over(&mut self, leading: Option<u64>) {
+        let Some((epoch, result)) = &self.taking_over else {
+            return;
+        };
+        let epoch = *epoch;
+        let outcome = match result.try_recv() {
+            Ok(outcome) => outcome,
+            Err(mpsc::TryRecvError::Empty) => return,
+            Err(mpsc::TryRecvError::Disconnected) => Err("the takeover stopped".to_owned()),
+        };
+        self.taking_over = None;
+        match outcome {
+            Ok(mut term) if leading == Some(epoch) => {
                 eprintln!(
                     "rollback-node: {} took over at epoch {epoch} after {} journal entries",
                     self.me,
                     term.session.machine().seq()
                 );
+                if let Some(flags) = &self.store_flags {
+                    term.session.observe(&Found {
+                        flags: Some(flags.clone()),
+                        ..Found::default()
+                    });
+                }
                 self.term = Some(term);
             }
+            Ok(_) => eprintln!(
+                "rollback-node: {} lost the lease of epoch {epoch} while taking over",
+                self.me
+            ),
             Err(e) => eprintln!("rollback-node: could not take over at epoch {epoch}: {e}"),
         }
-    }
-
-    fn take_over(&mut self, epoch: u64) -> Result<Term, String> {
-        let deadline = self.keeper.deadline();
-        super::advance_fences(&self.estate, &self.base, epoch)?;
-        let mut db = Db::connect(&self.url)?;
-        let (snapshot, entries) = store::load(&mut db)?;
-        let open_entries: Vec<Entry> = entries
-            .iter()
-            .filter(|e| e.operation.is_some() && e.outcome.is_none())
-            .cloned()
-            .collect();
-        let (executors, found) =
-            crate::exec::connect::connect_fenced(&self.estate, &self.base, self.pace, Some(epoch))?;
-        let mut machine = match snapshot {
-            Some(snapshot) => Machine::from_snapshot(snapshot),
-            None => Machine::new(self.estate.state.clone()),
-        };
-        machine.observe(&Found {
-            catalogue: found.catalogue.clone(),
-            ..Found::default()
-        });
-        let open = replay::rebuild(&mut machine, entries).map_err(|e| e.to_string())?;
-        machine.observe(&found);
-        if let Some(flags) = &self.store_flags {
-            machine.observe(&Found {
-                flags: Some(flags.clone()),
-                ..Found::default()
-            });
-        }
-        let journal = PgJournal::new(db, &self.me, epoch, open_entries, deadline.clone());
-        let mut session = Session::new(machine, executors, journal);
-        for note in session.reconcile(open) {
-            eprintln!("rollback-node: {note}");
-        }
-        session.commit().map_err(|e| e.to_string())?;
-        let (sender, events) = mpsc::sync_channel::<Event>(4096);
-        let mut workers: [Option<Sender<Job>>; 3] = Default::default();
-        for (lane, executor) in session.take_slow_executors() {
-            workers[lane.index()] = Some(spawn_worker(lane, executor, sender.clone()));
-        }
-        let status = session.status_body();
-        session
-            .store_mut()
-            .answer(&[], &status)
-            .map_err(|e| e.to_string())?;
-        Ok(Term {
-            epoch,
-            session,
-            deadline,
-            workers,
-            events,
-            fed: HashSet::new(),
-            looked: None,
-            answers: Arc::new(Mutex::new(Vec::new())),
-            status,
-        })
     }
 
     fn end_term(&mut self, why: &str) {
