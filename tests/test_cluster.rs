@@ -413,7 +413,7 @@ fn slow_target(dir: &std::path::Path) -> (String, String) {
     }
     std::fs::write(
         dir.join("estate.toml"),
-        format!("[schema]\ndatabase = \"{url}\"\nmigrations = \"migrations\"\n"),
+        format!("[schema]\ndatabase = \"{url}\"\nmigrations = \"migrations\"\n\n[flags]\nnew_checkout = true\n"),
     )
     .unwrap();
     (url, name)
@@ -447,6 +447,31 @@ fn a_leader_paused_in_a_migration_cannot_write_after_its_successor() {
         "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(1.5)%'"
     ) == 1));
     leading.sigstop();
+    // While the next leader waits for the paused transaction to end before it can advance the
+    // fence, every survivor answers the kill switch at once.
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.node_id != leader).collect();
+    assert!(wait_until(Duration::from_secs(10), || {
+        let l = status(survivors[0])["cluster"]["leader"].clone();
+        l.is_string() && l != leader.as_str()
+    }));
+    for (k, node) in survivors.iter().enumerate() {
+        let asked = Instant::now();
+        let off = node.request(
+            "oncall",
+            json!({"type": "disable_feature", "msg_id": 100 + k, "feature": "new_checkout"}),
+            REPLY,
+        );
+        assert_eq!(off["body"]["type"], "feature_disabled", "{off}");
+        assert!(
+            asked.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
+    assert!(
+        accepting.try_recv_reply(2, Duration::ZERO).is_none(),
+        "not before the fence"
+    );
     let reply = accepting.recv_reply(2, Duration::from_secs(30));
     assert_eq!(reply["body"]["code"], 13, "{reply}");
     assert!(
