@@ -194,7 +194,7 @@ fn serve(args: Options) -> Result<(), Failure> {
 }
 
 /// The directory an estate file is in (its relative paths are relative to it), absolute.
-fn estate_dir(path: &Path) -> PathBuf {
+pub(crate) fn estate_dir(path: &Path) -> PathBuf {
     let dir = path.parent().unwrap_or(Path::new(""));
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")

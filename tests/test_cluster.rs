@@ -52,6 +52,34 @@ fn agreed_leader(nodes: &[Node]) -> String {
     leader
 }
 
+/// The leader, a follower that accepts the request, and the other follower.
+fn roles<'a>(nodes: &'a [Node], leader: &str) -> (&'a Node, &'a Node, &'a Node) {
+    let leading = nodes.iter().find(|n| n.node_id == leader).unwrap();
+    let mut followers = nodes.iter().filter(|n| n.node_id != leader);
+    (
+        leading,
+        followers.next().unwrap(),
+        followers.next().unwrap(),
+    )
+}
+
+/// Sends a rollback to version 2 (`msg_id`) to `accepting`, waits until `leading` runs it, and
+/// kills `leading` with SIGKILL; returns when.
+fn kill_the_leader_mid_rollback(leading: &Node, accepting: &Node, msg_id: u64) -> Instant {
+    accepting.send_body(
+        "deploy",
+        &json!({"type": "rollback", "msg_id": msg_id, "version": 2}),
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        status(leading)["in_flight"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|o| o["msg_id"] == msg_id))
+    }));
+    let killed = Instant::now();
+    leading.kill9();
+    killed
+}
+
 fn sql(db: &str, text: &str) -> Vec<postgres::SimpleQueryMessage> {
     pg::server()
         .connect(db)
@@ -204,23 +232,8 @@ fn a_leader_killed_mid_rollback_is_replaced_and_the_request_answered_with_the_in
     let nodes = three(&url, &["--pace", "0.2"]);
     let leader = agreed_leader(&nodes);
     let epoch = status(&nodes[0])["cluster"]["epoch"].as_u64().unwrap();
-    let accepting = nodes.iter().find(|n| n.node_id != leader).unwrap();
-    let third = nodes
-        .iter()
-        .find(|n| n.node_id != leader && n.node_id != accepting.node_id)
-        .unwrap();
-    accepting.send_body(
-        "deploy",
-        &json!({"type": "rollback", "msg_id": 3, "version": 2}),
-    );
-    let leading = nodes.iter().find(|n| n.node_id == leader).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || {
-        status(leading)["in_flight"]
-            .as_array()
-            .is_some_and(|f| f.iter().any(|o| o["msg_id"] == 3))
-    }));
-    let killed = Instant::now();
-    leading.kill9();
+    let (leading, accepting, third) = roles(&nodes, &leader);
+    let killed = kill_the_leader_mid_rollback(leading, accepting, 3);
 
     let reply = accepting.recv_reply(3, REPLY);
     let took = killed.elapsed();
@@ -520,11 +533,7 @@ fn three_nodes_through_pgbouncer_in_transaction_pooling() {
     let url = bouncer.url(&db);
     let nodes = three(&url, &["--pace", "0.2"]);
     let leader = agreed_leader(&nodes);
-    let accepting = nodes.iter().find(|n| n.node_id != leader).unwrap();
-    let third = nodes
-        .iter()
-        .find(|n| n.node_id != leader && n.node_id != accepting.node_id)
-        .unwrap();
+    let (leading, accepting, third) = roles(&nodes, &leader);
     // Every node holds several client connections; they share the pool's few server ones.
     let pool = bouncer.pool(&db).expect("a pool for the store");
     let clients: usize =
@@ -549,17 +558,7 @@ fn three_nodes_through_pgbouncer_in_transaction_pooling() {
     assert_eq!(switched["body"]["type"], "traffic_switched", "{switched}");
 
     // Failover behind the pooler.
-    accepting.send_body(
-        "deploy",
-        &json!({"type": "rollback", "msg_id": 3, "version": 2}),
-    );
-    let leading = nodes.iter().find(|n| n.node_id == leader).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || {
-        status(leading)["in_flight"]
-            .as_array()
-            .is_some_and(|f| f.iter().any(|o| o["msg_id"] == 3))
-    }));
-    leading.kill9();
+    kill_the_leader_mid_rollback(leading, accepting, 3);
     let reply = accepting.recv_reply(3, REPLY);
     assert_eq!(reply["body"]["code"], 13, "{reply}");
     let next = third.request(

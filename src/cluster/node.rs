@@ -88,7 +88,7 @@ pub fn run(options: ClusterOptions) -> Result<(), Failure> {
             std::fs::read_to_string(path)
                 .map_err(|e| config(format!("cannot read estate file {}: {e}", path.display())))?,
             path.display().to_string(),
-            estate_dir(path),
+            crate::node::estate_dir(path),
         ),
         None => (
             EXAMPLE_ESTATE.to_owned(),
@@ -191,17 +191,6 @@ pub fn run(options: ClusterOptions) -> Result<(), Failure> {
     let Node { keeper, .. } = node;
     keeper.stop();
     served
-}
-
-/// The directory an estate file is in, absolute.
-fn estate_dir(path: &Path) -> PathBuf {
-    let dir = path.parent().unwrap_or(Path::new(""));
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned())
 }
 
 /// Where an HTTP caller's reply body goes.
