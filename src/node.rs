@@ -45,6 +45,39 @@ pub(crate) struct Listening {
     pub(crate) systems: serde_json::Value,
 }
 
+impl Listening {
+    /// Starts the HTTP service, serving `flags` over OFREP; the node's loop hears it through
+    /// the link.
+    ///
+    /// # Errors
+    /// The address cannot be listened at.
+    pub(crate) fn start(self, flags: FlagsView) -> Result<(Service, Link), Failure> {
+        let hub = Hub::new();
+        let link = Link::new(hub.audience());
+        let addr = self.addr;
+        let service = Service::start(
+            Config {
+                addr,
+                tokens: self.tokens,
+                systems: self.systems,
+            },
+            link.calls(),
+            hub,
+            flags,
+        )
+        .map_err(|e| {
+            config(format!(
+                "cannot listen at {addr}: {e}; give --listen a free address such as 127.0.0.1:8080"
+            ))
+        })?;
+        eprintln!(
+            "rollback-node: listening on http://{}",
+            service.local_addr()
+        );
+        Ok((service, link))
+    }
+}
+
 /// The service's view of the estate, refused when it has no tokens (a listener never starts
 /// open to anyone).
 pub(crate) fn listening(
@@ -259,28 +292,7 @@ fn serve_session<S: Store>(
         return crate::runtime::serve(session, io::stdin(), io::stdout().lock(), io::stderr())
             .map_err(|e| Failure(1, e.to_string()));
     };
-    let hub = Hub::new();
-    let link = Link::new(hub.audience());
-    let addr = listening.addr;
-    let service = Service::start(
-        Config {
-            addr,
-            tokens: listening.tokens,
-            systems: listening.systems,
-        },
-        link.calls(),
-        hub,
-        view,
-    )
-    .map_err(|e| {
-        config(format!(
-            "cannot listen at {addr}: {e}; give --listen a free address such as 127.0.0.1:8080"
-        ))
-    })?;
-    eprintln!(
-        "rollback-node: listening on http://{}",
-        service.local_addr()
-    );
+    let (service, link) = listening.start(view)?;
     let served = crate::runtime::serve::serve_linked(
         session,
         io::stdin(),

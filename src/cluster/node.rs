@@ -22,9 +22,7 @@ use crate::protocol::Refusal;
 use crate::runtime::flags::FlagsView;
 use crate::runtime::serve::{spawn_worker, Audience, Call, Event, Job, Link};
 use crate::runtime::session::{Session, Unanswerable, Waiter, DEFAULT_NODE_ID};
-use crate::service::hub::Hub;
 use crate::service::ofrep::OfrepServer;
-use crate::service::{Config as ServiceConfig, Service};
 use crate::store::{replay, Entry, MemoryStore};
 use crate::wire::lines::{LineSplitter, Piece};
 use crate::wire::MAX_LINE_BYTES;
@@ -161,28 +159,7 @@ pub fn run(options: ClusterOptions) -> Result<(), Failure> {
     let served = match listening {
         None => node.serve(io::stdin(), &mut io::stdout().lock(), None),
         Some(listening) => {
-            let hub = Hub::new();
-            let link = Link::new(hub.audience());
-            let addr = listening.addr;
-            let service = Service::start(
-                ServiceConfig {
-                    addr,
-                    tokens: listening.tokens,
-                    systems: listening.systems,
-                },
-                link.calls(),
-                hub,
-                node.flags_view.clone(),
-            )
-            .map_err(|e| {
-                config(format!(
-                    "cannot listen at {addr}: {e}; give --listen a free address such as 127.0.0.1:8080"
-                ))
-            })?;
-            eprintln!(
-                "rollback-node: listening on http://{}",
-                service.local_addr()
-            );
+            let (service, link) = listening.start(node.flags_view.clone())?;
             let served = node.serve(io::stdin(), &mut io::stdout().lock(), Some(link));
             service.stop();
             served
