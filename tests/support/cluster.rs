@@ -157,6 +157,9 @@ struct Run {
     stderr: Arc<Mutex<String>>,
     /// Its exit status once reaped.
     status: Option<ExitStatus>,
+    /// The thread reading stderr: joined once the process is reaped, so that what it wrote
+    /// before it exited is all there.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Run {
@@ -178,7 +181,7 @@ impl Run {
         let mut stderr_pipe = child.stderr.take().unwrap();
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             loop {
                 match stderr_pipe.read(&mut buf) {
@@ -195,6 +198,7 @@ impl Run {
             child,
             stderr,
             status: None,
+            stderr_reader: Some(stderr_reader),
         };
         (run, lines)
     }
@@ -217,6 +221,17 @@ impl Run {
 
     fn reaped(&mut self, status: ExitStatus) {
         self.status = Some(status);
+        // Its stderr closed with it, unless a child of its own keeps the pipe open: then wait
+        // only briefly.
+        if let Some(reader) = self.stderr_reader.take() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
+        }
         let pid = self.child.id();
         live().retain(|&p| p != pid);
     }
