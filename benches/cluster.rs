@@ -23,7 +23,11 @@
 //!    answers; `status` does not need one) to the other survivor. The failover time is from
 //!    the kill until that dry run's reply is read. Then: the interrupted change must be answered
 //!    with code 13 by the follower that accepted it, and a survivor's `status` must name another
-//!    leader at a higher epoch. The killed node is restarted (it waits out its old heartbeat) and
+//!    leader at a higher epoch. Before the change is sent, a seeded 0–1 s wait puts the kill at
+//!    a random point of the leader's 1 s renewal cycle (a round's steps are whole seconds, so
+//!    without it every kill would come just after a renewal: the worst case). The failover is
+//!    also split into what was left of the lease at the kill (read from the store) and the rest.
+//!    The killed node is restarted (it waits out its old heartbeat) and
 //!    the round ends when all three nodes agree on the leader again.
 //! 2. **Nemesis** (`NEMESIS_FAULTS`, 1,000; `NEMESIS_SEED`, else from the clock: printed):
 //!    three nodes at `--pace 0.02` (a schema step takes 100 ms), three clients (`c1`..`c3`),
@@ -40,8 +44,12 @@
 //!    history replayed in its order (each `rolled_back_from` / `migrated_from` equal to the
 //!    version before it, each switch from the live environment, interruptions applied as found)
 //!    ending where every node's `status` says; **acknowledged changes lost** — every reply a
-//!    client got (but code 11) has its (src, msg_id) in `history` (refusals: in the journal) with
-//!    the same reply, and no two replies to one request differ; **two leaders at one epoch** —
+//!    client got (but code 11) has its (src, msg_id) in the history with the same reply
+//!    (refusals: in the journal), and no two replies to one request differ. The history is read
+//!    from the store, where `history` serves it from (the journal's rows with an outcome and the
+//!    flag changes, by their history number); a `history` request gets at most its last 1,000
+//!    entries (the node refuses the `after` field), which must be the store's; **two leaders at
+//!    one epoch** —
 //!    the `NODE leads the cluster at epoch E` lines of every node's stderr name one node per
 //!    epoch. Also counted: a code 11 ("nothing was recorded") for a request whose inbox row was
 //!    recorded anyway, and nodes that exited by themselves.
@@ -559,11 +567,12 @@ fn secs(d: Duration) -> String {
 fn failover(options: &Options) -> Result<(), String> {
     println!("## 1. Failover: the leader killed (SIGKILL) in the middle of a schema change");
     println!(
-        "three nodes on a fresh store database, --pace 0.2 (built-in estate; a schema step is 1 s), lease 3 s renewed every 1 s; {} rounds. Each round: a rollback 2 / migrate 3 (in turn) to a follower, wait until the leader's status shows it in_flight, SIGKILL the leader, at once a switch_traffic dry run (needs a leader) to the other survivor: the time from the kill until its reply is read. The interrupted change must be answered with code 13 by the follower that accepted it; the killed node is restarted and rejoins.",
-        options.rounds
+        "three nodes on a fresh store database, --pace 0.2 (built-in estate; a schema step is 1 s), lease 3 s renewed every 1 s; {} rounds. Each round: a rollback 2 / migrate 3 (in turn) to a follower, wait until the leader's status shows it in_flight, SIGKILL the leader (after a seeded 0–1 s wait, seed {}, so that the kills fall anywhere in the leader's 1 s renewal cycle), at once a switch_traffic dry run (needs a leader) to the other survivor: the time from the kill until its reply is read. The interrupted change must be answered with code 13 by the follower that accepted it; the killed node is restarted and rejoins.",
+        options.rounds,
+        options.seed
     );
     let c = Cluster::start("bench_failover", "0.2");
-    let result = failover_rounds(&c, options.rounds);
+    let result = failover_rounds(&c, options.rounds, options.seed);
     c.shut_down();
     let rounds = result?;
     let mut times: Vec<Duration> = rounds.iter().map(|r| r.failover).collect();
@@ -587,6 +596,25 @@ fn failover(options: &Options) -> Result<(), String> {
         secs(p50),
         secs(p99),
         secs(max)
+    );
+    let mut left: Vec<Duration> = rounds.iter().map(|r| r.lease_left).collect();
+    left.sort();
+    let mut after: Vec<Duration> = rounds
+        .iter()
+        .map(|r| r.failover.saturating_sub(r.lease_left))
+        .collect();
+    after.sort();
+    println!(
+        "| of which: the killed leader's lease still running at the kill (store clock) | {} | {} | {} |",
+        secs(percentile(&left, 50.0)),
+        secs(percentile(&left, 99.0)),
+        secs(*left.last().unwrap_or(&Duration::ZERO))
+    );
+    println!(
+        "| of which: lease end to the reply (a follower's look every 200 ms, take-over, inbox) | {} | {} | {} |",
+        secs(percentile(&after, 50.0)),
+        secs(percentile(&after, 99.0)),
+        secs(*after.last().unwrap_or(&Duration::ZERO))
     );
     println!(
         "| rollback-node: kill to the interrupted change's code 13 | {} | {} | {} |",
@@ -620,11 +648,14 @@ fn failover(options: &Options) -> Result<(), String> {
 struct Round {
     n: usize,
     failover: Duration,
+    /// What was left of the killed leader's lease at the kill, by the store's clock.
+    lease_left: Duration,
     interrupted_answer: Duration,
     problems: Vec<String>,
 }
 
-fn failover_rounds(c: &Cluster, rounds: usize) -> Result<Vec<Round>, String> {
+fn failover_rounds(c: &Cluster, rounds: usize, seed: u64) -> Result<Vec<Round>, String> {
+    let mut rng = Rng(seed);
     let mut done = Vec::new();
     let mut next_id = 1u64;
     for n in 1..=rounds {
@@ -681,6 +712,10 @@ fn failover_rounds(c: &Cluster, rounds: usize) -> Result<Vec<Round>, String> {
                 return Err(format!("round {n}: the schema is at {schema} after {prep}"));
             }
         }
+        // A round's steps take whole renewal periods (a schema step is 1 s, so is a renewal),
+        // so without this every kill would come at the same point of the leader's renewal
+        // cycle: a seeded 0–1 s wait spreads the kills over it.
+        thread::sleep(rng.millis(0, 1000));
         let mut change = wanted;
         let id = next_id;
         next_id += 1;
@@ -708,6 +743,17 @@ fn failover_rounds(c: &Cluster, rounds: usize) -> Result<Vec<Round>, String> {
         if !c.send(probe, "deploy", &dry) {
             return Err(format!("round {n}: cannot send to {}", c.id(probe)));
         }
+        let lease_left = c
+            .store()
+            .query_one(
+                "SELECT extract(epoch from expires_at - clock_timestamp())::float8 FROM rollback_node.lease",
+                &[],
+            )
+            .map(|r| r.get::<_, f64>(0))
+            .unwrap_or(0.0);
+        let lease_left = Duration::from_secs_f64(
+            (lease_left.max(0.0) + killed.elapsed().as_secs_f64()).max(0.0),
+        );
         let mut problems = Vec::new();
         let (_, first) = c
             .replies
@@ -759,6 +805,7 @@ fn failover_rounds(c: &Cluster, rounds: usize) -> Result<Vec<Round>, String> {
         done.push(Round {
             n,
             failover: took,
+            lease_left,
             interrupted_answer,
             problems,
         });
@@ -1265,6 +1312,7 @@ fn check_nemesis(c: &Cluster, requests: &[Request], finals: &[Option<Value>], ex
     let mut interrupted = 0;
     let mut elevens = 0;
     let mut lost = Vec::new();
+    let mut missing = 0;
     let mut differing = Vec::new();
     for ((dest, id), got) in replies.iter() {
         if !dest.starts_with('c') {
@@ -1290,15 +1338,23 @@ fn check_nemesis(c: &Cluster, requests: &[Request], finals: &[Option<Value>], ex
             refusals += 1;
             match recorded.get(&key) {
                 Some((reply, false)) if reply == body => {}
-                other => lost.push(format!(
-                    "({dest}, {id}) refused {body}; the journal has {other:?}"
-                )),
+                other => {
+                    if other.is_none() {
+                        missing += 1;
+                    }
+                    lost.push(format!(
+                        "({dest}, {id}) refused {body}; the journal has {other:?}"
+                    ))
+                }
             }
         } else {
             if is_error(body, 13) {
                 interrupted += 1;
             } else {
                 changes_acked += 1;
+            }
+            if !served.contains_key(&key) {
+                missing += 1;
             }
             match served.get(&key) {
                 Some(list) if list.len() == 1 && &list[0].1 == body => {}
@@ -1437,7 +1493,13 @@ fn check_nemesis(c: &Cluster, requests: &[Request], finals: &[Option<Value>], ex
     lost_all.extend(differing.iter().cloned());
     lost_all.extend(served_differently.iter().cloned());
     report(
-        "acknowledged changes lost or answered differently",
+        &format!(
+            "acknowledged changes lost (a reply not in the history with the same reply: {} not there, {} there with another reply; two replies to one request that differ: {}; history served otherwise than the store holds it: {})",
+            missing,
+            lost.len() - missing,
+            differing.len(),
+            served_differently.len()
+        ),
         &lost_all,
     );
     report("two leaders at one epoch", &two_leaders);
