@@ -1402,8 +1402,14 @@ fn check_nemesis(c: &Cluster, requests: &[Request], finals: &[Option<Value>], ex
                 .copied()
                 .unwrap_or(0);
             if refused > 0 && rows + refused > sent {
+                let said: Vec<&str> = got
+                    .into_iter()
+                    .flatten()
+                    .filter(|g| g.node == *id && is_error(&g.body, 11))
+                    .filter_map(|g| g.body["text"].as_str())
+                    .collect();
                 eleven_but_recorded.push(format!(
-                    "({}, {}) {} at {id}: sent {sent}, code 11 {refused}, inbox rows {rows}",
+                    "({}, {}) {} at {id}: sent {sent}, code 11 {refused} ({said:?}), inbox rows {rows}",
                     r.src, r.msg_id, r.body
                 ));
             }
