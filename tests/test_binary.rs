@@ -253,6 +253,34 @@ fn custom_estate_is_served() {
 }
 
 #[test]
+fn history_pages_with_after() {
+    let lines: String = [
+        r#"{"type":"disable_feature","msg_id":1,"feature":"new_checkout"}"#,
+        r#"{"type":"enable_feature","msg_id":2,"feature":"new_checkout"}"#,
+        r#"{"type":"disable_feature","msg_id":3,"feature":"new_checkout"}"#,
+        r#"{"type":"history","msg_id":4}"#,
+        r#"{"type":"history","msg_id":5,"after":1,"limit":1}"#,
+        r#"{"type":"history","msg_id":6,"after":3}"#,
+        r#"{"type":"history","msg_id":7,"after":"x"}"#,
+    ]
+    .iter()
+    .map(|b| format!("{{\"src\":\"c\",\"dest\":\"n\",\"body\":{b}}}\n"))
+    .collect();
+    let (lines, _) = run(&lines);
+    let all = body(&lines[3])["entries"].as_array().unwrap().clone();
+    let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(body(&lines[4])["entries"], json!([all[1]]));
+    assert_eq!(body(&lines[5])["entries"], json!([]));
+    let refused = body(&lines[6]);
+    assert_eq!(refused["code"], 12);
+    assert!(
+        refused["text"].as_str().unwrap().contains("after"),
+        "{refused}"
+    );
+}
+
+#[test]
 fn help_explains_the_node() {
     let output = run_with(&["--help"], b"");
     assert!(output.status.success());

@@ -223,6 +223,28 @@ fn the_kill_switch_is_answered_with_no_leader() {
     );
     let reply = nodes[0].recv_reply(9, REPLY);
     assert_eq!(reply["body"]["type"], "rollback_complete", "{reply}");
+
+    // The cluster's trail pages with `after: SEQ` on any node: the flag change, then the rollback.
+    let all = nodes[2].request("ops", json!({"type": "history"}), REPLY);
+    let entries = all["body"]["entries"].as_array().unwrap().clone();
+    let kinds: Vec<&Value> = entries.iter().map(|e| &e["request"]["type"]).collect();
+    assert_eq!(
+        kinds,
+        [&json!("disable_feature"), &json!("rollback")],
+        "{all}"
+    );
+    let first = entries[0]["seq"].as_u64().unwrap();
+    for node in &nodes {
+        let page = node.request(
+            "ops",
+            json!({"type": "history", "after": first, "limit": 1}),
+            REPLY,
+        );
+        assert_eq!(page["body"]["entries"], json!([entries[1]]), "{page}");
+        let last = entries[1]["seq"].as_u64().unwrap();
+        let past = node.request("ops", json!({"type": "history", "after": last}), REPLY);
+        assert_eq!(past["body"]["entries"], json!([]), "{past}");
+    }
 }
 
 #[test]

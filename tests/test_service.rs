@@ -338,6 +338,32 @@ fn bodies_stdin_could_not_answer_are_400_and_large_ones_413() {
             .status,
         400
     );
+    let r = node.call("GET", "/v1/history?after=soon", Some(ADMIN), "");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("after=soon"), "{}", r.body);
+}
+
+#[test]
+fn history_pages_with_after_over_http() {
+    let node = Node::start(&[]);
+    for (msg_id, kind) in [(1, "disable"), (2, "enable"), (3, "disable")] {
+        let body =
+            format!(r#"{{"type":"{kind}_feature","msg_id":{msg_id},"feature":"new_checkout"}}"#);
+        assert_eq!(node.post(OPERATOR, &body).status, 200);
+    }
+    let all = node.call("GET", "/v1/history", Some(VIEWER), "").json();
+    let entries = all["entries"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 3, "{all}");
+    let first = entries[0]["seq"].as_u64().unwrap();
+    let page = node
+        .call(
+            "GET",
+            &format!("/v1/history?after={first}&limit=1"),
+            Some(VIEWER),
+            "",
+        )
+        .json();
+    assert_eq!(page["entries"], json!([entries[1]]));
 }
 
 #[test]

@@ -323,7 +323,14 @@ fn queries_and_init_decide_at_once() {
         12,
     );
     assert_eq!(
-        refused(&machine, Request::History { limit: Some(0) }, 12),
+        refused(
+            &machine,
+            Request::History {
+                limit: Some(0),
+                after: None
+            },
+            12
+        ),
         "history limit 0 is out of range; ask for 1 to 1000 entries"
     );
 }
@@ -359,7 +366,11 @@ fn request_types_lanes_and_fields() {
         Some(Lane::Flags)
     );
     assert!(Request::Restore { backup: "b".into() }.changes_state());
-    assert!(!Request::History { limit: None }.changes_state());
+    assert!(!Request::History {
+        limit: None,
+        after: None
+    }
+    .changes_state());
     assert_eq!(Request::fields("switch_traffic"), Some(&["from", "to"][..]));
     assert_eq!(Request::fields("nope"), None);
     assert_eq!(Refusal::Abort(String::new()).code(), 14);

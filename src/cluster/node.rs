@@ -415,8 +415,12 @@ impl Node {
             Call::Status(reply) => {
                 let _ = reply.send(self.status(None));
             }
-            Call::History { limit, reply } => {
-                let _ = reply.send(self.history("", limit, None));
+            Call::History {
+                limit,
+                after,
+                reply,
+            } => {
+                let _ = reply.send(self.history(limit, after, None));
             }
             Call::After {
                 after,
@@ -591,8 +595,8 @@ impl Node {
                 let body = self.status(Some(msg_id));
                 to.send(out, &body);
             }
-            Request::History { limit } => {
-                let body = self.history(text, *limit, Some(msg_id));
+            Request::History { limit, after } => {
+                let body = self.history(*limit, *after, Some(msg_id));
                 to.send(out, &body);
             }
             _ => self.forward(text, &src, msg_id, to, out),
@@ -815,19 +819,17 @@ impl Node {
     }
 
     /// `history_ok` from the store: the cluster's trail (`after: SEQ` pages through it).
-    fn history(&mut self, line: &str, limit: Option<u32>, msg_id: Option<u64>) -> String {
-        let decided = self.view.machine().state().history(limit);
+    fn history(&mut self, limit: Option<u32>, after: Option<u64>, msg_id: Option<u64>) -> String {
+        let decided = self.view.machine().state().history(limit, after);
         let limit = match decided {
             Ok(crate::core::effects::Decision::Lookup(crate::core::effects::Lookup::History {
                 limit,
+                ..
             })) => limit,
             Ok(_) => 20,
             Err(refusal) => return body_string(msg_id, &refusal),
         };
-        let after = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v.get("body")?.get("after")?.as_u64())
-            .unwrap_or(0);
+        let after = after.unwrap_or(0);
         match store::history(&mut self.db, after, limit) {
             Ok(entries) => body_string(msg_id, &HistoryOk { entries }),
             Err(e) => body_string(

@@ -81,6 +81,8 @@ pub enum Lookup {
     History {
         /// How many.
         limit: u32,
+        /// Only entries with a higher sequence number (paging on), oldest first.
+        after: Option<u64>,
     },
     /// The backups, newest first.
     Backups,

@@ -47,6 +47,18 @@ pub trait Sink {
     /// The store could not be read; the text says why.
     fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String>;
 
+    /// The first `limit` operations that ended with a sequence number above `after`, oldest
+    /// first.
+    ///
+    /// # Errors
+    /// The store could not be read.
+    fn history_after(&mut self, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, String> {
+        let mut entries = self.history(u32::try_from(HISTORY_WINDOW).unwrap_or(u32::MAX))?;
+        entries.retain(|e| e.seq > after);
+        entries.truncate(limit as usize);
+        Ok(entries)
+    }
+
     /// The backups, newest first, as the executor finds them now (by default, the state's).
     ///
     /// # Errors
@@ -528,12 +540,14 @@ impl Machine {
                 .map_err(|e| {
                     Refusal::TemporarilyUnavailable(format!("the backups cannot be read: {e}"))
                 }),
-            Decision::Lookup(Lookup::History { limit }) => sink
-                .history(limit)
-                .map(|entries| Reply::HistoryOk(HistoryOk { entries }))
-                .map_err(|e| {
-                    Refusal::TemporarilyUnavailable(format!("the audit trail cannot be read: {e}"))
-                }),
+            Decision::Lookup(Lookup::History { limit, after }) => match after {
+                Some(after) => sink.history_after(after, limit),
+                None => sink.history(limit),
+            }
+            .map(|entries| Reply::HistoryOk(HistoryOk { entries }))
+            .map_err(|e| {
+                Refusal::TemporarilyUnavailable(format!("the audit trail cannot be read: {e}"))
+            }),
             Decision::Accept(_) => Err(Refusal::Crash(
                 "a query was decided as an operation; nothing changed".to_owned(),
             )),

@@ -287,16 +287,21 @@ impl State {
     }
 
     /// The audit trail: the last `limit` changes (default 20, at most 1000), oldest first, read
-    /// from the store. Changes nothing.
+    /// from the store; with `after: SEQ`, the first `limit` entries with a higher sequence
+    /// number (to page through a long trail). Changes nothing.
     #[transition]
-    pub fn history(&self, limit: Option<u32>) -> Result<Decision<HistoryOk>, Refusal> {
+    pub fn history(
+        &self,
+        limit: Option<u32>,
+        after: Option<u64>,
+    ) -> Result<Decision<HistoryOk>, Refusal> {
         let limit = limit.unwrap_or(20);
         if limit == 0 || limit as usize > HISTORY_WINDOW {
             return Err(Refusal::MalformedRequest(format!(
                 "history limit {limit} is out of range; ask for 1 to {HISTORY_WINDOW} entries"
             )));
         }
-        Ok(Decision::Lookup(Lookup::History { limit }))
+        Ok(Decision::Lookup(Lookup::History { limit, after }))
     }
 
     /// Where the estate stands, with what is running or queued and what a crash interrupted.

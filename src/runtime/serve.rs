@@ -84,10 +84,13 @@ pub enum Call {
     },
     /// The body of `status_ok`, without `in_reply_to`.
     Status(tokio::sync::oneshot::Sender<String>),
-    /// The body of `history_ok` for the last `limit` entries, without `in_reply_to`.
+    /// The body of `history_ok` for the last `limit` entries (or the first past `after`),
+    /// without `in_reply_to`.
     History {
         /// How many (20 by default).
         limit: Option<u32>,
+        /// Only entries with a higher sequence number, oldest first (paging on).
+        after: Option<u64>,
         /// Where the body goes.
         reply: tokio::sync::oneshot::Sender<String>,
     },
@@ -377,8 +380,12 @@ fn serve_events<S: Store>(
                 Call::Status(reply) => {
                     let _ = reply.send(session.status_body());
                 }
-                Call::History { limit, reply } => {
-                    let _ = reply.send(session.history_body(limit));
+                Call::History {
+                    limit,
+                    after,
+                    reply,
+                } => {
+                    let _ = reply.send(session.history_body(limit, after));
                 }
                 Call::After {
                     after,

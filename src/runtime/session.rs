@@ -270,6 +270,10 @@ impl<S: Store> Sink for Outputs<'_, S> {
         self.store.history(limit)
     }
 
+    fn history_after(&mut self, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, String> {
+        self.store.history_after(after, limit)
+    }
+
     fn backups(&mut self, state: &crate::core::state::State) -> Result<Vec<BackupView>, String> {
         match self.executors.reader().filter(|r| r.lists_backups()) {
             Some(reader) => reader.backups(),
@@ -548,24 +552,31 @@ impl<S: Store> Session<S> {
         body_string(None, &self.machine.status())
     }
 
-    /// The body of `history_ok` for the last `limit` entries (20 by default), without
-    /// `in_reply_to`; a refusal's body when the limit is out of range or the store cannot be
-    /// read.
-    pub fn history_body(&mut self, limit: Option<u32>) -> String {
-        let answer = self.machine.state().history(limit).and_then(|decision| {
-            let crate::core::effects::Decision::Lookup(crate::core::effects::Lookup::History {
-                limit,
-            }) = decision
-            else {
-                return Err(Refusal::Crash("history was not a look-up".to_owned()));
-            };
-            self.store
-                .history(limit)
+    /// The body of `history_ok` for the last `limit` entries (20 by default), or with `after`
+    /// the first `limit` entries past that sequence number, without `in_reply_to`; a refusal's
+    /// body when the limit is out of range or the store cannot be read.
+    pub fn history_body(&mut self, limit: Option<u32>, after: Option<u64>) -> String {
+        let answer = self
+            .machine
+            .state()
+            .history(limit, after)
+            .and_then(|decision| {
+                let crate::core::effects::Decision::Lookup(crate::core::effects::Lookup::History {
+                    limit,
+                    after,
+                }) = decision
+                else {
+                    return Err(Refusal::Crash("history was not a look-up".to_owned()));
+                };
+                match after {
+                    Some(after) => self.store.history_after(after, limit),
+                    None => self.store.history(limit),
+                }
                 .map(|entries| HistoryOk { entries })
                 .map_err(|e| {
                     Refusal::TemporarilyUnavailable(format!("the audit trail cannot be read: {e}"))
                 })
-        });
+            });
         body_of(None, &answer)
     }
 

@@ -308,10 +308,11 @@ pub async fn status(State(app): State<App>, headers: HeaderMap) -> Response {
     }
 }
 
-/// `?limit=N` of `GET /v1/history`.
+/// `?limit=N&after=SEQ` of `GET /v1/history`.
 #[derive(Deserialize)]
 pub struct Limit {
     limit: Option<String>,
+    after: Option<String>,
 }
 
 /// `GET /v1/history`.
@@ -334,7 +335,25 @@ pub async fn history(
             .into_response()
         }
     };
-    match app.ask(|reply| Call::History { limit, reply }).await {
+    let after = match query.after.as_deref().map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(after)) => Some(after),
+        Some(Err(_)) => {
+            return Refused::bad_request(format!(
+            "after={} is not a sequence number; give the seq of the last entry seen, such as 120",
+            query.after.unwrap_or_default()
+        ))
+            .into_response()
+        }
+    };
+    match app
+        .ask(|reply| Call::History {
+            limit,
+            after,
+            reply,
+        })
+        .await
+    {
         Ok(body) => read_answer(body),
         Err(refused) => refused.into_response(),
     }

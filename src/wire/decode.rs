@@ -307,7 +307,10 @@ mod tests {
         ] {
             assert!(single_pass_agrees(line), "{line}");
         }
-        let request = Request::History { limit: Some(3) };
+        let request = Request::History {
+            limit: Some(3),
+            after: None,
+        };
         assert!(single_pass_agrees(&encode_request(
             "a",
             "b",
