@@ -47,9 +47,8 @@
 //!    client got (but code 11) has its (src, msg_id) in the history with the same reply
 //!    (refusals: in the journal), and no two replies to one request differ. The history is read
 //!    from the store, where `history` serves it from (the journal's rows with an outcome and the
-//!    flag changes, by their history number); a `history` request gets at most its last 1,000
-//!    entries (the node refuses the `after` field), which must be the store's; **two leaders at
-//!    one epoch** —
+//!    flag changes, by their history number), and paged through with `history` `after: SEQ`
+//!    on the nodes, which must serve the store's; **two leaders at one epoch** —
 //!    the `NODE leads the cluster at epoch E` lines of every node's stderr name one node per
 //!    epoch. Also counted: a code 11 ("nothing was recorded") for a request whose inbox row was
 //!    recorded anyway, and nodes that exited by themselves.
@@ -1284,7 +1283,7 @@ fn check_nemesis(c: &Cluster, requests: &[Request], finals: &[Option<Value>], ex
     }
 
     // Every reply a client got, against the store and the protocol's history.
-    // The protocol's history (its last 1,000 entries) must be the store's.
+    // The protocol's history (all of it, paged) must be the store's.
     let mut served_differently = Vec::new();
     let mut protocol_entries = 0;
     match history_by_protocol(c) {
@@ -1527,18 +1526,27 @@ fn check_nemesis(c: &Cluster, requests: &[Request], finals: &[Option<Value>], ex
     }
 }
 
-/// The last 1,000 entries of the cluster's `history` as a node serves them (the most a request
-/// gets: the node refuses the `after` field its history code reads), oldest first.
+/// The cluster's whole `history` as a node serves it, paged with `after: SEQ` (1,000 entries a
+/// request), oldest first.
 fn history_by_protocol(c: &Cluster) -> Result<Vec<Value>, String> {
-    for i in 0..c.members.len() {
-        if let Some((_, body, _)) = c.ask(i, json!({"type": "history", "limit": 1000}), ASK) {
-            return match body["entries"].as_array() {
-                Some(entries) => Ok(entries.clone()),
-                None => Err(format!("{} answered history with {body}", c.id(i))),
-            };
+    let mut all: Vec<Value> = Vec::new();
+    loop {
+        let after = all.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+        let ask = json!({"type": "history", "limit": 1000, "after": after});
+        let page = (0..c.members.len())
+            .find_map(|i| c.ask(i, ask.clone(), ASK).map(|(_, body, _)| (i, body)));
+        let Some((i, body)) = page else {
+            return Err("no node answered history".to_owned());
+        };
+        let Some(entries) = body["entries"].as_array() else {
+            return Err(format!("{} answered history with {body}", c.id(i)));
+        };
+        let full = entries.len() == 1000;
+        all.extend(entries.iter().cloned());
+        if !full {
+            return Ok(all);
         }
     }
-    Err("no node answered history".to_owned())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -341,6 +341,55 @@ fn an_unreachable_store_at_start_is_one_line() {
 }
 
 #[test]
+fn a_store_connection_cut_while_a_node_starts_is_waited_out() {
+    let (url, db) = store("startcut");
+    let server = pg::server();
+    let mut retried = false;
+    // Every established connection to the store is cut, again and again, for the first
+    // seconds of each start (a connection still in its handshake is left alone: a node
+    // that cannot reach the store at all rightly exits, which is another test).
+    for round in 0..3 {
+        let cutting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cutter = {
+            let cutting = cutting.clone();
+            let (admin, db) = (server.url("postgres"), db.clone());
+            std::thread::spawn(move || {
+                let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+                let mut cut = 0;
+                while cutting.load(std::sync::atomic::Ordering::SeqCst) {
+                    let rows = client
+                        .query(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE datname = $1 AND pid <> pg_backend_pid() AND state IS NOT NULL",
+                            &[&db],
+                        )
+                        .unwrap();
+                    cut += rows.len();
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+                cut
+            })
+        };
+        let node = Node::start(&url, &format!("s{round}"), None, &[]);
+        std::thread::sleep(Duration::from_millis(1500));
+        cutting.store(false, std::sync::atomic::Ordering::SeqCst);
+        let cut = cutter.join().unwrap();
+        assert!(cut > 0, "round {round}: no connection was cut");
+        assert!(
+            node.wait_stderr_contains("joined the cluster", REPLY),
+            "round {round}: {}",
+            node.stderr_all()
+        );
+        assert!(node.is_running(), "round {round}: {}", node.stderr_all());
+        assert_eq!(status(&node)["cluster"]["node"], format!("s{round}"));
+        let said = node.stderr_all();
+        eprintln!("round {round}: {cut} connections cut; the node said:\n{said}");
+        retried |= said.contains("while starting") || said.contains("while claiming");
+    }
+    assert!(retried, "no start was cut: the test did not test");
+}
+
+#[test]
 fn a_live_node_id_is_refused_and_a_crashed_one_is_waited_for() {
     let (url, _db) = store("ids");
     let first = Node::start(&url, "n1", None, &[]);

@@ -96,6 +96,8 @@ pub struct Keeper {
 /// # Errors
 /// A live node holds the id, or the store cannot be written.
 pub fn claim(db: &mut Db, node: &str, timing: Timing) -> Result<String, String> {
+    // A cut connection is tried again for this long (the store was reached just before).
+    const CUT_RETRY: Duration = Duration::from_secs(10);
     let incarnation = format!(
         "{}-{}",
         std::process::id(),
@@ -111,22 +113,36 @@ pub fn claim(db: &mut Db, node: &str, timing: Timing) -> Result<String, String> 
             .simple(&format!(
                 "INSERT INTO {SCHEMA}.nodes VALUES ({n}, {i}, clock_timestamp(), clock_timestamp())
                  ON CONFLICT (id) DO UPDATE SET incarnation = EXCLUDED.incarnation, started_at = EXCLUDED.started_at, seen_at = EXCLUDED.seen_at
-                 WHERE nodes.seen_at <= clock_timestamp() - {lease}
+                 WHERE nodes.seen_at <= clock_timestamp() - {lease} OR nodes.incarnation = EXCLUDED.incarnation
                  RETURNING id",
                 n = lit(node),
                 i = lit(&incarnation),
                 lease = timing.interval()
-            ))
-            .map_err(|e| e.to_string())?;
+            ));
+        // A connection cut here may have taken the claim with it, or not: claiming again
+        // with the same incarnation is the same claim.
+        let rows = match rows {
+            Err(e) if !db.is_connected() && started.elapsed() < CUT_RETRY => {
+                eprintln!("rollback-node: the store's connection was cut while claiming node id {node} ({e}); trying again");
+                thread::sleep(Duration::from_millis(250));
+                continue;
+            }
+            rows => rows.map_err(|e| e.to_string())?,
+        };
         if !rows.is_empty() {
             return Ok(incarnation);
         }
-        let seen = db
-            .simple(&format!(
-                "SELECT seen_at::text, round(extract(epoch from clock_timestamp() - seen_at)::numeric, 1)::text FROM {SCHEMA}.nodes WHERE id = {}",
-                lit(node)
-            ))
-            .map_err(|e| e.to_string())?;
+        let seen = match db.simple(&format!(
+            "SELECT seen_at::text, round(extract(epoch from clock_timestamp() - seen_at)::numeric, 1)::text FROM {SCHEMA}.nodes WHERE id = {}",
+            lit(node)
+        )) {
+            Err(e) if !db.is_connected() && started.elapsed() < CUT_RETRY => {
+                eprintln!("rollback-node: the store's connection was cut while claiming node id {node} ({e}); trying again");
+                thread::sleep(Duration::from_millis(250));
+                continue;
+            }
+            seen => seen.map_err(|e| e.to_string())?,
+        };
         let (at, ago) = match seen.first() {
             Some(row) => (
                 row.first().cloned().flatten().unwrap_or_default(),

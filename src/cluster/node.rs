@@ -99,11 +99,12 @@ pub fn run(options: ClusterOptions) -> Result<(), Failure> {
     let url = &options.store;
     let mut db = Db::connect(url)
         .map_err(|e| config(format!("cannot reach the store {}: {e}", shown(url))))?;
-    store::prepare(&mut db).map_err(|e| config(format!("{}: {e}", shown(url))))?;
-    let stored = store::adopt(&mut db, "estate", &text).map_err(|e| config(e.to_string()))?;
+    starting(&mut db, store::prepare).map_err(|e| config(format!("{}: {e}", shown(url))))?;
+    let stored = starting(&mut db, |db| store::adopt(db, "estate", &text))
+        .map_err(|e| config(e.to_string()))?;
     let first = format!("{origin}, given to node {}", options.node_id);
-    let stored_origin =
-        store::adopt(&mut db, "estate_origin", &first).map_err(|e| config(e.to_string()))?;
+    let stored_origin = starting(&mut db, |db| store::adopt(db, "estate_origin", &first))
+        .map_err(|e| config(e.to_string()))?;
     if stored != text {
         return Err(config(format!(
             "the store {} holds another estate ({stored_origin}) than this node's ({origin}); every node of one store runs the same estate",
@@ -120,7 +121,7 @@ pub fn run(options: ClusterOptions) -> Result<(), Failure> {
     let mut machine = Machine::new(estate.state.clone());
     machine.observe(&found);
     let view = Session::new(machine, executors, MemoryStore::new());
-    let keeper_db = Db::connect(url)
+    let keeper_db = reconnect(url)
         .map_err(|e| config(format!("cannot reach the store {}: {e}", shown(url))))?;
     let keeper = Keeper::start(keeper_db, options.node_id.clone(), incarnation, timing);
     let flags_view = FlagsView::new(view.machine().state().flags.clone());
@@ -616,7 +617,7 @@ impl Node {
             }
             Err(e) => {
                 let refusal = Refusal::TemporarilyUnavailable(format!(
-                    "{e}; nothing was recorded, so retrying with the same msg_id is safe"
+                    "{e}; the request may or may not have been recorded: retrying with the same msg_id is safe (a retry joins the original)"
                 ));
                 to.send(out, &body_string(Some(msg_id), &refusal));
             }
@@ -674,8 +675,19 @@ impl Node {
             .filter_map(|(_, c)| c.as_ref().ok().cloned())
             .collect();
         let recorded = store::record_flags(&mut self.db, &self.me, &changes);
+        // Once recorded, a change stands: if only the store's flags could not be read back,
+        // its reply is the recorded one (this node's flag file follows at its next look).
         let synced = match &recorded {
-            Ok(_) if !changes.is_empty() => self.sync_flags_now(),
+            Ok(_) if !changes.is_empty() => match self.sync_flags_now() {
+                Err(SyncFailure::Store(e)) => {
+                    self.flags_looked = None;
+                    eprintln!(
+                        "rollback-node: the flag changes are recorded; reading the store's flags back failed ({e}), this node's flag file follows at its next look"
+                    );
+                    Ok(())
+                }
+                other => other,
+            },
             _ => Ok(()),
         };
         let mut replies = recorded.as_ref().map(|r| r.iter());
@@ -684,7 +696,7 @@ impl Node {
                 Err(refusal) => refusal,
                 Ok(change) => match (&mut replies, &synced) {
                     (Ok(replies), Ok(())) => replies.next().cloned().unwrap_or_default(),
-                    (Ok(_), Err(e)) => body_string(
+                    (Ok(_), Err(SyncFailure::File(e) | SyncFailure::Store(e))) => body_string(
                         Some(change.msg_id),
                         &Refusal::Crash(format!(
                             "the change is recorded in the store, but this node's flag file could not be set: {e}; every node keeps setting it to the store's flags"
@@ -693,7 +705,7 @@ impl Node {
                     (Err(e), _) => body_string(
                         Some(change.msg_id),
                         &Refusal::TemporarilyUnavailable(format!(
-                            "{e}; the flag was not changed, so retrying with the same msg_id is safe"
+                            "{e}; the change may or may not have been recorded: retrying with the same msg_id is safe (a retry joins the original)"
                         )),
                     ),
                 },
@@ -716,9 +728,10 @@ impl Node {
 
     /// Reads the store's flags and sets this node's flag file (read again first, one flag at a
     /// time, only where it differs), its machines and its OFREP to them.
-    fn sync_flags_now(&mut self) -> Result<(), String> {
+    fn sync_flags_now(&mut self) -> Result<(), SyncFailure> {
         let names: Vec<String> = self.view.machine().state().flags.keys().cloned().collect();
-        let changed = store::flags(&mut self.db, &names).map_err(|e| e.to_string())?;
+        let changed =
+            store::flags(&mut self.db, &names).map_err(|e| SyncFailure::Store(e.to_string()))?;
         let mut flags = self.view.machine().state().flags.clone();
         flags.extend(changed);
         if self.store_flags.as_ref() == Some(&flags) && self.flags_executor.is_none() {
@@ -753,7 +766,9 @@ impl Node {
                 if let crate::core::effects::Completion::Failed(failure) =
                     executor.perform(&operation, &mut |_| {})
                 {
-                    return Err(serde_json::to_string(&failure).unwrap_or_default());
+                    return Err(SyncFailure::File(
+                        serde_json::to_string(&failure).unwrap_or_default(),
+                    ));
                 }
             }
         }
@@ -1031,5 +1046,62 @@ mod tests {
             Some(r#"{"type":"rollback","msg_id":1,"version":2}"#)
         );
         assert_eq!(body_of("not json"), None);
+    }
+}
+
+/// How long a starting node waits out a store connection cut after it first reached the store.
+const START_RETRY: Duration = Duration::from_secs(10);
+
+/// Runs a start-up step against the store, again while its connection is found cut (for up to
+/// [`START_RETRY`]): the store was reached, so a cut (a restarted pooler, a terminated
+/// backend) is passing, and the node should not exit for it. Each step is safe to repeat.
+fn starting<T, E: std::fmt::Display>(
+    db: &mut Db,
+    mut step: impl FnMut(&mut Db) -> Result<T, E>,
+) -> Result<T, E> {
+    let began = Instant::now();
+    loop {
+        match step(db) {
+            Err(e) if !db.is_connected() && began.elapsed() < START_RETRY => {
+                eprintln!("rollback-node: the store's connection was cut while starting ({e}); trying again");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// A second connection to a store this node has just reached, tried again for up to
+/// [`START_RETRY`].
+fn reconnect(url: &str) -> Result<Db, String> {
+    let began = Instant::now();
+    loop {
+        match Db::connect(url) {
+            Err(e) if began.elapsed() < START_RETRY => {
+                eprintln!(
+                    "rollback-node: cannot open a second store connection yet ({e}); trying again"
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Why this node's flags could not follow the store's.
+#[derive(Debug)]
+enum SyncFailure {
+    /// The store's flags could not be read.
+    Store(String),
+    /// This node's flag file could not be set.
+    File(String),
+}
+
+impl std::fmt::Display for SyncFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Store(e) => write!(f, "the store's flags could not be read: {e}"),
+            Self::File(e) => write!(f, "{e}"),
+        }
     }
 }
