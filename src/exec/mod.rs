@@ -20,6 +20,7 @@ pub mod estate;
 pub mod flagd;
 pub mod haproxy;
 pub mod migrations;
+pub mod prometheus;
 pub mod simulated;
 pub mod system;
 pub mod systems;
