@@ -10,6 +10,8 @@
 //! [`LaneExecutor`] holds the executors of its layers and walks an operation's effects,
 //! handing each consecutive run to the executor of its layer, stopping at the first failure.
 //!
+//! Beside them, [`prometheus`] samples the ladder's health signals (PromQL instant queries).
+//!
 //! Adding a real system is one file (its estate section, how it connects, its [`Executor`])
 //! plus one line in [`systems::SYSTEMS`].
 
@@ -20,6 +22,7 @@ pub mod estate;
 pub mod flagd;
 pub mod haproxy;
 pub mod migrations;
+pub mod prometheus;
 pub mod simulated;
 pub mod system;
 pub mod systems;

@@ -1,0 +1,294 @@
+//! A throwaway Prometheus (the `prometheus` on `PATH`) for the tests: a temp dir for its
+//! configuration, targets and TSDB, a free port on 127.0.0.1, `scrape_interval: 1s`, and the
+//! scrape targets in a file (`file_sd`) that a test extends while it runs, each target with an
+//! `app` label of its own. [`PromServer::start`] gives a server of one's own, killed on drop (or
+//! [`PromServer::stop`], to make Prometheus unreachable mid-test); [`shared`] one per test
+//! binary, killed when the process exits. If the test process is killed, the server gets
+//! SIGKILL with it. A server that cannot start fails the test with its log.
+
+#![allow(dead_code)]
+
+use rollback_node::exec::prometheus::{NoData, Prometheus};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The binary.
+pub const BIN: &str = "prometheus";
+
+/// A running Prometheus.
+pub struct PromServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its temp dir: `prometheus.yml`, `targets.json`, `data/`, `prometheus.log`.
+    pub dir: PathBuf,
+    child: Arc<Mutex<Option<Child>>>,
+    keeper: Option<mpsc::Sender<()>>,
+    targets: Mutex<Vec<(SocketAddr, String)>>,
+    remove_dir: bool,
+}
+
+static SHARED: OnceLock<PromServer> = OnceLock::new();
+static SHARED_PID: AtomicI32 = AtomicI32::new(0);
+static SHARED_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// The server shared by the tests of this binary, started on first use.
+pub fn shared() -> &'static PromServer {
+    SHARED.get_or_init(|| {
+        let mut server = PromServer::start();
+        server.remove_dir = false;
+        if let Some(child) = server.child.lock().unwrap().as_ref() {
+            SHARED_PID.store(child.id() as i32, Ordering::SeqCst);
+        }
+        *SHARED_DIR.lock().unwrap() = Some(server.dir.clone());
+        unsafe {
+            libc::atexit(stop_shared_at_exit);
+        }
+        server
+    })
+}
+
+extern "C" fn stop_shared_at_exit() {
+    let pid = SHARED_PID.swap(0, Ordering::SeqCst);
+    if pid > 0 {
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+        }
+    }
+    if let Ok(mut dir) = SHARED_DIR.lock() {
+        if let Some(dir) = dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A port free now on 127.0.0.1.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(dir: &Path) -> String {
+    format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+         scrape_configs:\n  - job_name: app\n    file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 1s\n",
+        dir.join("targets.json").display()
+    )
+}
+
+impl PromServer {
+    /// Starts a server of its own, with no targets yet; panics with its log if it does not
+    /// become ready.
+    pub fn start() -> PromServer {
+        let dir = tempfile::Builder::new()
+            .prefix("rn-prometheus-")
+            .tempdir_in("/tmp")
+            .expect("a temp dir for Prometheus")
+            .keep();
+        std::fs::write(dir.join("prometheus.yml"), config(&dir)).unwrap();
+        std::fs::write(dir.join("targets.json"), "[]").unwrap();
+        // The port is free when asked but may be taken before Prometheus binds it: try again.
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut server = PromServer::spawn(&dir, addr);
+            match server.wait_ready() {
+                Ok(()) => return server,
+                Err(log) => {
+                    server.kill();
+                    if !log.contains("address already in use") {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        panic!("Prometheus did not start; its log:\n{log}");
+                    }
+                    last_log = log;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        panic!("Prometheus found no free port; its log:\n{last_log}");
+    }
+
+    /// Spawns `prometheus` from a thread that lives as long as the server, so that the
+    /// parent-death signal kills it only when the server is stopped or the process dies.
+    fn spawn(dir: &Path, addr: SocketAddr) -> PromServer {
+        let child: Arc<Mutex<Option<Child>>> = Arc::new(Mutex::new(None));
+        let (keeper, stop) = mpsc::channel::<()>();
+        let (ready, spawned) = mpsc::channel();
+        let (held, spawn_dir) = (Arc::clone(&child), dir.to_owned());
+        std::thread::spawn(move || {
+            let log = std::fs::File::create(spawn_dir.join("prometheus.log")).unwrap();
+            let mut cmd = Command::new(BIN);
+            cmd.arg(format!(
+                "--config.file={}",
+                spawn_dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                spawn_dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--storage.tsdb.retention.time=1h")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .current_dir(&spawn_dir);
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            match cmd.spawn() {
+                Ok(c) => {
+                    *held.lock().unwrap() = Some(c);
+                    ready.send(Ok(())).unwrap();
+                    // Until stopped (a message, or the server dropped).
+                    let _ = stop.recv();
+                    if let Some(mut c) = held.lock().unwrap().take() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                }
+                Err(e) => ready.send(Err(e.to_string())).unwrap(),
+            }
+        });
+        if let Err(e) = spawned.recv().unwrap() {
+            panic!("cannot spawn {BIN} (is Prometheus installed?): {e}");
+        }
+        PromServer {
+            addr,
+            dir: dir.to_owned(),
+            child,
+            keeper: Some(keeper),
+            targets: Mutex::new(Vec::new()),
+            remove_dir: true,
+        }
+    }
+
+    /// Waits until `/-/ready` answers 200; the log when it exits or 30 s pass first.
+    fn wait_ready(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if get(self.addr, "/-/ready").is_some_and(|(status, _)| status == 200) {
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .lock()
+                .unwrap()
+                .as_mut()
+                .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+            if exited || Instant::now() > deadline {
+                return Err(self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client of its API.
+    pub fn client(&self) -> Prometheus {
+        Prometheus::new(&self.base(), Duration::from_secs(2)).unwrap()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log"))
+            .unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+
+    /// Scrapes `addr` (its `/metrics`) from now on, its series labelled `app="{app}"`.
+    pub fn add_target(&self, addr: SocketAddr, app: &str) {
+        let mut targets = self.targets.lock().unwrap();
+        targets.push((addr, app.to_owned()));
+        let groups: Vec<serde_json::Value> = targets
+            .iter()
+            .map(|(addr, app)| {
+                serde_json::json!({"targets": [addr.to_string()], "labels": {"app": app}})
+            })
+            .collect();
+        let tmp = self.dir.join("targets.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&groups).unwrap()).unwrap();
+        std::fs::rename(&tmp, self.dir.join("targets.json")).unwrap();
+    }
+
+    /// Asks `query` until `ok` holds of its answer; panics with the last answer and the log
+    /// after `within`.
+    pub fn wait_for(
+        &self,
+        query: &str,
+        within: Duration,
+        ok: impl Fn(&Result<f64, NoData>) -> bool,
+    ) {
+        let client = self.client();
+        let deadline = Instant::now() + within;
+        loop {
+            let got = client.query(query);
+            if ok(&got) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{query}: still {got:?} after {within:?}; the Prometheus log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills it now (its API becomes unreachable); its dir stays until drop.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.send(());
+        }
+        // The keeper thread kills and reaps it; wait until it has.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.lock().unwrap().is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for PromServer {
+    fn drop(&mut self) {
+        self.kill();
+        if self.remove_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A plain `GET` on a new connection: the status and body, or `None` when there is no answer.
+pub fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
