@@ -1150,13 +1150,13 @@ fn check_nemesis(c: &Cluster, requests: &[Request], finals: &[Option<Value>], ex
             "SELECT seq, src, msg_id, request, outcome, reply, hseq, epoch FROM rollback_node.journal ORDER BY seq",
             &[],
         )
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("the store's journal cannot be read: {e}"));
     let flags = store
         .query(
-            "SELECT hseq, src, msg_id, request, reply, flag, enabled FROM rollback_node.flags ORDER BY hseq",
+            "SELECT hseq, src, msg_id, flag, enabled FROM rollback_node.flags ORDER BY hseq",
             &[],
         )
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("the store's flag changes cannot be read: {e}"));
     let mut with_outcome: HashMap<(String, u64), Vec<i64>> = HashMap::new();
     let mut rows_per_key: HashMap<(String, u64), Vec<i64>> = HashMap::new();
     // (src, msg_id) -> (reply, has outcome)
@@ -1186,7 +1186,14 @@ fn check_nemesis(c: &Cluster, requests: &[Request], finals: &[Option<Value>], ex
     let mut flag_keys = 0;
     for row in &flags {
         let key = (row.get::<_, String>(1), row.get::<_, i64>(2) as u64);
-        let reply = parsed(row.get(4));
+        // A flag row holds no JSON: its request and reply are rebuilt as the node rebuilds them.
+        let (flag, enabled): (String, bool) = (row.get(3), row.get(4));
+        let reply = parsed(Some(rollback_node::cluster::store::flag_reply(
+            &flag, enabled, key.1,
+        )));
+        let request = parsed(Some(rollback_node::cluster::store::flag_request(
+            &flag, enabled,
+        )));
         if recorded
             .insert(key.clone(), (reply.clone(), true))
             .is_some()
@@ -1197,12 +1204,12 @@ fn check_nemesis(c: &Cluster, requests: &[Request], finals: &[Option<Value>], ex
                 .push(-row.get::<_, i64>(0));
         }
         flag_keys += 1;
-        let change = json!({"flag": row.get::<_, String>(5), "enabled": row.get::<_, bool>(6)});
+        let change = json!({"flag": flag, "enabled": enabled});
         served
             .entry((row.get(1), row.get::<_, i64>(2) as u64))
             .or_default()
             .push((row.get(0), reply.clone()));
-        history.insert(row.get(0), (parsed(row.get(3)), reply, change));
+        history.insert(row.get(0), (request, reply, change));
     }
     let twice: Vec<String> = with_outcome
         .iter()
@@ -1976,7 +1983,9 @@ fn killswitch(options: &Options) -> Result<(), String> {
         met(ratio >= KILLSWITCH_RATIO_GOAL)
     );
     println!(
-        "what bounds it: the cluster node writes each request in its own INSERT (one round trip and one commit, flushed with fsync: the bare INSERT's {} msg/s) and then reads every flag's latest change with SELECT DISTINCT ON (flag) … ORDER BY flag, hseq DESC, a scan and sort of the whole flags table that grows with every change (the bare client doing both: {} msg/s); the SQLite node commits a whole batch at once.",
+        "what bounds it: the node records the requests of one input chunk in one INSERT of arrays and one commit (one fsync on the durable server), then reads each flag's latest state by its key in flag_state; a request sent alone still pays a round trip and a commit ({:.2} ms against SQLite's {:.2} ms, the \"one at a time\" column). The bare client's rows are what one INSERT (and one read of every flag's latest change) per request costs without batching: {} and {} msg/s.",
+        best[0].unwrap().1.as_secs_f64() * 1e3,
+        best[1].unwrap().1.as_secs_f64() * 1e3,
         grouped(bare as u64),
         grouped(bare_read as u64)
     );
