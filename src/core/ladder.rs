@@ -209,7 +209,7 @@ impl LadderConfig {
             return Err(ladder(
                 "verify_seconds",
                 format!(
-                    "({}) is shorter than bad_samples ({}) samples every interval_seconds ({}), so no rung could ever clear the signals; make it at least {needed}",
+                    "is {} s, shorter than bad_samples ({}) samples every interval_seconds ({} s), so no rung could ever clear the signals; make it at least {needed}",
                     self.verify_seconds, self.bad_samples, self.interval_seconds
                 ),
             ));
