@@ -519,9 +519,11 @@ pub struct ConfigError {
 // ---------------------------------------------------------------------------------------------
 // Inputs and outputs
 
-/// One sample of a signal, as the sampler read it.
+/// One sample of a signal, as the sampler read it. Serialized `{"value": 0.01}` or
+/// `{"no_data": "why"}`; a value that is not a finite number is written as the no data it
+/// counts as (JSON has no NaN), so journaled inputs replay as they were decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(into = "SampleRecord", from = "SampleRecord")]
 pub enum Sample {
     /// The query's one series had this value. A value that is not a finite number (NaN, ±Inf)
     /// counts as no data.
@@ -529,6 +531,32 @@ pub enum Sample {
     /// No usable value, and why: an empty vector, several series, NaN, an HTTP or query error,
     /// a time-out.
     NoData(String),
+}
+
+/// [`Sample`] as it is written.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum SampleRecord {
+    Value(f64),
+    NoData(String),
+}
+
+impl From<Sample> for SampleRecord {
+    fn from(sample: Sample) -> Self {
+        match sample.normalized() {
+            Sample::Value(value) => SampleRecord::Value(value),
+            Sample::NoData(why) => SampleRecord::NoData(why),
+        }
+    }
+}
+
+impl From<SampleRecord> for Sample {
+    fn from(record: SampleRecord) -> Self {
+        match record {
+            SampleRecord::Value(value) => Sample::Value(value),
+            SampleRecord::NoData(why) => Sample::NoData(why),
+        }
+    }
 }
 
 impl Sample {
