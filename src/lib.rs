@@ -71,7 +71,7 @@ pub use runtime::{Diagnostic, Session};
 ///   `#[derive(Reply)]` struct.
 ///
 /// The macro emits, next to the impl block: `enum Request` (serde, tagged by `type`) with
-/// `TYPES`, `type_name`, `changes_state`, `lane`, `fields` and `decode_fields`; `enum Reply`
+/// `TYPES`, `type_name`, `changes_state`, `lane`, `lane_of`, `fields` and `decode_fields`; `enum Reply`
 /// with one variant per reply type; and `fn decide(&self, &Request) -> Result<Decision<Reply>,
 /// Refusal>`, the dispatcher. Mistakes (a missing reply type, a duplicate message, `&mut self`,
 /// an argument pattern) are compile errors at the offending token.

@@ -133,8 +133,8 @@ fn request_enum(names: &[Names]) -> TokenStream {
     }
 }
 
-/// `impl Request`: `TYPES`, `type_name`, `changes_state`, `lane` (when some transition names a
-/// lane), `fields` and `decode_fields`.
+/// `impl Request`: `TYPES`, `type_name`, `changes_state`, `lane` and `lane_of` (when some
+/// transition names a lane), `fields` and `decode_fields`.
 fn request_impl(protocol: &Protocol, names: &[Names]) -> TokenStream {
     let types = request_types(names);
     let type_name = request_type_name(names);
@@ -203,8 +203,8 @@ fn request_changes_state(names: &[Names]) -> TokenStream {
     }
 }
 
-/// `Request::lane`, returning `Option<Lane>` where `Lane` is the enum named by the first
-/// `lane = Lane::Variant`; nothing when no transition names a lane.
+/// `Request::lane` and `Request::lane_of`, returning `Option<Lane>` where `Lane` is the enum
+/// named by the first `lane = Lane::Variant`; nothing when no transition names a lane.
 fn request_lane(protocol: &Protocol, names: &[Names]) -> Option<TokenStream> {
     let first = protocol
         .transitions
@@ -227,11 +227,25 @@ fn request_lane(protocol: &Protocol, names: &[Names]) -> Option<TokenStream> {
             None => quote! { Self::#variant { .. } => ::core::option::Option::None, },
         }
     });
+    let by_name = names.iter().filter_map(|n| {
+        let message = &n.message;
+        let lane = n.transition.attr.lane.as_ref()?;
+        Some(quote! { #message => ::core::option::Option::Some(#lane), })
+    });
     Some(quote! {
         /// The lane a state-changing request is decided and performed in; `None` for a
         /// query.
         pub fn lane(&self) -> ::core::option::Option<#leading #(#lane_ty)::*> {
             match self { #(#arms)* }
+        }
+
+        /// The lane requests of type `type_name` are decided and performed in; `None` for a
+        /// query or a type that is not one of [`Request::TYPES`].
+        pub fn lane_of(type_name: &str) -> ::core::option::Option<#leading #(#lane_ty)::*> {
+            match type_name {
+                #(#by_name)*
+                _ => ::core::option::Option::None,
+            }
         }
     })
 }

@@ -3,8 +3,8 @@
 //! - `#[protocol]` goes on the `impl` block that holds the state machine's transitions. Each method
 //!   marked `#[transition]` becomes one message type: its arguments are the request's fields, its
 //!   `Ok` type (or the `R` of `Decision<R>`) is the reply. From them the macro derives the
-//!   `Request` enum (with `TYPES`, `type_name`, `changes_state`, `lane` when some transition
-//!   names one, `fields` and the wire decoder `decode_fields`), the `Reply` enum and the
+//!   `Request` enum (with `TYPES`, `type_name`, `changes_state`, `lane` and `lane_of` when some
+//!   transition names one, `fields` and the wire decoder `decode_fields`), the `Reply` enum and the
 //!   dispatcher `decide`, a method on the impl block's type (`State::decide` in rollback-node)
 //!   that calls the transition a request names.
 //! - `#[derive(Reply)]` makes a struct a reply body: its snake_case name is the wire `type`, its

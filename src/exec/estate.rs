@@ -4,12 +4,15 @@
 //! ([`crate::exec::systems`]) — so that a start that refuses it has touched nothing.
 
 use crate::core::effects::LayerKind;
+use crate::core::ladder::LadderConfig;
 use crate::core::state::{Backup, Health, Layer, Layers, Migration, SchemaHealth, State, Traffic};
 use crate::exec::simulated::CostModel;
 use crate::exec::system::{one_line, Configured, Section};
 use crate::exec::systems::SYSTEMS;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+
+mod ladder;
 
 /// The built-in example estate, embedded at compile time.
 pub const EXAMPLE_ESTATE: &str = include_str!("../../estates/example.toml");
@@ -28,6 +31,9 @@ pub struct Estate {
     pub tokens: Vec<Token>,
     /// `[cluster]`: the lease of nodes sharing a PostgreSQL store.
     pub cluster: ClusterSettings,
+    /// `[ladder]` with its `[[ladder.signals]]` and `[[ladder.rungs]]`: the escalation ladder,
+    /// checked against the estate (see [`crate::core::ladder`]).
+    pub ladder: Option<LadderConfig>,
 }
 
 /// `[cluster]`: how long a leader's lease lasts and how often it is renewed (whole seconds;
@@ -126,7 +132,7 @@ pub struct EstateError {
 }
 
 /// The sections the estate itself reads; any other top-level key must be a real system's.
-const OWN_KEYS: [&str; 8] = [
+const OWN_KEYS: [&str; 9] = [
     "schema_version",
     "migrations",
     "flags",
@@ -135,6 +141,7 @@ const OWN_KEYS: [&str; 8] = [
     "permissions",
     "tokens",
     "cluster",
+    "ladder",
 ];
 
 #[derive(Deserialize)]
@@ -227,7 +234,7 @@ impl Estate {
     /// An [`EstateError`] naming the origin, the field and what is wrong: a TOML or type error, a
     /// catalogue not numbered 1, 2, 3, ..., a schema version or backup beyond the catalogue, a
     /// duplicate or empty name, a permission for an unknown message type, a layer described
-    /// both ways.
+    /// both ways, a `[ladder]` the node cannot use (see [`LadderConfig::check_against`]).
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, EstateError> {
         let error = |problem: String| EstateError {
             origin: origin.to_owned(),
@@ -350,12 +357,14 @@ impl Estate {
         };
         let cluster = file.cluster.unwrap_or_default();
         cluster.check().map_err(error)?;
+        let ladder = ladder::read(text, &state).map_err(error)?;
         Ok(Estate {
             state,
             costs,
             systems,
             tokens: file.tokens,
             cluster,
+            ladder,
         })
     }
 }

@@ -214,7 +214,16 @@ pub fn resolve(base: &Path, path: &str) -> PathBuf {
 /// A TOML error on one line: `line L (the line's text): what was wrong`, with type names said
 /// in words.
 pub fn one_line(error: &toml::de::Error, text: &str) -> String {
-    let mut message = error.message().trim().replace('\n', " ");
+    let message = in_words(error.message());
+    match error.span() {
+        Some(span) => format!("{}: {message}", line_at(text, span.start)),
+        None => message,
+    }
+}
+
+/// A TOML error's message on one line, with type names said in words.
+pub fn in_words(message: &str) -> String {
+    let mut message = message.trim().replace('\n', " ");
     for (name, words) in [
         ("u64", "a whole number from 0 to 18446744073709551615"),
         ("u32", "a whole number from 0 to 4294967295"),
@@ -222,16 +231,17 @@ pub fn one_line(error: &toml::de::Error, text: &str) -> String {
     ] {
         message = message.replace(&format!("expected {name}"), &format!("expected {words}"));
     }
-    match error.span() {
-        Some(span) => {
-            let start = span.start.min(text.len());
-            let line = text[..start].matches('\n').count() + 1;
-            let line_text = text.lines().nth(line - 1).unwrap_or_default().trim();
-            format!(
-                "line {line} ({}): {message}",
-                crate::protocol::quote(line_text)
-            )
-        }
-        None => message,
-    }
+    message
+}
+
+/// `line L (the line's text)` for the byte `offset` of `text`.
+pub fn line_at(text: &str, offset: usize) -> String {
+    let start = offset.min(text.len());
+    let line = text.as_bytes()[..start]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1;
+    let line_text = text.lines().nth(line - 1).unwrap_or_default().trim();
+    format!("line {line} ({})", crate::protocol::quote(line_text))
 }
