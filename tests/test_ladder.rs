@@ -495,7 +495,7 @@ fn a_pre_authorised_destructive_rung_runs_without_approval() {
 fn default_approval_is_for_rollback_and_restore() {
     let approval: Vec<bool> = four_rungs().iter().map(|r| r.approval).collect();
     assert_eq!(approval, [false, false, true, true]);
-    assert!(Rung::new(json!({"type": "migrate", "version": 3})).approval == false);
+    assert!(!Rung::new(json!({"type": "migrate", "version": 3})).approval);
     assert!(!Rung::new(json!({"type": "enable_feature", "feature": "x"})).approval);
 }
 
@@ -557,7 +557,8 @@ fn after_the_last_rung_a_new_run_while_runs_are_below_max_runs() {
 
 #[test]
 fn no_data_pauses_at_once_whatever_the_state() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Run)>)> = vec![
+    type Reach = Box<dyn Fn(&mut Run)>;
+    let cases: Vec<(&str, Reach)> = vec![
         (
             "watching",
             Box::new(|run: &mut Run| {
@@ -911,7 +912,8 @@ fn config_errors_name_the_key() {
         change(&mut config);
         Ladder::new(&config).unwrap_err()
     };
-    let cases: Vec<(Box<dyn Fn(&mut LadderConfig)>, Key, &str)> = vec![
+    type Change = Box<dyn Fn(&mut LadderConfig)>;
+    let cases: Vec<(Change, Key, &str)> = vec![
         (
             Box::new(|c| c.bad_samples = 0),
             Key::Ladder("bad_samples"),

@@ -9,7 +9,7 @@
 //! its answer. It performs nothing, reads no clock (every input carries its time, [`Millis`])
 //! and holds no randomness, so the same inputs always give the same decisions.
 //!
-//! # The rules (DESIGN.md, "The ladder (pinned)")
+//! # The rules
 //! - A signal is **bad** after `bad_samples` consecutive samples above its threshold (`above`),
 //!   **good** after `bad_samples` consecutive samples at or below it.
 //! - A **run** is one pass up the rungs from rung 0. It starts when a signal is bad while the
@@ -915,7 +915,7 @@ struct Watched {
     bad: u32,
     /// Consecutive samples at or below it (within the verify window, while verifying).
     good: u32,
-    /// The last `bad_samples` values.
+    /// The last `bad_samples` values (at most [`WHY_SAMPLES`]).
     recent: VecDeque<f64>,
     /// The values of the verify window, the last [`WHY_SAMPLES`].
     window: VecDeque<f64>,
@@ -1193,7 +1193,7 @@ impl Ladder {
         if self.paused {
             self.resume(out);
         }
-        let keep = self.bad_samples() as usize;
+        let keep = (self.bad_samples() as usize).min(WHY_SAMPLES);
         let verifying = matches!(self.phase, Phase::Verifying { .. });
         for (index, sample) in values {
             if let (Some(watched), Some(value)) = (self.watched.get_mut(index), sample.value()) {
