@@ -937,7 +937,22 @@ fn config_errors_name_the_key() {
         (
             Box::new(|c| c.prometheus = "127.0.0.1:9090".to_owned()),
             Key::Ladder("prometheus"),
-            "not an http:// or https:// URL",
+            "is not an http:// URL",
+        ),
+        (
+            Box::new(|c| c.prometheus = "https://prometheus:9090".to_owned()),
+            Key::Ladder("prometheus"),
+            "https is not supported",
+        ),
+        (
+            Box::new(|c| c.prometheus = "http://prometheus:9090/?x=1".to_owned()),
+            Key::Ladder("prometheus"),
+            "has a query or a fragment",
+        ),
+        (
+            Box::new(|c| c.prometheus = "http://".to_owned()),
+            Key::Ladder("prometheus"),
+            "names no host",
         ),
         (
             Box::new(|c| c.prometheus = "http://p:9090/api/v1/query".to_owned()),
@@ -1285,7 +1300,7 @@ fn a_ladder_the_node_cannot_use_stops_the_start_with_one_line_naming_file_line_a
             with(&full, "prometheus = \"http://", "prometheus = \"tcp://"),
             "prometheus",
             "ladder.prometheus",
-            "\"tcp://127.0.0.1:9090\" is not an http:// or https:// URL",
+            "\"tcp://127.0.0.1:9090\" is not an http:// URL",
         ),
         (
             with(&full, "prometheus = \"http://127.0.0.1:9090\"\n", ""),
