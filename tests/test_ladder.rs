@@ -495,7 +495,7 @@ fn a_pre_authorised_destructive_rung_runs_without_approval() {
 fn default_approval_is_for_rollback_and_restore() {
     let approval: Vec<bool> = four_rungs().iter().map(|r| r.approval).collect();
     assert_eq!(approval, [false, false, true, true]);
-    assert!(Rung::new(json!({"type": "migrate", "version": 3})).approval == false);
+    assert!(!Rung::new(json!({"type": "migrate", "version": 3})).approval);
     assert!(!Rung::new(json!({"type": "enable_feature", "feature": "x"})).approval);
 }
 
@@ -557,7 +557,8 @@ fn after_the_last_rung_a_new_run_while_runs_are_below_max_runs() {
 
 #[test]
 fn no_data_pauses_at_once_whatever_the_state() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Run)>)> = vec![
+    type Reach = Box<dyn Fn(&mut Run)>;
+    let cases: Vec<(&str, Reach)> = vec![
         (
             "watching",
             Box::new(|run: &mut Run| {
@@ -911,7 +912,8 @@ fn config_errors_name_the_key() {
         change(&mut config);
         Ladder::new(&config).unwrap_err()
     };
-    let cases: Vec<(Box<dyn Fn(&mut LadderConfig)>, Key, &str)> = vec![
+    type Change = Box<dyn Fn(&mut LadderConfig)>;
+    let cases: Vec<(Change, Key, &str)> = vec![
         (
             Box::new(|c| c.bad_samples = 0),
             Key::Ladder("bad_samples"),
@@ -935,7 +937,22 @@ fn config_errors_name_the_key() {
         (
             Box::new(|c| c.prometheus = "127.0.0.1:9090".to_owned()),
             Key::Ladder("prometheus"),
-            "not an http:// or https:// URL",
+            "is not an http:// URL",
+        ),
+        (
+            Box::new(|c| c.prometheus = "https://prometheus:9090".to_owned()),
+            Key::Ladder("prometheus"),
+            "https is not supported",
+        ),
+        (
+            Box::new(|c| c.prometheus = "http://prometheus:9090/?x=1".to_owned()),
+            Key::Ladder("prometheus"),
+            "has a query or a fragment",
+        ),
+        (
+            Box::new(|c| c.prometheus = "http://".to_owned()),
+            Key::Ladder("prometheus"),
+            "names no host",
         ),
         (
             Box::new(|c| c.prometheus = "http://p:9090/api/v1/query".to_owned()),
@@ -1283,7 +1300,7 @@ fn a_ladder_the_node_cannot_use_stops_the_start_with_one_line_naming_file_line_a
             with(&full, "prometheus = \"http://", "prometheus = \"tcp://"),
             "prometheus",
             "ladder.prometheus",
-            "\"tcp://127.0.0.1:9090\" is not an http:// or https:// URL",
+            "\"tcp://127.0.0.1:9090\" is not an http:// URL",
         ),
         (
             with(&full, "prometheus = \"http://127.0.0.1:9090\"\n", ""),

@@ -9,7 +9,7 @@
 //! its answer. It performs nothing, reads no clock (every input carries its time, [`Millis`])
 //! and holds no randomness, so the same inputs always give the same decisions.
 //!
-//! # The rules (DESIGN.md, "The ladder (pinned)")
+//! # The rules
 //! - A signal is **bad** after `bad_samples` consecutive samples above its threshold (`above`),
 //!   **good** after `bad_samples` consecutive samples at or below it.
 //! - A **run** is one pass up the rungs from rung 0. It starts when a signal is bad while the
@@ -74,7 +74,7 @@ const OWN_REQUEST_KEYS: [&str; 3] = ["type", "msg_id", "dry_run"];
 /// The estate's `[ladder]`: where the signals come from, how they are judged, and the rungs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LadderConfig {
-    /// The Prometheus base URL (`http://` or `https://`); the sampler appends `/api/v1/query`.
+    /// The Prometheus base URL (plain `http://`); the sampler appends `/api/v1/query`.
     pub prometheus: String,
     /// How often the sampler queries each signal (default 5).
     pub interval_seconds: u64,
@@ -270,23 +270,32 @@ impl LadderConfig {
     }
 }
 
+/// The sampler's rule for the base URL: plain `http://` with a host, no query or fragment (it
+/// speaks no TLS), and not the query endpoint itself.
 fn check_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
-    let Some(rest) = rest else {
+    let quoted = crate::protocol::quote(url);
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("https://") {
         return Err(format!(
-            "\"{}\" is not an http:// or https:// URL",
-            crate::protocol::quote(url)
+            "\"{quoted}\": https is not supported; give Prometheus's plain http:// address"
+        ));
+    }
+    let Some(rest) = lower.strip_prefix("http://") else {
+        return Err(format!(
+            "\"{quoted}\" is not an http:// URL (such as http://127.0.0.1:9090)"
         ));
     };
-    if rest.is_empty() || rest.starts_with('/') || url.chars().any(char::is_whitespace) {
-        return Err(format!("\"{}\" names no host", crate::protocol::quote(url)));
+    if rest.is_empty() || rest.starts_with(['/', ':']) || url.chars().any(char::is_whitespace) {
+        return Err(format!("\"{quoted}\" names no host"));
     }
-    if url.trim_end_matches('/').ends_with("/api/v1/query") {
+    if url.contains(['?', '#']) {
         return Err(format!(
-            "\"{}\" ends with /api/v1/query; give the base URL, the node appends it",
-            crate::protocol::quote(url)
+            "\"{quoted}\" has a query or a fragment; give the base URL alone"
+        ));
+    }
+    if lower.trim_end_matches('/').ends_with("/api/v1/query") {
+        return Err(format!(
+            "\"{quoted}\" ends with /api/v1/query; give the base URL, the node appends it"
         ));
     }
     Ok(())
@@ -915,7 +924,7 @@ struct Watched {
     bad: u32,
     /// Consecutive samples at or below it (within the verify window, while verifying).
     good: u32,
-    /// The last `bad_samples` values.
+    /// The last `bad_samples` values (at most [`WHY_SAMPLES`]).
     recent: VecDeque<f64>,
     /// The values of the verify window, the last [`WHY_SAMPLES`].
     window: VecDeque<f64>,
@@ -1193,7 +1202,7 @@ impl Ladder {
         if self.paused {
             self.resume(out);
         }
-        let keep = self.bad_samples() as usize;
+        let keep = (self.bad_samples() as usize).min(WHY_SAMPLES);
         let verifying = matches!(self.phase, Phase::Verifying { .. });
         for (index, sample) in values {
             if let (Some(watched), Some(value)) = (self.watched.get_mut(index), sample.value()) {
