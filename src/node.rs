@@ -153,9 +153,13 @@ fn serve(args: Options) -> Result<(), Failure> {
         };
         let listening = listening(args.listen, &estate, &origin)?;
         let (executors, found) = connect(&estate, &given_dir, args.pace).map_err(config)?;
+        let ladder = estate.ladder.clone();
         let mut machine = Machine::new(estate.state);
         machine.observe(&found);
-        let session = Session::new(machine, executors, MemoryStore::new());
+        let session = with_ladder(
+            Session::new(machine, executors, MemoryStore::new()),
+            ladder.as_ref(),
+        )?;
         return serve_session(session, args.ofrep, listening);
     };
     // Everything that can refuse the estate comes before the directory is adopted: a refused
@@ -204,7 +208,10 @@ fn serve(args: Options) -> Result<(), Failure> {
     let replayed = machine.seq();
     let believed = machine.state().clone();
     machine.observe(&found);
-    let mut session = Session::new(machine, executors, journal);
+    let mut session = with_ladder(
+        Session::new(machine, executors, journal),
+        estate.ladder.as_ref(),
+    )?;
     for note in session.reconcile(open) {
         eprintln!("rollback-node: {note}");
     }
@@ -224,6 +231,27 @@ fn serve(args: Options) -> Result<(), Failure> {
         }
     }
     serve_session(session, args.ofrep, listening)
+}
+
+/// The session with the estate's escalation ladder, if it has one: the ladder the store saved
+/// (for this same `[ladder]`), or a fresh one.
+fn with_ladder<S: crate::store::Store>(
+    session: Session<S>,
+    ladder: Option<&crate::core::ladder::LadderConfig>,
+) -> Result<Session<S>, Failure> {
+    let Some(ladder) = ladder else {
+        return Ok(session);
+    };
+    let saved = session.store().saved_ladder();
+    let watch = crate::runtime::ladder::Watch::new(ladder, saved.as_deref()).map_err(config)?;
+    eprintln!(
+        "rollback-node: the ladder watches {} signal(s) on {} every {} s: {}",
+        ladder.signals.len(),
+        ladder.prometheus,
+        ladder.interval_seconds,
+        watch.ladder().status().to_json()
+    );
+    Ok(session.with_ladder(watch))
 }
 
 /// The directory an estate file is in (its relative paths are relative to it), absolute.

@@ -349,6 +349,7 @@ fn request_types_lanes_and_fields() {
             "restore",
             "force_version",
             "backups",
+            "approve_rung",
             "history",
             "status"
         ]

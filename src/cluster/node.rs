@@ -95,6 +95,11 @@ pub fn run(options: ClusterOptions) -> Result<(), Failure> {
         ),
     };
     let estate = Estate::from_toml(&text, &origin).map_err(config)?;
+    if estate.ladder.is_some() {
+        return Err(config(format!(
+            "{origin}: [ladder] runs on a single node for now (--state-dir, or in memory), not on a cluster store; remove [ladder] or run without --store"
+        )));
+    }
     let listening = crate::node::listening(options.listen, &estate, &origin)?;
     let url = &options.store;
     let mut db = Db::connect(url)

@@ -86,6 +86,11 @@ pub enum Lookup {
     },
     /// The backups, newest first.
     Backups,
+    /// An approval of the ladder's rung awaiting one, for the ladder to answer.
+    ApproveRung {
+        /// The rung's index.
+        rung: u64,
+    },
 }
 
 /// An accepted state-changing request: what it will make of the state and the effects that

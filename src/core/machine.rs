@@ -74,6 +74,24 @@ pub trait Sink {
         false
     }
 
+    /// Takes the `approve_rung` request `msg_id` from `to` for the escalation ladder to answer
+    /// once the machine is done with this input. Returns whether it did; by default (no ladder)
+    /// it does not, and the request is refused (22).
+    fn defer_approval(
+        &mut self,
+        _to: &str,
+        _addressed: Option<&str>,
+        _msg_id: u64,
+        _rung: u64,
+    ) -> bool {
+        false
+    }
+
+    /// The escalation ladder's `status_ok.ladder`, when there is one.
+    fn ladder_status(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// The statements `effects` would run, in order, for a dry run (a real database's files
     /// read now); none by default.
     fn statements(&mut self, _effects: &[Effect]) -> Vec<StatementView> {
@@ -429,6 +447,11 @@ impl Machine {
                     {
                         return
                     }
+                    Ok(Decision::Lookup(Lookup::ApproveRung { rung }))
+                        if sink.defer_approval(src, addressed, msg_id, rung) =>
+                    {
+                        return
+                    }
                     decided => decided.and_then(|decision| self.answer_now(decision, sink)),
                 }
             };
@@ -532,7 +555,14 @@ impl Machine {
         sink: &mut impl Sink,
     ) -> Result<Reply, Refusal> {
         match decision {
-            Decision::Reply(Reply::StatusOk(_)) => Ok(Reply::StatusOk(self.status())),
+            Decision::Reply(Reply::StatusOk(_)) => {
+                let mut status = self.status();
+                status.ladder = sink.ladder_status();
+                Ok(Reply::StatusOk(status))
+            }
+            Decision::Lookup(Lookup::ApproveRung { rung }) => Err(Refusal::PreconditionFailed(
+                format!("nothing awaits approval at rung {rung}: this node has no escalation ladder (the estate has no [ladder])"),
+            )),
             Decision::Reply(reply) => Ok(reply),
             Decision::Lookup(Lookup::Backups) => sink
                 .backups(&self.state)

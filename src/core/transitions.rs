@@ -286,6 +286,13 @@ impl State {
         Ok(Decision::Lookup(Lookup::Backups))
     }
 
+    /// Lets the escalation ladder's rung `rung`, awaiting approval (a rollback or a restore),
+    /// run. Answered by the ladder; a node without one refuses it (22).
+    #[transition]
+    pub fn approve_rung(&self, rung: u64) -> Result<Decision<RungApproved>, Refusal> {
+        Ok(Decision::Lookup(Lookup::ApproveRung { rung }))
+    }
+
     /// The audit trail: the last `limit` changes (default 20, at most 1000), oldest first, read
     /// from the store; with `after: SEQ`, the first `limit` entries with a higher sequence
     /// number (to page through a long trail). Changes nothing.

@@ -848,6 +848,7 @@ mod tests {
                 ran: Some(raw(r#"[{"file":"3_x.down.sql"}]"#)),
                 at: Some(1_700_000_000_000),
                 took_seconds: Some(Seconds::Measured(250)),
+                why: None,
             }],
         });
         check(&Refusal::MalformedRequest(

@@ -47,6 +47,13 @@ pub struct FeatureDisabled {
     pub rolled_back_instant: bool,
 }
 
+/// `rung_approved`: the ladder's rung awaiting approval may run.
+#[derive(Debug, Clone, PartialEq, Eq, Reply)]
+pub struct RungApproved {
+    /// The rung's index.
+    pub rung: u64,
+}
+
 /// `feature_enabled`: the flag is on again.
 #[derive(Debug, Clone, PartialEq, Eq, Reply)]
 pub struct FeatureEnabled {
@@ -109,6 +116,9 @@ pub struct StatusOk {
     pub in_flight: Vec<InFlightView>,
     /// Operations a crash cut short, reconciled at start.
     pub interrupted: Vec<InterruptedView>,
+    /// The escalation ladder, when the estate configures one: `{"state", "rung", "runs",
+    /// "signals"}`.
+    pub ladder: Option<serde_json::Value>,
 }
 
 impl StatusOk {
@@ -127,6 +137,7 @@ impl StatusOk {
             database: None,
             in_flight: Vec::new(),
             interrupted: Vec::new(),
+            ladder: None,
         }
     }
 }
@@ -149,6 +160,9 @@ impl ReplyBody for StatusOk {
         }
         if !self.interrupted.is_empty() {
             map.serialize_entry("interrupted", &self.interrupted)?;
+        }
+        if let Some(ladder) = &self.ladder {
+            map.serialize_entry("ladder", ladder)?;
         }
         Ok(())
     }
@@ -190,6 +204,9 @@ pub struct HistoryEntry {
     pub at: Option<u64>,
     /// How long a real executor took, measured (written only then).
     pub took_seconds: Option<Seconds>,
+    /// For an operation the escalation ladder took (sender `ladder`): the samples that caused
+    /// it, its run and rung, and who approved it.
+    pub why: Option<Box<RawValue>>,
 }
 
 impl PartialEq for HistoryEntry {
@@ -219,7 +236,7 @@ impl HistoryEntry {
 
 impl Serialize for HistoryEntry {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut entry = serializer.serialize_struct("HistoryEntry", 8)?;
+        let mut entry = serializer.serialize_struct("HistoryEntry", 9)?;
         entry.serialize_field("seq", &self.seq)?;
         entry.serialize_field("src", &self.src)?;
         entry.serialize_field("msg_id", &self.msg_id)?;
@@ -233,6 +250,9 @@ impl Serialize for HistoryEntry {
         }
         if let Some(took) = self.took_seconds {
             entry.serialize_field("took_seconds", &took)?;
+        }
+        if let Some(why) = &self.why {
+            entry.serialize_field("why", why)?;
         }
         entry.end()
     }

@@ -4,6 +4,7 @@
 //! only: [`serve::serve`] takes any reader and writer.
 
 pub mod flags;
+pub mod ladder;
 pub mod serve;
 pub mod session;
 

@@ -67,6 +67,8 @@ pub enum Event {
     Answered(Option<Vec<u8>>),
     /// A call from the HTTP service.
     Call(Call),
+    /// An input of the escalation ladder (a round of samples, time passing).
+    Ladder(crate::core::ladder::Input),
 }
 
 /// What the HTTP service asks of the owner thread. Every answer goes through a one-shot
@@ -193,7 +195,7 @@ pub fn serve<S: Store>(
     diagnostics: impl Write,
 ) -> Result<(), ServeError> {
     let slow = session.take_slow_executors();
-    if slow.is_empty() {
+    if slow.is_empty() && session.ladder().is_none() {
         return serve_inline(session, input, output, diagnostics);
     }
     serve_events(session, slow, input, output, diagnostics, None)
@@ -292,9 +294,17 @@ fn serve_events<S: Store>(
         .defer_lookups()
         .map(|reader| spawn_reader_of_lookups(reader, events.clone()));
     let mut looking_up = 0usize;
+    let mut out = Vec::with_capacity(FLUSH_AT);
+    let _sampler = match session.ladder() {
+        Some(watch) => {
+            let sampler = start_sampler(watch.ladder().config(), events.clone());
+            session.start_ladder(crate::runtime::ladder::now_millis(), &mut out);
+            Some(sampler?)
+        }
+        None => None,
+    };
     drop(events);
     let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
-    let mut out = Vec::with_capacity(FLUSH_AT);
     let mut ended = false;
     if let Some(publishing) = publishing.as_mut() {
         publishing.publish(&mut session);
@@ -365,6 +375,7 @@ fn serve_events<S: Store>(
                     out.extend_from_slice(&line);
                 }
             }
+            Event::Ladder(input) => session.ladder_input(&input, &mut out),
             Event::Call(call) => match call {
                 Call::Message {
                     sender,
@@ -412,6 +423,48 @@ fn serve_events<S: Store>(
             quiet(&mut session, &mut out, &mut output, &workers)?;
         }
     }
+}
+
+/// Starts sampling the ladder's signals: each round goes to the loop as samples, then as time
+/// passing (which ends verify windows).
+fn start_sampler(
+    config: &crate::core::ladder::LadderConfig,
+    events: SyncSender<Event>,
+) -> Result<crate::exec::prometheus::Sampler, ServeError> {
+    use crate::core::ladder::{Input, Sample};
+    let sampling = crate::exec::prometheus::SamplerConfig {
+        base: config.prometheus.clone(),
+        signals: config
+            .signals
+            .iter()
+            .map(|s| (s.name.clone(), s.query.clone()))
+            .collect(),
+        interval: Duration::from_secs(config.interval_seconds),
+        timeout: None,
+    };
+    crate::exec::prometheus::Sampler::start(sampling, move |round| {
+        let at = round.at_millis;
+        let values = round
+            .values
+            .into_iter()
+            .map(|(name, value)| {
+                let sample = match value {
+                    Ok(value) => Sample::Value(value),
+                    Err(no_data) => Sample::NoData(no_data.to_string()),
+                };
+                (name, sample)
+            })
+            .collect();
+        events
+            .send(Event::Ladder(Input::Samples { at, values }))
+            .and_then(|()| events.send(Event::Ladder(Input::Tick { at })))
+            .is_ok()
+    })
+    .map_err(|e| {
+        ServeError::from(io::Error::other(format!(
+            "the ladder's sampler cannot start: {e}"
+        )))
+    })
 }
 
 /// Every lane is instant (the simulated world at pace 0): nothing completes on its own, so the

@@ -7,16 +7,19 @@
 //! diagnostic (for stderr) whenever a line gets no reply.
 
 use crate::core::effects::{Completion, Effect, Lane, Operation, StatementView};
+use crate::core::ladder;
 use crate::core::machine::{Inbound, Machine, Record, Sink};
 use crate::core::transitions::Request;
 use crate::exec::estate::Estate;
 use crate::exec::simulated::Simulated;
 use crate::exec::{Executors, LaneExecutor};
 use crate::protocol::encode::{body_string, write_reply, write_reply_raw};
+use crate::protocol::replies::RungApproved;
 use crate::protocol::replies::{BackupsOk, HistoryEntry, HistoryOk};
 use crate::protocol::values::{BackupView, Progress};
 use crate::protocol::Refusal;
 use crate::runtime::flags::FlagsView;
+use crate::runtime::ladder::{error_code, now_millis, Approval, Watch};
 use crate::store::replay::Open;
 use crate::store::{MemoryStore, Store, StoreError};
 use crate::wire::{self, MAX_LINE_BYTES};
@@ -67,6 +70,8 @@ pub struct Session<S: Store = MemoryStore> {
     held: Vec<(Waiter, String)>,
     /// `Some` when the entries of operations that end are published: those not yet taken.
     ended: Option<Vec<HistoryEntry>>,
+    /// The escalation ladder, when the estate configures one.
+    ladder: Option<Watch>,
 }
 
 impl Session<MemoryStore> {
@@ -227,6 +232,7 @@ macro_rules! outputs {
             routes: &mut $session.routes,
             ended: $session.ended.as_mut(),
             held: &mut $session.held,
+            ladder: $session.ladder.as_mut(),
         }
     };
 }
@@ -242,10 +248,25 @@ struct Outputs<'a, S> {
     routes: &'a mut Routes,
     ended: Option<&'a mut Vec<HistoryEntry>>,
     held: &'a mut Vec<(Waiter, String)>,
+    ladder: Option<&'a mut Watch>,
+}
+
+/// Gives the entries of the ladder's requests their `why`.
+fn with_whys(ladder: Option<&Watch>, entries: &mut [HistoryEntry]) {
+    let Some(watch) = ladder else {
+        return;
+    };
+    for entry in entries.iter_mut().filter(|e| e.src == ladder::SENDER) {
+        entry.why = watch.why(entry.msg_id);
+    }
 }
 
 impl<S: Store> Sink for Outputs<'_, S> {
     fn reply(&mut self, to: &str, addressed: Option<&str>, msg_id: u64, body: &str) {
+        if let Some(watch) = self.ladder.as_mut().filter(|_| to == ladder::SENDER) {
+            watch.done.push((msg_id, error_code(body)));
+            return;
+        }
         if let Some(waiter) = self.routes.take(to, msg_id) {
             // Like a stdout line, it goes out only after the commit: see Session::deliver.
             self.held.push((waiter, body.to_owned()));
@@ -257,7 +278,9 @@ impl<S: Store> Sink for Outputs<'_, S> {
 
     fn record(&mut self, record: Record<'_>) {
         if let Some(ended) = self.ended.as_mut() {
+            let before = ended.len();
             ended.extend(crate::store::ended_entry(&record));
+            with_whys(self.ladder.as_deref(), &mut ended[before..]);
         }
         self.store.record(record);
     }
@@ -267,11 +290,41 @@ impl<S: Store> Sink for Outputs<'_, S> {
     }
 
     fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String> {
-        self.store.history(limit)
+        let mut entries = self.store.history(limit)?;
+        with_whys(self.ladder.as_deref(), &mut entries);
+        Ok(entries)
     }
 
     fn history_after(&mut self, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, String> {
-        self.store.history_after(after, limit)
+        let mut entries = self.store.history_after(after, limit)?;
+        with_whys(self.ladder.as_deref(), &mut entries);
+        Ok(entries)
+    }
+
+    fn defer_approval(
+        &mut self,
+        to: &str,
+        addressed: Option<&str>,
+        msg_id: u64,
+        rung: u64,
+    ) -> bool {
+        let Some(watch) = self.ladder.as_mut() else {
+            return false;
+        };
+        watch.approvals.push(Approval {
+            to: to.to_owned(),
+            addressed: addressed.map(str::to_owned),
+            msg_id,
+            rung,
+            waiter: self.routes.take(to, msg_id),
+        });
+        true
+    }
+
+    fn ladder_status(&self) -> Option<serde_json::Value> {
+        self.ladder
+            .as_deref()
+            .map(|watch| watch.ladder().status().to_json())
     }
 
     fn backups(&mut self, state: &crate::core::state::State) -> Result<Vec<BackupView>, String> {
@@ -326,6 +379,137 @@ impl<S: Store> Session<S> {
             routes: Routes::default(),
             held: Vec::new(),
             ended: None,
+            ladder: None,
+        }
+    }
+
+    /// Gives the session an escalation ladder (see [`Session::start_ladder`]).
+    pub fn with_ladder(mut self, watch: Watch) -> Self {
+        self.ladder = Some(watch);
+        self
+    }
+
+    /// The escalation ladder, if the estate configures one.
+    pub fn ladder(&self) -> Option<&Watch> {
+        self.ladder.as_ref()
+    }
+
+    /// Starts the ladder at `at`: the request it was taking when the node stopped is sent
+    /// again with its msg_id (answered from the retry memory if it ran, never run twice), and
+    /// an exhausted ladder watches again. Its replies go to `out`.
+    pub fn start_ladder(&mut self, at: crate::core::ladder::Millis, out: &mut Vec<u8>) {
+        let Some(watch) = self.ladder.as_mut() else {
+            return;
+        };
+        let again = watch.ladder().outstanding().cloned();
+        let rearmed = watch.ladder_mut().rearm(at);
+        if let Some(take) = again {
+            self.take_rung(&take, out);
+        }
+        self.apply_ladder(rearmed, out);
+        self.settle_ladder(out);
+    }
+
+    /// Hands the ladder one input (samples, time passing) and acts on what it decides.
+    pub fn ladder_input(&mut self, input: &crate::core::ladder::Input, out: &mut Vec<u8>) {
+        let Some(watch) = self.ladder.as_mut() else {
+            return;
+        };
+        let decision = watch.ladder_mut().step(input);
+        self.apply_ladder(decision, out);
+        self.settle_ladder(out);
+    }
+
+    /// Acts on a ladder decision: its notes go to stderr (and are kept in its saved state),
+    /// its requests to their lanes, from sender `ladder`.
+    fn apply_ladder(&mut self, decision: crate::core::ladder::LadderDecision, out: &mut Vec<u8>) {
+        for action in decision.actions {
+            match action {
+                crate::core::ladder::Action::Journal(note) => {
+                    eprintln!("rollback-node: ladder: {}", note.to_json());
+                }
+                crate::core::ladder::Action::Take(take) => {
+                    if let Some(watch) = self.ladder.as_mut() {
+                        watch.remember(take.msg_id, take.why.to_json());
+                    }
+                    eprintln!(
+                        "rollback-node: ladder: run {} takes rung {}: {}",
+                        take.run,
+                        take.rung,
+                        take.body_with_msg_id()
+                    );
+                    self.take_rung(&take, out);
+                }
+            }
+        }
+    }
+
+    /// Sends a rung's request to the machine as sender `ladder`.
+    fn take_rung(&mut self, take: &crate::core::ladder::Take, out: &mut Vec<u8>) {
+        let inbound = Inbound {
+            src: ladder::SENDER,
+            addressed: None,
+            msg_id: take.msg_id,
+            dry_run: false,
+            size: take.body.to_string().len(),
+        };
+        let mut sink = outputs!(self, out);
+        self.machine
+            .receive(inbound, take.request.clone(), &mut sink);
+        self.perform_instant(out);
+    }
+
+    /// Feeds the ladder what the machine told it (replies to its requests, approvals) until
+    /// nothing is left, then records its state for the next commit.
+    fn settle_ladder(&mut self, out: &mut Vec<u8>) {
+        loop {
+            let Some(watch) = self.ladder.as_mut() else {
+                return;
+            };
+            let at = now_millis();
+            if let Some(approval) = watch.approvals.pop() {
+                let input = crate::core::ladder::Input::Approve {
+                    at,
+                    rung: usize::try_from(approval.rung).unwrap_or(usize::MAX),
+                    by: approval.to.clone(),
+                };
+                let mut decision = watch.ladder_mut().step(&input);
+                let answer = match decision.answer.take() {
+                    Some(Ok(rung)) => Ok(RungApproved { rung: rung as u64 }),
+                    Some(Err(refusal)) => Err(refusal),
+                    None => Err(Refusal::Crash("the ladder gave no answer".to_owned())),
+                };
+                let body = body_of(Some(approval.msg_id), &answer);
+                match approval.waiter {
+                    Some(waiter) => self.held.push((waiter, body)),
+                    None => {
+                        let from = self
+                            .node_id
+                            .as_deref()
+                            .or(approval.addressed.as_deref())
+                            .unwrap_or(DEFAULT_NODE_ID);
+                        write_reply_raw(out, from, &approval.to, body.as_bytes());
+                    }
+                }
+                self.apply_ladder(decision, out);
+                continue;
+            }
+            let done = watch.take_done(at);
+            if done.is_empty() {
+                if watch.dirty {
+                    watch.dirty = false;
+                    let saved = watch.saved_json();
+                    self.store.save_ladder(&saved);
+                }
+                return;
+            }
+            for input in done {
+                let Some(watch) = self.ladder.as_mut() else {
+                    return;
+                };
+                let decision = watch.ladder_mut().step(&input);
+                self.apply_ladder(decision, out);
+            }
         }
     }
 
@@ -503,7 +687,14 @@ impl<S: Store> Session<S> {
             };
             return Err(Unanswerable(why));
         };
-        match incoming.request {
+        let mut request = incoming.request;
+        if self.ladder.is_some() && src == ladder::SENDER {
+            request = Err(Refusal::MalformedRequest(format!(
+                "the sender name {} is the escalation ladder's own (its requests are told apart by it); send as another name, nothing changed",
+                ladder::SENDER
+            )));
+        }
+        match request {
             Err(refusal) => match waiter.take() {
                 Some(waiter) => self
                     .held
@@ -542,6 +733,7 @@ impl<S: Store> Session<S> {
                 self.machine.receive(inbound, request, &mut sink);
                 self.routes.decided();
                 self.perform_instant(out);
+                self.settle_ladder(out);
             }
         }
         Ok(())
@@ -549,7 +741,9 @@ impl<S: Store> Session<S> {
 
     /// Where the estate stands, as `status` answers it, without `in_reply_to`.
     pub fn status_body(&self) -> String {
-        body_string(None, &self.machine.status())
+        let mut status = self.machine.status();
+        status.ladder = self.ladder.as_ref().map(|w| w.ladder().status().to_json());
+        body_string(None, &status)
     }
 
     /// The body of `history_ok` for the last `limit` entries (20 by default), or with `after`
@@ -572,7 +766,10 @@ impl<S: Store> Session<S> {
                     Some(after) => self.store.history_after(after, limit),
                     None => self.store.history(limit),
                 }
-                .map(|entries| HistoryOk { entries })
+                .map(|mut entries| {
+                    with_whys(self.ladder.as_ref(), &mut entries);
+                    HistoryOk { entries }
+                })
                 .map_err(|e| {
                     Refusal::TemporarilyUnavailable(format!("the audit trail cannot be read: {e}"))
                 })
@@ -585,7 +782,9 @@ impl<S: Store> Session<S> {
     /// # Errors
     /// The store could not be read.
     pub fn history_after(&mut self, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, String> {
-        self.store.history_after(after, limit)
+        let mut entries = self.store.history_after(after, limit)?;
+        with_whys(self.ladder.as_ref(), &mut entries);
+        Ok(entries)
     }
 
     /// Answers a `backups` look-up that is not a protocol request (its body without
@@ -668,6 +867,7 @@ impl<S: Store> Session<S> {
         self.machine.complete(lane, seq, completion, &mut sink);
         self.flags_changed(lane);
         self.perform_instant(out);
+        self.settle_ladder(out);
     }
 
     /// Delivers an operation's progress.

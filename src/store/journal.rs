@@ -931,6 +931,30 @@ impl Store for Journal {
         Journal::history(self, Some(u64::from(limit))).map_err(|e| e.to_string())
     }
 
+    fn save_ladder(&mut self, state: &str) {
+        if self.failure.is_some() {
+            return;
+        }
+        let written = self
+            .write_held()
+            .and_then(|()| self.begin())
+            .and_then(|()| {
+                self.conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('ladder', ?1)",
+                    )?
+                    .execute([state])
+                    .map(|_| ())
+            });
+        if let Err(e) = written {
+            self.failure = Some(format!("cannot write the ladder's state: {e}"));
+        }
+    }
+
+    fn saved_ladder(&self) -> Option<String> {
+        self.meta("ladder").ok().flatten()
+    }
+
     fn history_after(&mut self, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, String> {
         Journal::history_after(self, after, u64::from(limit)).map_err(|e| e.to_string())
     }

@@ -140,6 +140,7 @@ fn entry_of(
         took_seconds: done
             .map(|d| d.duration)
             .filter(|d| matches!(d, crate::protocol::values::Seconds::Measured(_))),
+        why: None,
     })
 }
 
@@ -165,6 +166,15 @@ pub trait Store {
     /// # Errors
     /// The store could not be read.
     fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String>;
+
+    /// Records the escalation ladder's state (JSON), made durable by the next commit with the
+    /// requests it took. A store that keeps nothing across restarts ignores it.
+    fn save_ladder(&mut self, _state: &str) {}
+
+    /// The escalation ladder's state as last committed, if this store keeps one.
+    fn saved_ladder(&self) -> Option<String> {
+        None
+    }
 
     /// The operations that ended with a sequence number above `after`, oldest first, at most
     /// `limit` of them (an event stream's resumption).
@@ -320,6 +330,7 @@ impl Store for MemoryStore {
                     ran: None,
                     at: None,
                     took_seconds: None,
+                    why: None,
                 })
             })
             .collect()
