@@ -1466,7 +1466,7 @@ fn check_nemesis(c: &Cluster, requests: &[Request], finals: &[Option<Value>], ex
     );
     let applied: Vec<String> = applied.iter().map(|(k, n)| format!("{n} {k}")).collect();
     println!(
-        "store: {} journal rows, {} flag changes, history of {} ended operations ({}; the last {protocol_entries} also read through history), {} interrupted; {} epochs (the lease's epoch is {lease_epoch}), {} of them in the nodes' stderr",
+        "store: {} journal rows, {} flag changes, history of {} ended operations ({}; all {protocol_entries} also read through history, paged), {} interrupted; {} epochs (the lease's epoch is {lease_epoch}), {} of them in the nodes' stderr",
         journal.len(),
         flag_keys,
         history.len(),

@@ -241,6 +241,16 @@ fn the_kill_switch_is_answered_with_no_leader() {
             REPLY,
         );
         assert_eq!(page["body"]["entries"], json!([entries[1]]), "{page}");
+        let first_page = node.request(
+            "ops",
+            json!({"type": "history", "after": 0, "limit": 1}),
+            REPLY,
+        );
+        assert_eq!(
+            first_page["body"]["entries"],
+            json!([entries[0]]),
+            "{first_page}"
+        );
         let last = entries[1]["seq"].as_u64().unwrap();
         let past = node.request("ops", json!({"type": "history", "after": last}), REPLY);
         assert_eq!(past["body"]["entries"], json!([]), "{past}");

@@ -84,11 +84,11 @@ fn a_machine_rebuilt_from_the_store_is_the_one_that_wrote_it() {
     assert_eq!(rebuilt.state(), s.machine().state());
     assert_eq!(rebuilt.status(), s.machine().status());
     // The history is served from the store: the last entries, oldest first.
-    let history = store::history(&mut db, 0, 3).unwrap();
+    let history = store::history(&mut db, None, 3).unwrap();
     assert_eq!(history.len(), 3);
     assert_eq!(history[2].msg_id, n + 1);
     assert!(history[0].seq < history[1].seq && history[1].seq < history[2].seq);
-    let after = store::history(&mut db, history[0].seq, 10).unwrap();
+    let after = store::history(&mut db, Some(history[0].seq), 10).unwrap();
     assert_eq!(after.len(), 2);
 }
 
@@ -150,10 +150,10 @@ fn a_commit_sent_again_after_a_lost_connection_is_one_history_entry() {
     let mut db = Db::connect(&pg::server().url(&name)).unwrap();
     let (_, entries) = store::load(&mut db).unwrap();
     assert_eq!(entries.len(), 2);
-    let before = store::history(&mut db, 0, 100).unwrap();
+    let before = store::history(&mut db, None, 100).unwrap();
     db.batch(&store::upsert(&entries, epoch)).unwrap();
     db.batch(&store::upsert(&entries, epoch)).unwrap();
-    let history = store::history(&mut db, 0, 100).unwrap();
+    let history = store::history(&mut db, None, 100).unwrap();
     let ids: Vec<u64> = history.iter().map(|e| e.msg_id).collect();
     assert_eq!(ids, vec![1, 2]);
     assert_eq!(history, before, "the same entries, with the same numbers");
@@ -190,7 +190,7 @@ fn flag_changes_are_recorded_once_per_sender_and_msg_id_and_the_latest_wins() {
     let again = store::record_flags(&mut db, "n2", &[change("a", 1, true)]).unwrap();
     assert_eq!(again[0], replies[0]);
     assert!(store::flags(&mut db, &names).unwrap()["new_checkout"]);
-    let history = store::history(&mut db, 0, 10).unwrap();
+    let history = store::history(&mut db, None, 10).unwrap();
     let order: Vec<(String, u64)> = history.iter().map(|e| (e.src.clone(), e.msg_id)).collect();
     assert_eq!(order, vec![("a".to_owned(), 1), ("b".to_owned(), 1)]);
 }

@@ -433,7 +433,8 @@ impl Node {
                 limit,
                 reply,
             } => {
-                let entries = store::history(&mut self.db, after, limit).map_err(|e| e.to_string());
+                let entries =
+                    store::history(&mut self.db, Some(after), limit).map_err(|e| e.to_string());
                 let _ = reply.send(entries);
             }
             Call::Backups(reply) => self.view.backups_body(Waiter::new(move |answer| {
@@ -447,7 +448,7 @@ impl Node {
 
     /// The sequence number of the cluster's last history entry (0 before any).
     fn last_history_seq(&mut self) -> u64 {
-        store::history(&mut self.db, 0, 1)
+        store::history(&mut self.db, None, 1)
             .ok()
             .and_then(|entries| entries.last().map(|e| e.seq))
             .unwrap_or(0)
@@ -468,7 +469,7 @@ impl Node {
         // A history number is taken before its commit, so an entry can appear below one
         // already told: look a little way back, and tell only what was not told.
         let from = publishing.seq.saturating_sub(LOOK_BACK);
-        if let Ok(mut entries) = store::history(&mut self.db, from, 1_000) {
+        if let Ok(mut entries) = store::history(&mut self.db, Some(from), 1_000) {
             entries.retain(|e| !publishing.told.contains(&e.seq));
             if let Some(last) = entries.iter().map(|e| e.seq).max() {
                 publishing.seq = publishing.seq.max(last);
@@ -849,7 +850,6 @@ impl Node {
             Ok(_) => 20,
             Err(refusal) => return body_string(msg_id, &refusal),
         };
-        let after = after.unwrap_or(0);
         match store::history(&mut self.db, after, limit) {
             Ok(entries) => body_string(msg_id, &HistoryOk { entries }),
             Err(e) => body_string(

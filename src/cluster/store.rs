@@ -323,14 +323,15 @@ pub fn load(db: &mut Db) -> Result<(Option<Snapshot>, Vec<Entry>), String> {
     Ok((snapshot, entries))
 }
 
-/// The last `limit` entries of the cluster's audit trail with a history sequence number above
-/// `after`, oldest first: operations the leaders ended and flag changes, in the order they were
-/// committed. Their `seq` is that history sequence number.
+/// The cluster's audit trail, oldest first: without `after`, its last `limit` entries; with it,
+/// the first `limit` entries with a history sequence number above `after`. Entries are the
+/// operations the leaders ended and the flag changes, in the order they were committed; their
+/// `seq` is that history sequence number.
 ///
 /// # Errors
 /// The store cannot be read.
-pub fn history(db: &mut Db, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, DbError> {
-    let order = if after > 0 { "ASC" } else { "DESC" };
+pub fn history(db: &mut Db, after: Option<u64>, limit: u32) -> Result<Vec<HistoryEntry>, DbError> {
+    let order = if after.is_some() { "ASC" } else { "DESC" };
     let rows = db.rows(
         &format!(
             "SELECT hseq, src, msg_id, request, reply, outcome, flag, enabled FROM (
@@ -340,7 +341,10 @@ pub fn history(db: &mut Db, after: u64, limit: u32) -> Result<Vec<HistoryEntry>,
                SELECT hseq, src, msg_id, NULL, NULL, NULL, flag, enabled FROM {SCHEMA}.flags WHERE hseq > $1) h
              ORDER BY hseq {order} LIMIT $2"
         ),
-        &[(&int(after), Type::INT8), (&i64::from(limit), Type::INT8)],
+        &[
+            (&int(after.unwrap_or(0)), Type::INT8),
+            (&i64::from(limit), Type::INT8),
+        ],
     )?;
     let mut entries: Vec<HistoryEntry> = rows
         .into_iter()
@@ -368,7 +372,7 @@ pub fn history(db: &mut Db, after: u64, limit: u32) -> Result<Vec<HistoryEntry>,
             .history_entry()
         })
         .collect();
-    if after == 0 {
+    if after.is_none() {
         entries.reverse();
     }
     Ok(entries)
@@ -798,10 +802,10 @@ impl Store for PgJournal {
     }
 
     fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String> {
-        history(&mut self.db, 0, limit).map_err(|e| e.to_string())
+        history(&mut self.db, None, limit).map_err(|e| e.to_string())
     }
 
     fn history_after(&mut self, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, String> {
-        history(&mut self.db, after, limit).map_err(|e| e.to_string())
+        history(&mut self.db, Some(after), limit).map_err(|e| e.to_string())
     }
 }
