@@ -364,3 +364,86 @@ fn the_cluster_example_fails_over_and_leaves_nothing() {
     );
     copy.assert_clean();
 }
+
+#[test]
+fn the_ladder_example_climbs_to_an_approved_rollback_and_leaves_nothing() {
+    let readme = std::fs::read_to_string(checkout().join("README.md")).unwrap();
+    let section = &readme[readme.find("## The escalation ladder").unwrap()..];
+    assert!(section.contains("examples/ladder/run.sh"));
+    // `cargo test` builds the examples beside the binary.
+    let app = Path::new(NODE)
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("ladder_app");
+    assert!(app.is_file(), "{} was not built", app.display());
+    let before = ladder_dirs();
+    let copy = Copy::of("ladder");
+    let mut command = Command::new(copy.path().join("examples/ladder/run.sh"));
+    let out = command
+        .current_dir(copy.path())
+        .env("ROLLBACK_NODE", NODE)
+        .env("LADDER_APP", &app)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    // status_ok.ladder climbed through the three rungs, waited, and cleared at the rollback.
+    for state in [
+        r#""rung": 0, "runs": 1, "signals": {"error_rate": 0.5}, "state": "verifying""#,
+        r#""rung": 2, "runs": 1, "signals": {"error_rate": 0.5}, "state": "awaiting_approval""#,
+        r#""rung": 2, "runs": 1, "signals": {"error_rate": 0.01}, "state": "cleared""#,
+    ] {
+        assert!(stdout.contains(state), "{state}\n{stdout}");
+    }
+    assert!(
+        stdout.contains(r#"{"type":"rung_approved","in_reply_to":1,"rung":2}"#),
+        "{stdout}"
+    );
+    // One history entry per rung, each with its why; the rollback's names who approved it.
+    let entries: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with(r#"{"reply""#))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| e["request"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["disable_feature", "switch_traffic", "rollback"],
+        "{stdout}"
+    );
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e["why"]["rung"], i, "{e}");
+        assert_eq!(e["why"]["run"], 1, "{e}");
+        assert!(!e["why"]["signals"]["error_rate"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+    }
+    assert_eq!(entries[2]["why"]["approved_by"], "alice");
+    assert_eq!(entries[2]["reply"], "rollback_complete");
+    assert!(stderr.contains("incident page is at http://"), "{stderr}");
+    let left: Vec<PathBuf> = ladder_dirs().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "the example left {left:?}");
+    copy.assert_clean();
+}
+
+/// The example's temp dirs under /tmp.
+fn ladder_dirs() -> std::collections::BTreeSet<PathBuf> {
+    std::fs::read_dir("/tmp")
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("rn-ladder."))
+        })
+        .collect()
+}
