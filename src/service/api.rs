@@ -315,6 +315,22 @@ pub struct Limit {
     after: Option<String>,
 }
 
+/// A query parameter `name` that must be a number (`what` says which, for the 400).
+fn number<N: std::str::FromStr>(
+    given: Option<&str>,
+    name: &str,
+    what: &str,
+) -> Result<Option<N>, Refused> {
+    match given.map(str::parse::<N>) {
+        None => Ok(None),
+        Some(Ok(n)) => Ok(Some(n)),
+        Some(Err(_)) => Err(Refused::bad_request(format!(
+            "{name}={} is not {what}",
+            given.unwrap_or_default()
+        ))),
+    }
+}
+
 /// `GET /v1/history`.
 pub async fn history(
     State(app): State<App>,
@@ -324,27 +340,21 @@ pub async fn history(
     if let Err(refused) = app.allow(&headers, Role::Viewer, false) {
         return refused.into_response();
     }
-    let limit = match query.limit.as_deref().map(str::parse::<u32>) {
-        None => None,
-        Some(Ok(limit)) => Some(limit),
-        Some(Err(_)) => {
-            return Refused::bad_request(format!(
-                "limit={} is not a count; give one such as 50",
-                query.limit.unwrap_or_default()
-            ))
-            .into_response()
-        }
+    let limit = match number::<u32>(
+        query.limit.as_deref(),
+        "limit",
+        "a count; give one such as 50",
+    ) {
+        Ok(limit) => limit,
+        Err(refused) => return refused.into_response(),
     };
-    let after = match query.after.as_deref().map(str::parse::<u64>) {
-        None => None,
-        Some(Ok(after)) => Some(after),
-        Some(Err(_)) => {
-            return Refused::bad_request(format!(
-            "after={} is not a sequence number; give the seq of the last entry seen, such as 120",
-            query.after.unwrap_or_default()
-        ))
-            .into_response()
-        }
+    let after = match number::<u64>(
+        query.after.as_deref(),
+        "after",
+        "a sequence number; give the seq of the last entry seen, such as 120",
+    ) {
+        Ok(after) => after,
+        Err(refused) => return refused.into_response(),
     };
     match app
         .ask(|reply| Call::History {
