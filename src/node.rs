@@ -38,11 +38,13 @@ pub struct Options {
     pub listen: Option<SocketAddr>,
 }
 
-/// What the HTTP service needs from the estate: where, who, and what each layer is.
+/// What the HTTP service needs from the estate: where, who, what each layer is, and the
+/// escalation ladder's rungs and thresholds.
 pub(crate) struct Listening {
     pub(crate) addr: SocketAddr,
     pub(crate) tokens: Vec<Token>,
     pub(crate) systems: serde_json::Value,
+    pub(crate) ladder: Option<serde_json::Value>,
 }
 
 impl Listening {
@@ -60,6 +62,7 @@ impl Listening {
                 addr,
                 tokens: self.tokens,
                 systems: self.systems,
+                ladder: self.ladder,
             },
             link.calls(),
             hub,
@@ -108,7 +111,29 @@ pub(crate) fn listening(
             "flags": describe(&layers.flags),
             "traffic": describe(&layers.traffic),
         }),
+        ladder: estate.ladder.as_ref().map(ladder_summary),
     }))
+}
+
+/// What `GET /v1/whoami` says of the escalation ladder, for the page to explain its status:
+/// its settings, each signal's name, query and threshold, each rung's action and whether it
+/// waits for approval (not where Prometheus is).
+fn ladder_summary(ladder: &crate::core::ladder::LadderConfig) -> serde_json::Value {
+    serde_json::json!({
+        "interval_seconds": ladder.interval_seconds,
+        "bad_samples": ladder.bad_samples,
+        "verify_seconds": ladder.verify_seconds,
+        "max_runs": ladder.max_runs,
+        "signals": ladder.signals.iter().map(|s| serde_json::json!({
+            "name": s.name,
+            "query": s.query,
+            "above": s.above,
+        })).collect::<Vec<_>>(),
+        "rungs": ladder.rungs.iter().map(|r| serde_json::json!({
+            "action": r.action,
+            "approval": r.approval,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Why a node stopped or would not start: the exit code (2 for a refused configuration, 1 for

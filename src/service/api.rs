@@ -6,7 +6,8 @@
 //!   or 202 `accepted` when it is still running after S seconds (30 by default);
 //! - `GET /v1/status`, `GET /v1/history?limit=N`, `GET /v1/backups`: the bodies of `status_ok`,
 //!   `history_ok`, `backups_ok`, without `in_reply_to`;
-//! - `GET /v1/whoami`: the caller's name and role, and what each layer is;
+//! - `GET /v1/whoami`: the caller's name and role, what each layer is, and the escalation
+//!   ladder's settings, signals and rungs when the estate has a `[ladder]`;
 //! - `POST /v1/session` `{"token": SECRET}` logs the page in (an HttpOnly, SameSite=Strict
 //!   cookie); `DELETE /v1/session` logs it out.
 //!
@@ -46,6 +47,7 @@ struct Inner {
     auth: Auth,
     hub: Hub,
     systems: Value,
+    ladder: Option<Value>,
     stopping: Stopping,
 }
 
@@ -116,13 +118,22 @@ fn json_body(body: String) -> Response {
 }
 
 impl App {
-    /// The shared state of the routes.
-    pub fn new(calls: Calls, auth: Auth, hub: Hub, systems: Value, stopping: Stopping) -> Self {
+    /// The shared state of the routes: `systems` says what each layer is, `ladder` the
+    /// escalation ladder's settings (both for `GET /v1/whoami`).
+    pub fn new(
+        calls: Calls,
+        auth: Auth,
+        hub: Hub,
+        systems: Value,
+        ladder: Option<Value>,
+        stopping: Stopping,
+    ) -> Self {
         App(Arc::new(Inner {
             calls,
             auth,
             hub,
             systems,
+            ladder,
             stopping,
         }))
     }
@@ -383,14 +394,17 @@ pub async fn backups(State(app): State<App>, headers: HeaderMap) -> Response {
 /// `GET /v1/whoami`.
 pub async fn whoami(State(app): State<App>, headers: HeaderMap) -> Response {
     match app.allow(&headers, Role::Viewer, false) {
-        Ok(caller) => json_body(
-            json!({
+        Ok(caller) => {
+            let mut me = json!({
                 "name": caller.name,
                 "role": caller.role.to_string(),
                 "systems": app.0.systems,
-            })
-            .to_string(),
-        ),
+            });
+            if let Some(ladder) = &app.0.ladder {
+                me["ladder"] = ladder.clone();
+            }
+            json_body(me.to_string())
+        }
         Err(refused) => refused.into_response(),
     }
 }

@@ -42,6 +42,9 @@ pub struct Config {
     /// What each layer is (for `GET /v1/whoami`): `simulated`, a real system's place, or
     /// `absent`.
     pub systems: Value,
+    /// The escalation ladder's settings, signals and rungs (for `GET /v1/whoami`), when the
+    /// estate has a `[ladder]`.
+    pub ladder: Option<Value>,
 }
 
 /// The running service. Dropping it stops it.
@@ -65,7 +68,7 @@ impl Service {
         let auth = auth::Auth::new(&config.tokens);
         let listener = listener::start(config.addr, "service", move |stopping| {
             stop_on_signal(calls.clone());
-            let app = api::App::new(calls, auth, hub, config.systems, stopping);
+            let app = api::App::new(calls, auth, hub, config.systems, config.ladder, stopping);
             router(app, flags)
         })?;
         Ok(Service { listener })

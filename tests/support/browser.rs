@@ -112,12 +112,21 @@ pub fn testid(id: &str) -> String {
 }
 
 /// Waits (up to 10 s) until `check` gives `Some`, polling the page every 25 ms.
-pub async fn until<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn until<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    until_within(what, Duration::from_secs(10), check).await
+}
+
+/// Waits (up to `within`) until `check` gives `Some`, polling the page every 25 ms.
+pub async fn until_within<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
     loop {
         if let Some(value) = check().await {
             return value;
