@@ -7,7 +7,7 @@ use crate::core::ladder::{Input, Ladder, LadderConfig, Millis, RungOutcome};
 use crate::runtime::session::Waiter;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The ladder, the `why` of each request it took, and what waits to reach it.
@@ -48,7 +48,14 @@ struct Saved {
     ladder: Ladder,
     /// The `why` of each request the ladder took, by msg_id.
     whys: BTreeMap<u64, serde_json::Value>,
+    /// The approvals it answered `rung_approved`, by sender and msg_id (the last
+    /// [`APPROVALS_KEPT`]): a retry gets the same answer.
+    #[serde(default)]
+    approved: VecDeque<(String, u64, u64)>,
 }
+
+/// How many answered approvals a ladder remembers for retries.
+pub const APPROVALS_KEPT: usize = 100;
 
 impl Watch {
     /// A ladder watching afresh, or the one `saved` holds when it was saved for this same
@@ -61,6 +68,7 @@ impl Watch {
             Ok(Saved {
                 ladder: Ladder::new(config).map_err(|e| e.to_string())?,
                 whys: BTreeMap::new(),
+                approved: VecDeque::new(),
             })
         };
         let saved = match saved.map(serde_json::from_str::<Saved>) {
@@ -99,6 +107,27 @@ impl Watch {
     /// Remembers why the ladder took the request `msg_id`.
     pub(crate) fn remember(&mut self, msg_id: u64, why: serde_json::Value) {
         self.saved.whys.insert(msg_id, why);
+        self.dirty = true;
+    }
+
+    /// The rung an earlier `approve_rung` from `src` with this `msg_id` was answered
+    /// `rung_approved` for, if it was.
+    pub(crate) fn approved(&self, src: &str, msg_id: u64) -> Option<u64> {
+        self.saved
+            .approved
+            .iter()
+            .find(|(s, m, _)| s == src && *m == msg_id)
+            .map(|&(_, _, rung)| rung)
+    }
+
+    /// Remembers that `approve_rung` from `src` with `msg_id` was answered for `rung`.
+    pub(crate) fn remember_approval(&mut self, src: &str, msg_id: u64, rung: u64) {
+        if self.saved.approved.len() >= APPROVALS_KEPT {
+            self.saved.approved.pop_front();
+        }
+        self.saved
+            .approved
+            .push_back((src.to_owned(), msg_id, rung));
         self.dirty = true;
     }
 

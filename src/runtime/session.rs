@@ -468,16 +468,30 @@ impl<S: Store> Session<S> {
             };
             let at = now_millis();
             if let Some(approval) = watch.approvals.pop() {
-                let input = crate::core::ladder::Input::Approve {
-                    at,
-                    rung: usize::try_from(approval.rung).unwrap_or(usize::MAX),
-                    by: approval.to.clone(),
-                };
-                let mut decision = watch.ladder_mut().step(&input);
-                let answer = match decision.answer.take() {
-                    Some(Ok(rung)) => Ok(RungApproved { rung: rung as u64 }),
-                    Some(Err(refusal)) => Err(refusal),
-                    None => Err(Refusal::Crash("the ladder gave no answer".to_owned())),
+                let mut decision = crate::core::ladder::LadderDecision::default();
+                let answer = match watch.approved(&approval.to, approval.msg_id) {
+                    // A retry of an approval answered before gets the same answer.
+                    Some(rung) if rung == approval.rung => Ok(RungApproved { rung }),
+                    Some(rung) => Err(Refusal::PreconditionFailed(format!(
+                        "msg_id {} of {} was an approval of rung {rung}, not {}; use a new msg_id",
+                        approval.msg_id, approval.to, approval.rung
+                    ))),
+                    None => {
+                        let input = crate::core::ladder::Input::Approve {
+                            at,
+                            rung: usize::try_from(approval.rung).unwrap_or(usize::MAX),
+                            by: approval.to.clone(),
+                        };
+                        decision = watch.ladder_mut().step(&input);
+                        match decision.answer.take() {
+                            Some(Ok(rung)) => {
+                                watch.remember_approval(&approval.to, approval.msg_id, rung as u64);
+                                Ok(RungApproved { rung: rung as u64 })
+                            }
+                            Some(Err(refusal)) => Err(refusal),
+                            None => Err(Refusal::Crash("the ladder gave no answer".to_owned())),
+                        }
+                    }
                 };
                 let body = body_of(Some(approval.msg_id), &answer);
                 match approval.waiter {
