@@ -74,7 +74,7 @@ fn rungs_run_as_ladder_requests_and_an_approval_is_answered_once_for_its_msg_id(
     // The ladder's replies go to the ladder, never to stdout.
     assert_eq!(sample(&mut s, 1_000, 0.5), Vec::<Value>::new());
     assert_eq!(sample(&mut s, 2_000, 0.5), Vec::<Value>::new());
-    assert_eq!(s.machine().state().flags["new_checkout"], false);
+    assert!(!s.machine().state().flags["new_checkout"]);
     assert_eq!(
         ladder_status(&mut s),
         json!({"state": "verifying", "rung": 0, "runs": 1, "signals": {"error_rate": 0.5}})
@@ -130,7 +130,7 @@ fn the_ladders_own_sender_name_is_refused_and_a_node_without_a_ladder_refuses_ap
         json!({"type": "disable_feature", "msg_id": 1, "feature": "new_checkout"}),
     );
     assert_eq!(spoof[0]["body"]["code"], 12, "{spoof:?}");
-    assert_eq!(s.machine().state().flags["new_checkout"], true);
+    assert!(s.machine().state().flags["new_checkout"]);
 
     let mut plain = Session::example();
     let refused = send(
