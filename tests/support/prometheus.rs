@@ -30,6 +30,8 @@ pub struct PromServer {
     child: Arc<Mutex<Option<Child>>>,
     keeper: Option<mpsc::Sender<()>>,
     targets: Mutex<Vec<(SocketAddr, String)>>,
+    /// Targets registered ahead and not yet handed out ([`PromServer::take_target`]).
+    pool: Mutex<Vec<(SocketAddr, String)>>,
     remove_dir: bool,
 }
 
@@ -37,11 +39,16 @@ static SHARED: OnceLock<PromServer> = OnceLock::new();
 static SHARED_PID: AtomicI32 = AtomicI32::new(0);
 static SHARED_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-/// The server shared by the tests of this binary, started on first use.
+/// How many targets the shared server registers ahead ([`PromServer::take_target`]).
+pub const SHARED_POOL: usize = 32;
+
+/// The server shared by the tests of this binary, started on first use, with
+/// [`SHARED_POOL`] targets registered ahead.
 pub fn shared() -> &'static PromServer {
     SHARED.get_or_init(|| {
         let mut server = PromServer::start();
         server.remove_dir = false;
+        server.reserve_targets(SHARED_POOL);
         if let Some(child) = server.child.lock().unwrap().as_ref() {
             SHARED_PID.store(child.id() as i32, Ordering::SeqCst);
         }
@@ -121,12 +128,31 @@ impl PromServer {
     /// Spawns `prometheus` from a thread that lives as long as the server, so that the
     /// parent-death signal kills it only when the server is stopped or the process dies.
     fn spawn(dir: &Path, addr: SocketAddr) -> PromServer {
+        let (child, keeper) = PromServer::spawn_child(dir, addr);
+        PromServer {
+            addr,
+            dir: dir.to_owned(),
+            child,
+            keeper: Some(keeper),
+            targets: Mutex::new(Vec::new()),
+            pool: Mutex::new(Vec::new()),
+            remove_dir: true,
+        }
+    }
+
+    /// Spawns the process (its log appended to `prometheus.log`); returns where the keeper
+    /// thread holds it and the keeper's stop channel.
+    fn spawn_child(dir: &Path, addr: SocketAddr) -> (Arc<Mutex<Option<Child>>>, mpsc::Sender<()>) {
         let child: Arc<Mutex<Option<Child>>> = Arc::new(Mutex::new(None));
         let (keeper, stop) = mpsc::channel::<()>();
         let (ready, spawned) = mpsc::channel();
         let (held, spawn_dir) = (Arc::clone(&child), dir.to_owned());
         std::thread::spawn(move || {
-            let log = std::fs::File::create(spawn_dir.join("prometheus.log")).unwrap();
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(spawn_dir.join("prometheus.log"))
+                .unwrap();
             let mut cmd = Command::new(BIN);
             cmd.arg(format!(
                 "--config.file={}",
@@ -165,13 +191,22 @@ impl PromServer {
         if let Err(e) = spawned.recv().unwrap() {
             panic!("cannot spawn {BIN} (is Prometheus installed?): {e}");
         }
-        PromServer {
-            addr,
-            dir: dir.to_owned(),
-            child,
-            keeper: Some(keeper),
-            targets: Mutex::new(Vec::new()),
-            remove_dir: true,
+        (child, keeper)
+    }
+
+    /// Starts it again after [`PromServer::stop`], on the same address, configuration, targets
+    /// and TSDB; panics with its log if it does not become ready.
+    pub fn restart(&mut self) {
+        assert!(self.keeper.is_none(), "Prometheus is still running");
+        let (child, keeper) = PromServer::spawn_child(&self.dir, self.addr);
+        self.child = child;
+        self.keeper = Some(keeper);
+        if let Err(log) = self.wait_ready() {
+            self.kill();
+            panic!(
+                "Prometheus did not start again on {}; its log:\n{log}",
+                self.addr
+            );
         }
     }
 
@@ -211,10 +246,37 @@ impl PromServer {
             .unwrap_or_else(|e| format!("(no log: {e})"))
     }
 
-    /// Scrapes `addr` (its `/metrics`) from now on, its series labelled `app="{app}"`.
+    /// Scrapes `addr` (its `/metrics`) from now on, its series labelled `app="{app}"`. A new
+    /// target is discovered within about 5 s (Prometheus sends discovery updates at most every
+    /// 5 s); [`PromServer::take_target`] saves that wait.
     pub fn add_target(&self, addr: SocketAddr, app: &str) {
+        self.add_targets(&[(addr, app.to_owned())]);
+    }
+
+    /// Registers `n` targets on addresses free now, labelled `app="pool-K"`, scraped (and
+    /// failing) until something serves there: [`PromServer::take_target`] hands them out.
+    pub fn reserve_targets(&self, n: usize) {
+        let first = self.targets.lock().unwrap().len();
+        let reserved: Vec<(SocketAddr, String)> = (0..n)
+            .map(|k| {
+                let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                (addr, format!("pool-{}", first + k))
+            })
+            .collect();
+        self.add_targets(&reserved);
+        self.pool.lock().unwrap().extend(reserved);
+    }
+
+    /// A target registered ahead, already being scraped: an address to serve `/metrics` on and
+    /// its `app` label; `None` when none is left.
+    pub fn take_target(&self) -> Option<(SocketAddr, String)> {
+        let mut pool = self.pool.lock().unwrap();
+        (!pool.is_empty()).then(|| pool.remove(0))
+    }
+
+    fn add_targets(&self, new: &[(SocketAddr, String)]) {
         let mut targets = self.targets.lock().unwrap();
-        targets.push((addr, app.to_owned()));
+        targets.extend_from_slice(new);
         let groups: Vec<serde_json::Value> = targets
             .iter()
             .map(|(addr, app)| {

@@ -67,10 +67,21 @@ impl Node {
 
     /// A node on `estate` with these extra arguments; fails loudly when it does not listen.
     pub fn start_with(dir: tempfile::TempDir, estate: &Path, args: &[&str]) -> Node {
+        Node::start_listening(dir, estate, "127.0.0.1:0", args)
+    }
+
+    /// A node on `estate` listening on `listen` (such as the address an earlier node had),
+    /// with these extra arguments; fails loudly when it does not listen.
+    pub fn start_listening(
+        dir: tempfile::TempDir,
+        estate: &Path,
+        listen: &str,
+        args: &[&str],
+    ) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rollback-node"))
             .arg("--estate")
             .arg(estate)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
