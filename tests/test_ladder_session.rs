@@ -84,21 +84,41 @@ fn rungs_run_as_ladder_requests_and_an_approval_is_answered_once_for_its_msg_id(
         sample(&mut s, at, 0.5);
     }
     assert_eq!(ladder_status(&mut s)["state"], "awaiting_approval");
-    assert_eq!(s.machine().state().schema_version, 3, "nothing ran unapproved");
+    assert_eq!(
+        s.machine().state().schema_version,
+        3,
+        "nothing ran unapproved"
+    );
     // The wrong rung is refused and changes nothing.
-    let wrong = send(&mut s, "admin", json!({"type": "approve_rung", "msg_id": 1, "rung": 0}));
+    let wrong = send(
+        &mut s,
+        "admin",
+        json!({"type": "approve_rung", "msg_id": 1, "rung": 0}),
+    );
     assert_eq!(wrong[0]["body"]["code"], 22, "{wrong:?}");
     assert_eq!(ladder_status(&mut s)["state"], "awaiting_approval");
-    let approved = send(&mut s, "admin", json!({"type": "approve_rung", "msg_id": 2, "rung": 1}));
+    let approved = send(
+        &mut s,
+        "admin",
+        json!({"type": "approve_rung", "msg_id": 2, "rung": 1}),
+    );
     assert_eq!(
         approved[0]["body"],
         json!({"type": "rung_approved", "in_reply_to": 2, "rung": 1})
     );
     assert_eq!(s.machine().state().schema_version, 2);
     // A retry of the approval gets the same answer; the same msg_id for another rung does not.
-    let retry = send(&mut s, "admin", json!({"type": "approve_rung", "msg_id": 2, "rung": 1}));
+    let retry = send(
+        &mut s,
+        "admin",
+        json!({"type": "approve_rung", "msg_id": 2, "rung": 1}),
+    );
     assert_eq!(retry[0]["body"], approved[0]["body"]);
-    let other = send(&mut s, "admin", json!({"type": "approve_rung", "msg_id": 2, "rung": 0}));
+    let other = send(
+        &mut s,
+        "admin",
+        json!({"type": "approve_rung", "msg_id": 2, "rung": 0}),
+    );
     assert_eq!(other[0]["body"]["code"], 22, "{other:?}");
     // Good samples inside the window clear it.
     sample(&mut s, 5_500, 0.01);
@@ -116,9 +136,30 @@ fn rungs_run_as_ladder_requests_and_an_approval_is_answered_once_for_its_msg_id(
         entries[0]["why"],
         json!({"signals": {"error_rate": [0.5, 0.5]}, "run": 1, "rung": 0})
     );
-    assert_eq!(entries[1]["request"], json!({"type": "rollback", "version": 3}));
+    assert_eq!(
+        entries[1]["request"],
+        json!({"type": "rollback", "version": 3})
+    );
     assert_eq!(entries[1]["why"]["approved_by"], "admin");
     assert_eq!(entries[1]["why"]["rung"], 1);
+    // The decisions without an operation are kept with the ladder's state, with their samples.
+    let watch = s.ladder().unwrap();
+    let events: Vec<&str> = watch
+        .notes()
+        .map(|n| n["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "run_started",
+            "not_cleared",
+            "awaiting_approval",
+            "approved",
+            "cleared"
+        ]
+    );
+    let cleared = watch.notes().last().unwrap();
+    assert_eq!(cleared["samples"], json!({"error_rate": [0.01, 0.01]}));
 }
 
 #[test]

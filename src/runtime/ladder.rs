@@ -52,7 +52,14 @@ struct Saved {
     /// [`APPROVALS_KEPT`]): a retry gets the same answer.
     #[serde(default)]
     approved: VecDeque<(String, u64, u64)>,
+    /// The ladder's last [`NOTES_KEPT`] decisions (run started, paused, resumed, skipped, not
+    /// cleared, cleared, exhausted), with the samples that caused them, oldest first.
+    #[serde(default)]
+    notes: VecDeque<serde_json::Value>,
 }
+
+/// How many of its decisions a ladder keeps in its saved state.
+pub const NOTES_KEPT: usize = 100;
 
 /// How many answered approvals a ladder remembers for retries.
 pub const APPROVALS_KEPT: usize = 100;
@@ -69,6 +76,7 @@ impl Watch {
                 ladder: Ladder::new(config).map_err(|e| e.to_string())?,
                 whys: BTreeMap::new(),
                 approved: VecDeque::new(),
+                notes: VecDeque::new(),
             })
         };
         let saved = match saved.map(serde_json::from_str::<Saved>) {
@@ -129,6 +137,20 @@ impl Watch {
             .approved
             .push_back((src.to_owned(), msg_id, rung));
         self.dirty = true;
+    }
+
+    /// Keeps a decision of the ladder's (committed with its state).
+    pub(crate) fn remember_note(&mut self, note: serde_json::Value) {
+        if self.saved.notes.len() >= NOTES_KEPT {
+            self.saved.notes.pop_front();
+        }
+        self.saved.notes.push_back(note);
+        self.dirty = true;
+    }
+
+    /// The ladder's last decisions, oldest first, as its state keeps them.
+    pub fn notes(&self) -> impl Iterator<Item = &serde_json::Value> {
+        self.saved.notes.iter()
     }
 
     /// Why the ladder took the request `msg_id`, as history shows it.

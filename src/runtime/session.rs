@@ -426,7 +426,11 @@ impl<S: Store> Session<S> {
         for action in decision.actions {
             match action {
                 crate::core::ladder::Action::Journal(note) => {
-                    eprintln!("rollback-node: ladder: {}", note.to_json());
+                    let note = note.to_json();
+                    eprintln!("rollback-node: ladder: {note}");
+                    if let Some(watch) = self.ladder.as_mut() {
+                        watch.remember_note(note);
+                    }
                 }
                 crate::core::ladder::Action::Take(take) => {
                     if let Some(watch) = self.ladder.as_mut() {
