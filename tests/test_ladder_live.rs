@@ -452,3 +452,65 @@ fn a_node_killed_while_a_rungs_request_runs_does_not_run_it_again_and_the_ladder
         "{exhausted}"
     );
 }
+
+#[test]
+fn a_stopping_node_takes_no_rung_and_the_ladder_acts_after_the_restart() {
+    // A restore of 6 s (60 modelled seconds at pace 0.1) keeps the node draining after SIGTERM
+    // while the signal turns bad.
+    let prom = prometheus::shared();
+    let mut spec = Spec::new(&prom.base(), ladder::KILL_SWITCH);
+    spec.flag_on = false;
+    let mut rig = Rig::start_with(
+        "stopping",
+        &spec,
+        "flag:new_checkout",
+        prom,
+        true,
+        100,
+        &["--pace", "0.1"],
+    );
+    rig.wait_ladder(WITHIN, "watching a good signal", |l| {
+        l["state"] == "watching" && l["signals"][SIGNAL].as_f64().is_some_and(|v| v <= ABOVE)
+    });
+    let restore = r#"{"type":"restore","msg_id":1,"backup":"users_backup_20240115"}"#;
+    let running = rig.node.call(
+        "POST",
+        "/v1/messages?wait=0.2",
+        Some(service::ADMIN),
+        restore,
+    );
+    assert_eq!(running.status, 202, "{}", running.body);
+    let on = rig.post(
+        service::OPERATOR,
+        &json!({"type": "enable_feature", "msg_id": 2, "feature": "new_checkout"}),
+    );
+    assert_eq!(on.json()["type"], "feature_enabled", "{}", on.body);
+    let (status, took) = rig.node.terminate();
+    assert!(status.success(), "{status}");
+    assert!(
+        took >= Duration::from_secs(4),
+        "it drained the restore: {took:?}"
+    );
+    let log = rig.log();
+    assert!(
+        !log.contains("takes rung"),
+        "a rung was taken while the node was stopping:\n{log}"
+    );
+    // The journal has the person's two requests, nothing from the ladder.
+    let history = std::process::Command::new(env!("CARGO_BIN_EXE_rollback-node"))
+        .args(["history", "--state-dir", &rig.state_dir()])
+        .output()
+        .unwrap();
+    let history = String::from_utf8_lossy(&history.stdout);
+    assert!(!history.contains(r#""src":"ladder""#), "{history}");
+    assert_eq!(history.lines().count(), 2, "{history}");
+
+    // Started again, the ladder sees the bad signal and takes the kill switch.
+    rig.restart();
+    rig.wait_state(WITHIN, "cleared", Some(0));
+    check_entries(
+        &rig.ladder_entries(),
+        &[Expected::new("disable_feature", "feature_disabled", 1, 0)],
+        BAD_SAMPLES,
+    );
+}

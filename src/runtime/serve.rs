@@ -375,7 +375,13 @@ fn serve_events<S: Store>(
                     out.extend_from_slice(&line);
                 }
             }
-            Event::Ladder(input) => session.ladder_input(&input, &mut out),
+            // A stopping node (stopped, or its input ended without a listener) starts nothing
+            // more: the ladder's samples wait for the restart (its state is saved; it resumes
+            // from there).
+            Event::Ladder(input) if stopping.is_none() && (linked || !ended) => {
+                session.ladder_input(&input, &mut out)
+            }
+            Event::Ladder(_) => {}
             Event::Call(call) => match call {
                 Call::Message {
                     sender,

@@ -273,6 +273,19 @@ impl Rig {
         self.node.child.id()
     }
 
+    /// The state directory (with `durable`).
+    pub fn state_dir(&self) -> String {
+        self.dir.path().join("state").display().to_string()
+    }
+
+    /// Starts the node again (after it exited) on the same estate, arguments and address.
+    pub fn restart(&mut self) {
+        self.drain();
+        self.log.borrow_mut().push("---- restarted ----".into());
+        let listen = self.node.addr.to_string();
+        self.node = Rig::node(&self.estate, &listen, &self.args);
+    }
+
     /// Kills the node with SIGKILL and starts it again on the same estate, arguments and
     /// address (the application reads it there).
     pub fn kill9_and_restart(&mut self) {
