@@ -5,6 +5,7 @@
 //! moment each renewal was *sent*, so it ends before the store's lease does: past it the leader
 //! starts nothing more, even before it learns that it lost.
 
+pub use super::deadline::Deadline;
 use super::sql::{lit, SCHEMA};
 use super::store::{Db, DbError};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,31 +17,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const FOLLOWER_TICK: Duration = Duration::from_millis(200);
 /// A clock further than this off the store's is warned about (it is never used for the lease).
 const CLOCK_WARN: f64 = 1.0;
-
-/// Until when this node may start effects as the leader.
-#[derive(Debug, Default)]
-pub struct Deadline(Mutex<Option<Instant>>);
-
-impl Deadline {
-    /// A deadline at `at` (a leader's term as a test holds it).
-    pub fn until(at: Instant) -> Self {
-        Deadline(Mutex::new(Some(at)))
-    }
-
-    /// Whether the lease still holds by the local clock.
-    pub fn holds(&self) -> bool {
-        self.0
-            .lock()
-            .map(|d| d.is_some_and(|d| Instant::now() < d))
-            .unwrap_or(false)
-    }
-
-    fn set(&self, until: Option<Instant>) {
-        if let Ok(mut d) = self.0.lock() {
-            *d = until;
-        }
-    }
-}
 
 /// What this node knows of the cluster, as `status` reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,24 +64,27 @@ pub struct Keeper {
     thread: Option<thread::JoinHandle<()>>,
 }
 
-/// Claims `node` for this process: free when its heartbeat is older than a lease. A recent
-/// heartbeat is watched for up to a lease: if it is renewed meanwhile a live node holds the id
-/// (refused); if not, the node that held it is gone (a restart after a crash) and the id is
-/// taken. Returns the incarnation that now holds it.
-///
-/// # Errors
-/// A live node holds the id, or the store cannot be written.
-pub fn claim(db: &mut Db, node: &str, timing: Timing) -> Result<String, String> {
-    // A cut connection is tried again for this long (the store was reached just before).
-    const CUT_RETRY: Duration = Duration::from_secs(10);
-    let incarnation = format!(
+/// A fresh incarnation: what tells this process's claim of a node id from any other's.
+pub fn incarnation() -> String {
+    format!(
         "{}-{}",
         std::process::id(),
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos()
-    );
+    )
+}
+
+/// Claims `node` for `incarnation`: free when its heartbeat is older than a lease, or already
+/// this incarnation's (a claim tried again after a cut connection is the same claim). A recent
+/// heartbeat is watched for up to a lease: if it is renewed meanwhile a live node holds the id
+/// (refused); if not, the node that held it is gone (a restart after a crash) and the id is
+/// taken.
+///
+/// # Errors
+/// A live node holds the id, or the store cannot be written.
+pub fn claim(db: &mut Db, node: &str, incarnation: &str, timing: Timing) -> Result<(), String> {
     let mut watched: Option<String> = None;
     let started = Instant::now();
     loop {
@@ -116,33 +95,19 @@ pub fn claim(db: &mut Db, node: &str, timing: Timing) -> Result<String, String> 
                  WHERE nodes.seen_at <= clock_timestamp() - {lease} OR nodes.incarnation = EXCLUDED.incarnation
                  RETURNING id",
                 n = lit(node),
-                i = lit(&incarnation),
+                i = lit(incarnation),
                 lease = timing.interval()
-            ));
-        // A connection cut here may have taken the claim with it, or not: claiming again
-        // with the same incarnation is the same claim.
-        let rows = match rows {
-            Err(e) if !db.is_connected() && started.elapsed() < CUT_RETRY => {
-                eprintln!("rollback-node: the store's connection was cut while claiming node id {node} ({e}); trying again");
-                thread::sleep(Duration::from_millis(250));
-                continue;
-            }
-            rows => rows.map_err(|e| e.to_string())?,
-        };
+            ))
+            .map_err(|e| e.to_string())?;
         if !rows.is_empty() {
-            return Ok(incarnation);
+            return Ok(());
         }
-        let seen = match db.simple(&format!(
-            "SELECT seen_at::text, round(extract(epoch from clock_timestamp() - seen_at)::numeric, 1)::text FROM {SCHEMA}.nodes WHERE id = {}",
-            lit(node)
-        )) {
-            Err(e) if !db.is_connected() && started.elapsed() < CUT_RETRY => {
-                eprintln!("rollback-node: the store's connection was cut while claiming node id {node} ({e}); trying again");
-                thread::sleep(Duration::from_millis(250));
-                continue;
-            }
-            seen => seen.map_err(|e| e.to_string())?,
-        };
+        let seen = db
+            .simple(&format!(
+                "SELECT seen_at::text, round(extract(epoch from clock_timestamp() - seen_at)::numeric, 1)::text FROM {SCHEMA}.nodes WHERE id = {}",
+                lit(node)
+            ))
+            .map_err(|e| e.to_string())?;
         let (at, ago) = match seen.first() {
             Some(row) => (
                 row.first().cloned().flatten().unwrap_or_default(),

@@ -5,10 +5,12 @@
 //! - [`store`]: the connection, the leader's fenced journal (the second [`crate::store::Store`]),
 //!   and the reads every node makes.
 //! - [`lease`]: the lease with its epoch and the heartbeats, by the store's clock.
+//! - [`deadline`]: the leader's local deadline, past which it starts nothing.
 //! - [`node`]: one node: its front, the kill switch, the leader's term.
 //!
 //! What the cluster promises and what it does not is in the README ("Several nodes").
 
+pub mod deadline;
 pub mod lease;
 pub mod node;
 pub mod sql;

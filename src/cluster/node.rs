@@ -120,7 +120,11 @@ pub fn run(options: ClusterOptions) -> Result<(), Failure> {
         lease: Duration::from_secs(estate.cluster.lease_seconds),
         renew: Duration::from_secs(estate.cluster.renew_seconds),
     };
-    let incarnation = claim(&mut db, &options.node_id, timing).map_err(config)?;
+    let incarnation = crate::cluster::lease::incarnation();
+    starting(&mut db, |db| {
+        claim(db, &options.node_id, &incarnation, timing)
+    })
+    .map_err(config)?;
     let (mut executors, found) = connect(&estate, &base, options.pace).map_err(config)?;
     let flags_executor = executors.take(Lane::Flags);
     let mut machine = Machine::new(estate.state.clone());

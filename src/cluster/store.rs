@@ -669,7 +669,7 @@ pub struct PgJournal {
     open: HashMap<u64, Entry>,
     since_snapshot: u64,
     /// Until when a lost connection is retried (the lease's local deadline).
-    deadline: std::sync::Arc<super::lease::Deadline>,
+    deadline: std::sync::Arc<super::deadline::Deadline>,
 }
 
 impl PgJournal {
@@ -680,7 +680,7 @@ impl PgJournal {
         node: &str,
         epoch: u64,
         open: impl IntoIterator<Item = Entry>,
-        deadline: std::sync::Arc<super::lease::Deadline>,
+        deadline: std::sync::Arc<super::deadline::Deadline>,
     ) -> Self {
         PgJournal {
             db,

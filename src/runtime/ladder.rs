@@ -1,45 +1,23 @@
 //! The escalation ladder as a session drives it: the pure [`Ladder`] with what the session
 //! needs around it — the `why` of every rung it took (for history), the replies to its
-//! requests and the approvals waiting to reach it, and its saved form (a store keeps it
-//! beside the journal, committed with the requests it took).
+//! requests, the approvals it answered, and its saved form (a store keeps it beside the
+//! journal, committed with the requests it took).
 
 use crate::core::ladder::{Input, Ladder, LadderConfig, Millis, RungOutcome};
-use crate::runtime::session::Waiter;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The ladder, the `why` of each request it took, and what waits to reach it.
+/// The ladder, the `why` of each request it took, and the replies waiting to reach it.
 #[derive(Debug)]
 pub struct Watch {
     saved: Saved,
     /// Replies to the ladder's requests seen while the machine handled an input: (msg_id, the
     /// error code, if it was one).
     pub(crate) done: Vec<(u64, Option<u32>)>,
-    /// `approve_rung` requests taken from the machine, to answer once it is done.
-    pub(crate) approvals: Vec<Approval>,
     /// Changed since it was last saved.
     pub(crate) dirty: bool,
-}
-
-/// An `approve_rung` request waiting for the ladder.
-pub(crate) struct Approval {
-    pub(crate) to: String,
-    pub(crate) addressed: Option<String>,
-    pub(crate) msg_id: u64,
-    pub(crate) rung: u64,
-    pub(crate) waiter: Option<Waiter>,
-}
-
-impl std::fmt::Debug for Approval {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Approval")
-            .field("to", &self.to)
-            .field("msg_id", &self.msg_id)
-            .field("rung", &self.rung)
-            .finish_non_exhaustive()
-    }
 }
 
 /// What a store keeps of the ladder.
@@ -96,7 +74,6 @@ impl Watch {
         Ok(Watch {
             saved,
             done: Vec::new(),
-            approvals: Vec::new(),
             dirty: false,
         })
     }
@@ -104,6 +81,11 @@ impl Watch {
     /// The ladder.
     pub fn ladder(&self) -> &Ladder {
         &self.saved.ladder
+    }
+
+    /// `status_ok.ladder`.
+    pub fn status_json(&self) -> serde_json::Value {
+        self.saved.ladder.status().to_json()
     }
 
     /// The ladder, to step it.
@@ -130,21 +112,17 @@ impl Watch {
 
     /// Remembers that `approve_rung` from `src` with `msg_id` was answered for `rung`.
     pub(crate) fn remember_approval(&mut self, src: &str, msg_id: u64, rung: u64) {
-        if self.saved.approved.len() >= APPROVALS_KEPT {
-            self.saved.approved.pop_front();
-        }
-        self.saved
-            .approved
-            .push_back((src.to_owned(), msg_id, rung));
+        keep_last(
+            &mut self.saved.approved,
+            (src.to_owned(), msg_id, rung),
+            APPROVALS_KEPT,
+        );
         self.dirty = true;
     }
 
     /// Keeps a decision of the ladder's (committed with its state).
     pub(crate) fn remember_note(&mut self, note: serde_json::Value) {
-        if self.saved.notes.len() >= NOTES_KEPT {
-            self.saved.notes.pop_front();
-        }
-        self.saved.notes.push_back(note);
+        keep_last(&mut self.saved.notes, note, NOTES_KEPT);
         self.dirty = true;
     }
 
@@ -177,6 +155,14 @@ impl Watch {
             })
             .collect()
     }
+}
+
+/// Appends `item`, forgetting the oldest beyond `kept`.
+fn keep_last<T>(queue: &mut VecDeque<T>, item: T, kept: usize) {
+    if queue.len() >= kept {
+        queue.pop_front();
+    }
+    queue.push_back(item);
 }
 
 /// Now, as the ladder's inputs carry time: milliseconds since the Unix epoch.

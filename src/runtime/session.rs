@@ -19,7 +19,7 @@ use crate::protocol::replies::{BackupsOk, HistoryEntry, HistoryOk};
 use crate::protocol::values::{BackupView, Progress};
 use crate::protocol::Refusal;
 use crate::runtime::flags::FlagsView;
-use crate::runtime::ladder::{error_code, now_millis, Approval, Watch};
+use crate::runtime::ladder::{error_code, now_millis, Watch};
 use crate::store::replay::Open;
 use crate::store::{MemoryStore, Store, StoreError};
 use crate::wire::{self, MAX_LINE_BYTES};
@@ -72,6 +72,18 @@ pub struct Session<S: Store = MemoryStore> {
     ended: Option<Vec<HistoryEntry>>,
     /// The escalation ladder, when the estate configures one.
     ladder: Option<Watch>,
+    /// `approve_rung` requests taken from the machine, for the ladder to answer once the
+    /// machine is done with the input.
+    approvals: Vec<Approval>,
+}
+
+/// An `approve_rung` request waiting for the ladder.
+struct Approval {
+    to: String,
+    addressed: Option<String>,
+    msg_id: u64,
+    rung: u64,
+    waiter: Option<Waiter>,
 }
 
 impl Session<MemoryStore> {
@@ -233,6 +245,7 @@ macro_rules! outputs {
             ended: $session.ended.as_mut(),
             held: &mut $session.held,
             ladder: $session.ladder.as_mut(),
+            approvals: &mut $session.approvals,
         }
     };
 }
@@ -249,6 +262,23 @@ struct Outputs<'a, S> {
     ended: Option<&'a mut Vec<HistoryEntry>>,
     held: &'a mut Vec<(Waiter, String)>,
     ladder: Option<&'a mut Watch>,
+    approvals: &'a mut Vec<Approval>,
+}
+
+/// The last `limit` entries of the audit trail, or with `after` the first `limit` past that
+/// sequence number, the ladder's with their `why`.
+fn read_history<S: Store>(
+    store: &mut S,
+    ladder: Option<&Watch>,
+    after: Option<u64>,
+    limit: u32,
+) -> Result<Vec<HistoryEntry>, String> {
+    let mut entries = match after {
+        Some(after) => store.history_after(after, limit)?,
+        None => store.history(limit)?,
+    };
+    with_whys(ladder, &mut entries);
+    Ok(entries)
 }
 
 /// Gives the entries of the ladder's requests their `why`.
@@ -290,15 +320,11 @@ impl<S: Store> Sink for Outputs<'_, S> {
     }
 
     fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String> {
-        let mut entries = self.store.history(limit)?;
-        with_whys(self.ladder.as_deref(), &mut entries);
-        Ok(entries)
+        read_history(self.store, self.ladder.as_deref(), None, limit)
     }
 
     fn history_after(&mut self, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, String> {
-        let mut entries = self.store.history_after(after, limit)?;
-        with_whys(self.ladder.as_deref(), &mut entries);
-        Ok(entries)
+        read_history(self.store, self.ladder.as_deref(), Some(after), limit)
     }
 
     fn defer_approval(
@@ -308,10 +334,10 @@ impl<S: Store> Sink for Outputs<'_, S> {
         msg_id: u64,
         rung: u64,
     ) -> bool {
-        let Some(watch) = self.ladder.as_mut() else {
+        if self.ladder.is_none() {
             return false;
-        };
-        watch.approvals.push(Approval {
+        }
+        self.approvals.push(Approval {
             to: to.to_owned(),
             addressed: addressed.map(str::to_owned),
             msg_id,
@@ -322,9 +348,7 @@ impl<S: Store> Sink for Outputs<'_, S> {
     }
 
     fn ladder_status(&self) -> Option<serde_json::Value> {
-        self.ladder
-            .as_deref()
-            .map(|watch| watch.ladder().status().to_json())
+        self.ladder.as_deref().map(Watch::status_json)
     }
 
     fn backups(&mut self, state: &crate::core::state::State) -> Result<Vec<BackupView>, String> {
@@ -380,6 +404,7 @@ impl<S: Store> Session<S> {
             held: Vec::new(),
             ended: None,
             ladder: None,
+            approvals: Vec::new(),
         }
     }
 
@@ -463,56 +488,19 @@ impl<S: Store> Session<S> {
         self.perform_instant(out);
     }
 
-    /// Feeds the ladder what the machine told it (replies to its requests, approvals) until
+    /// Feeds the ladder what the machine told it (approvals, replies to its requests) until
     /// nothing is left, then records its state for the next commit.
     fn settle_ladder(&mut self, out: &mut Vec<u8>) {
         loop {
-            let Some(watch) = self.ladder.as_mut() else {
-                return;
-            };
-            let at = now_millis();
-            if let Some(approval) = watch.approvals.pop() {
-                let mut decision = crate::core::ladder::LadderDecision::default();
-                let answer = match watch.approved(&approval.to, approval.msg_id) {
-                    // A retry of an approval answered before gets the same answer.
-                    Some(rung) if rung == approval.rung => Ok(RungApproved { rung }),
-                    Some(rung) => Err(Refusal::PreconditionFailed(format!(
-                        "msg_id {} of {} was an approval of rung {rung}, not {}; use a new msg_id",
-                        approval.msg_id, approval.to, approval.rung
-                    ))),
-                    None => {
-                        let input = crate::core::ladder::Input::Approve {
-                            at,
-                            rung: usize::try_from(approval.rung).unwrap_or(usize::MAX),
-                            by: approval.to.clone(),
-                        };
-                        decision = watch.ladder_mut().step(&input);
-                        match decision.answer.take() {
-                            Some(Ok(rung)) => {
-                                watch.remember_approval(&approval.to, approval.msg_id, rung as u64);
-                                Ok(RungApproved { rung: rung as u64 })
-                            }
-                            Some(Err(refusal)) => Err(refusal),
-                            None => Err(Refusal::Crash("the ladder gave no answer".to_owned())),
-                        }
-                    }
-                };
-                let body = body_of(Some(approval.msg_id), &answer);
-                match approval.waiter {
-                    Some(waiter) => self.held.push((waiter, body)),
-                    None => {
-                        let from = self
-                            .node_id
-                            .as_deref()
-                            .or(approval.addressed.as_deref())
-                            .unwrap_or(DEFAULT_NODE_ID);
-                        write_reply_raw(out, from, &approval.to, body.as_bytes());
-                    }
-                }
+            if let Some(approval) = self.approvals.pop() {
+                let decision = self.answer_approval(approval, out);
                 self.apply_ladder(decision, out);
                 continue;
             }
-            let done = watch.take_done(at);
+            let Some(watch) = self.ladder.as_mut() else {
+                return;
+            };
+            let done = watch.take_done(now_millis());
             if done.is_empty() {
                 if watch.dirty {
                     watch.dirty = false;
@@ -522,13 +510,61 @@ impl<S: Store> Session<S> {
                 return;
             }
             for input in done {
-                let Some(watch) = self.ladder.as_mut() else {
-                    return;
-                };
-                let decision = watch.ladder_mut().step(&input);
-                self.apply_ladder(decision, out);
+                if let Some(watch) = self.ladder.as_mut() {
+                    let decision = watch.ladder_mut().step(&input);
+                    self.apply_ladder(decision, out);
+                }
             }
         }
+    }
+
+    /// Answers an `approve_rung` (a retry of one answered before gets the same answer) and
+    /// returns what the ladder decided on it.
+    fn answer_approval(
+        &mut self,
+        approval: Approval,
+        out: &mut Vec<u8>,
+    ) -> crate::core::ladder::LadderDecision {
+        let mut decision = crate::core::ladder::LadderDecision::default();
+        let answer = match self.ladder.as_mut() {
+            None => Err(Refusal::Crash("the ladder is gone".to_owned())),
+            Some(watch) => match watch.approved(&approval.to, approval.msg_id) {
+                Some(rung) if rung == approval.rung => Ok(RungApproved { rung }),
+                Some(rung) => Err(Refusal::PreconditionFailed(format!(
+                    "msg_id {} of {} was an approval of rung {rung}, not {}; use a new msg_id",
+                    approval.msg_id, approval.to, approval.rung
+                ))),
+                None => {
+                    let input = crate::core::ladder::Input::Approve {
+                        at: now_millis(),
+                        rung: usize::try_from(approval.rung).unwrap_or(usize::MAX),
+                        by: approval.to.clone(),
+                    };
+                    decision = watch.ladder_mut().step(&input);
+                    match decision.answer.take() {
+                        Some(Ok(rung)) => {
+                            watch.remember_approval(&approval.to, approval.msg_id, rung as u64);
+                            Ok(RungApproved { rung: rung as u64 })
+                        }
+                        Some(Err(refusal)) => Err(refusal),
+                        None => Err(Refusal::Crash("the ladder gave no answer".to_owned())),
+                    }
+                }
+            },
+        };
+        let body = body_of(Some(approval.msg_id), &answer);
+        match approval.waiter {
+            Some(waiter) => self.held.push((waiter, body)),
+            None => {
+                let from = self
+                    .node_id
+                    .as_deref()
+                    .or(approval.addressed.as_deref())
+                    .unwrap_or(DEFAULT_NODE_ID);
+                write_reply_raw(out, from, &approval.to, body.as_bytes());
+            }
+        }
+        decision
     }
 
     /// Publishes the flags to `view` (the OFREP server's) now and after every flag change,
@@ -760,7 +796,7 @@ impl<S: Store> Session<S> {
     /// Where the estate stands, as `status` answers it, without `in_reply_to`.
     pub fn status_body(&self) -> String {
         let mut status = self.machine.status();
-        status.ladder = self.ladder.as_ref().map(|w| w.ladder().status().to_json());
+        status.ladder = self.ladder.as_ref().map(Watch::status_json);
         body_string(None, &status)
     }
 
@@ -768,30 +804,25 @@ impl<S: Store> Session<S> {
     /// the first `limit` entries past that sequence number, without `in_reply_to`; a refusal's
     /// body when the limit is out of range or the store cannot be read.
     pub fn history_body(&mut self, limit: Option<u32>, after: Option<u64>) -> String {
-        let answer = self
-            .machine
-            .state()
-            .history(limit, after)
-            .and_then(|decision| {
-                let crate::core::effects::Decision::Lookup(crate::core::effects::Lookup::History {
-                    limit,
-                    after,
-                }) = decision
-                else {
-                    return Err(Refusal::Crash("history was not a look-up".to_owned()));
-                };
-                match after {
-                    Some(after) => self.store.history_after(after, limit),
-                    None => self.store.history(limit),
-                }
-                .map(|mut entries| {
-                    with_whys(self.ladder.as_ref(), &mut entries);
-                    HistoryOk { entries }
-                })
-                .map_err(|e| {
-                    Refusal::TemporarilyUnavailable(format!("the audit trail cannot be read: {e}"))
-                })
-            });
+        let answer =
+            self.machine
+                .state()
+                .history(limit, after)
+                .and_then(|decision| {
+                    let crate::core::effects::Decision::Lookup(
+                        crate::core::effects::Lookup::History { limit, after },
+                    ) = decision
+                    else {
+                        return Err(Refusal::Crash("history was not a look-up".to_owned()));
+                    };
+                    read_history(&mut self.store, self.ladder.as_ref(), after, limit)
+                        .map(|entries| HistoryOk { entries })
+                        .map_err(|e| {
+                            Refusal::TemporarilyUnavailable(format!(
+                                "the audit trail cannot be read: {e}"
+                            ))
+                        })
+                });
         body_of(None, &answer)
     }
 
@@ -800,9 +831,7 @@ impl<S: Store> Session<S> {
     /// # Errors
     /// The store could not be read.
     pub fn history_after(&mut self, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, String> {
-        let mut entries = self.store.history_after(after, limit)?;
-        with_whys(self.ladder.as_ref(), &mut entries);
-        Ok(entries)
+        read_history(&mut self.store, self.ladder.as_ref(), Some(after), limit)
     }
 
     /// Answers a `backups` look-up that is not a protocol request (its body without
