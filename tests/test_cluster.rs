@@ -358,7 +358,12 @@ fn a_store_connection_cut_while_a_node_starts_is_waited_out() {
     // Every established connection to the store is cut, again and again, for the first
     // seconds of each start (a connection still in its handshake is left alone: a node
     // that cannot reach the store at all rightly exits, which is another test).
-    for round in 0..3 {
+    // Until a start has been cut at least once (timing decides whether a cut lands in one),
+    // and at least three starts.
+    for round in 0..10 {
+        if retried && round >= 3 {
+            break;
+        }
         let cutting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let cutter = {
             let cutting = cutting.clone();
@@ -790,6 +795,16 @@ fn a_store_of_a_newer_format_is_refused_and_said() {
 fn listening(node: &Node) -> std::net::SocketAddr {
     assert!(
         node.wait_stderr_contains("listening on http://", Duration::from_secs(20)),
+        "{}",
+        node.stderr_text()
+    );
+    // The line may still be arriving: wait for its end before reading the address.
+    assert!(
+        wait_until(Duration::from_secs(5), || node
+            .stderr_text()
+            .split("listening on http://")
+            .nth(1)
+            .is_some_and(|rest| rest.contains('\n'))),
         "{}",
         node.stderr_text()
     );
