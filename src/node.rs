@@ -342,7 +342,7 @@ fn serve_session<S: Store>(
         None => None,
     };
     let Some(listening) = listening else {
-        return crate::runtime::serve(session, io::stdin(), io::stdout().lock(), io::stderr())
+        return crate::runtime::serve(session, io::stdin(), io::stdout(), io::stderr())
             .map_err(|e| Failure(1, e.to_string()));
     };
     let (service, link) = listening.start(view)?;

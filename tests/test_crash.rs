@@ -169,3 +169,84 @@ fn kill_9_at_random_points_loses_nothing_acknowledged_and_applies_nothing_twice(
     assert_eq!(cli_status, reference_body);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A journal that can no longer grow (the file-size limit of `ulimit -f`, with SIGXFSZ ignored
+/// so that the write fails instead of killing the node): the node stops with the journal's
+/// error, and every reply it had sent before is recorded — the replies of what it could not
+/// record never go out. A node started again on the directory continues from exactly there.
+#[test]
+fn a_journal_that_cannot_grow_stops_the_node_and_sends_no_unrecorded_reply() {
+    let lines = workload(20_000);
+    let expected = reference(&lines);
+    let dir = std::env::temp_dir().join(format!("rollback-node-full-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut input = lines.join("\n");
+    input.push('\n');
+    // 1,024 blocks of 1 KiB: the first few thousand rows fit, twenty thousand do not.
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -f 1024 && trap '' XFSZ && exec \"$0\" --state-dir \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_rollback-node"))
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bash starts the node");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "the node stops with an error; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("cannot write the journal")
+            && stderr.contains("stopping without sending the unrecorded replies"),
+        "stderr says why: {stderr}"
+    );
+    let replies: Vec<&str> = std::str::from_utf8(&output.stdout)
+        .unwrap()
+        .lines()
+        .collect();
+    assert!(
+        !replies.is_empty() && replies.len() < lines.len(),
+        "{} replies of {}: the limit must be reached part-way",
+        replies.len(),
+        lines.len()
+    );
+    for (i, reply) in replies.iter().enumerate() {
+        assert_eq!(*reply, expected[i], "reply {} before the failure", i + 1);
+    }
+
+    // Started again without the limit and sent everything not acknowledged: had any of the
+    // acknowledged changes not been recorded, the next replies would differ.
+    let acknowledged = replies.len();
+    let mut child = start(&dir);
+    let mut stdin = child.stdin.take().unwrap();
+    let rest = lines[acknowledged..].to_vec();
+    let writer = std::thread::spawn(move || {
+        for line in rest {
+            writeln!(stdin, "{line}").unwrap();
+        }
+    });
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let again: Vec<String> = stdout.lines().map(Result::unwrap).collect();
+    writer.join().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(again.len(), lines.len() - acknowledged);
+    for (i, reply) in again.iter().enumerate() {
+        assert_eq!(
+            *reply,
+            expected[acknowledged + i],
+            "reply {} after the restart",
+            acknowledged + i + 1
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -47,8 +47,26 @@ impl Executor for Odd {
     }
 }
 
+/// An output the test reads after serving (the runtime may write from another thread).
+struct Shared<W>(std::sync::Arc<std::sync::Mutex<W>>);
+
+impl<W: Write> Write for Shared<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.lock().unwrap().flush()
+    }
+}
+
 /// Serves `input` with `schema` as the schema lane's executor, writing to `output`.
-fn serve_to(schema: Odd, input: impl Read + Send + 'static, output: impl Write) {
+fn serve_to<W: Write + Send + 'static>(
+    schema: Odd,
+    input: impl Read + Send + 'static,
+    output: W,
+) -> W {
+    let output = std::sync::Arc::new(std::sync::Mutex::new(output));
     let estate = Estate::example();
     let simulated = Simulated::new(estate.costs.clone(), &estate.state, 0.0);
     let executors = Executors::new(
@@ -60,8 +78,17 @@ fn serve_to(schema: Odd, input: impl Read + Send + 'static, output: impl Write) 
         LaneExecutor::new(vec![(LayerKind::Flags, simulated.of(LayerKind::Flags))]),
     );
     let session = Session::new(Machine::new(estate.state), executors, MemoryStore::new());
-    rollback_node::runtime::serve(session, input, output, std::io::sink())
-        .expect("serving ends cleanly");
+    rollback_node::runtime::serve(
+        session,
+        input,
+        Shared(std::sync::Arc::clone(&output)),
+        std::io::sink(),
+    )
+    .expect("serving ends cleanly");
+    std::sync::Arc::into_inner(output)
+        .expect("the runtime keeps no output")
+        .into_inner()
+        .unwrap()
 }
 
 /// The reply bodies in `output`, in the order they were written.
@@ -74,8 +101,7 @@ fn bodies(output: &[u8]) -> Vec<serde_json::Value> {
 }
 
 fn serve(schema: Odd, input: &str) -> Vec<serde_json::Value> {
-    let mut output = Vec::new();
-    serve_to(schema, Cursor::new(input.as_bytes().to_vec()), &mut output);
+    let output = serve_to(schema, Cursor::new(input.as_bytes().to_vec()), Vec::new());
     bodies(&output)
 }
 
@@ -158,12 +184,12 @@ fn a_slow_lane_does_not_hold_up_a_fast_one() {
         later: VecDeque::from([format!("{DISABLE}\n").into_bytes()]),
         next: rollback_started,
     };
-    let mut output = Watch {
+    let output = Watch {
         written: Vec::new(),
         needle: r#""in_reply_to":2"#.to_owned(),
         seen: Some(flag_answered),
     };
-    serve_to(Odd::Holds { started, finish }, input, &mut output);
+    let output = serve_to(Odd::Holds { started, finish }, input, output);
     let replies = bodies(&output.written);
     let order: Vec<u64> = replies
         .iter()

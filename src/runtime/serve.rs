@@ -26,6 +26,7 @@ use crate::wire::lines::{LineSplitter, Piece};
 use crate::wire::MAX_LINE_BYTES;
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -191,7 +192,7 @@ pub enum ServeError {
 pub fn serve<S: Store>(
     mut session: Session<S>,
     input: impl Read + Send + 'static,
-    output: impl Write,
+    output: impl Write + Send + 'static,
     diagnostics: impl Write,
 ) -> Result<(), ServeError> {
     let slow = session.take_slow_executors();
@@ -474,15 +475,17 @@ fn start_sampler(
 }
 
 /// Every lane is instant (the simulated world at pace 0): nothing completes on its own, so the
-/// owner thread reads the input itself — no reader thread, no channel — and commits and writes
-/// the replies before each read that may block.
+/// owner thread reads the input itself — no reader thread, no channel — and hands what it
+/// recorded to the store before each read that may block. The replies go out once what they
+/// answer is durable: a store that commits on a thread of its own writes them there, while this
+/// thread decides the next input.
 fn serve_inline<S: Store>(
     mut session: Session<S>,
     mut input: impl Read,
-    mut output: impl Write,
+    output: impl Write + Send + 'static,
     mut diagnostics: impl Write,
 ) -> Result<(), ServeError> {
-    let workers: [Option<Sender<Job>>; 3] = Default::default();
+    let mut replies = Replies::new(output);
     let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
     let mut out = Vec::with_capacity(FLUSH_AT);
     let mut chunk = vec![0; CHUNK];
@@ -494,12 +497,90 @@ fn serve_inline<S: Store>(
         };
         if read == 0 {
             splitter.finish(|piece| handle(&mut session, piece, &mut out, &mut diagnostics));
-            return quiet(&mut session, &mut out, &mut output, &workers);
+            replies.commit(&mut session, &mut out)?;
+            session.settle()?;
+            return replies.finished();
         }
         splitter.push(&chunk[..read], |piece| {
             handle(&mut session, piece, &mut out, &mut diagnostics)
         });
-        quiet(&mut session, &mut out, &mut output, &workers)?;
+        replies.commit(&mut session, &mut out)?;
+    }
+}
+
+/// The output of [`serve_inline`]: reply lines written by whichever thread learns that what
+/// they answer is durable, in the order they were handed over.
+struct Replies<W> {
+    output: Arc<Mutex<W>>,
+    /// The first write that failed (a closed output is not a failure: nobody is reading).
+    failed: Arc<Mutex<Option<io::Error>>>,
+    /// Reply buffers written out, back for reuse.
+    spare: Receiver<Vec<u8>>,
+    back: Sender<Vec<u8>>,
+}
+
+impl<W: Write + Send + 'static> Replies<W> {
+    fn new(output: W) -> Self {
+        let (back, spare) = mpsc::channel();
+        Replies {
+            output: Arc::new(Mutex::new(output)),
+            failed: Arc::new(Mutex::new(None)),
+            spare,
+            back,
+        }
+    }
+
+    /// Commits what `session` recorded; `out`'s replies are written once that is durable.
+    fn commit<S: Store>(
+        &mut self,
+        session: &mut Session<S>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ServeError> {
+        self.failure()?;
+        let replies = if out.is_empty() {
+            Vec::new()
+        } else {
+            let next = self
+                .spare
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(FLUSH_AT));
+            std::mem::replace(out, next)
+        };
+        let output = Arc::clone(&self.output);
+        let failed = Arc::clone(&self.failed);
+        let back = self.back.clone();
+        session.commit_then(Box::new(move |committed| {
+            let mut replies = replies;
+            if committed.is_ok() && !replies.is_empty() {
+                if let Ok(mut output) = output.lock() {
+                    match output.write_all(&replies).and_then(|()| output.flush()) {
+                        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+                            if let Ok(mut failed) = failed.lock() {
+                                failed.get_or_insert(e);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if replies.capacity() > 0 {
+                replies.clear();
+                let _ = back.send(replies);
+            }
+        }))?;
+        Ok(())
+    }
+
+    fn failure(&self) -> Result<(), ServeError> {
+        match self.failed.lock().ok().and_then(|mut f| f.take()) {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// After the last commit has settled: whether every reply was written.
+    fn finished(self) -> Result<(), ServeError> {
+        self.failure()
     }
 }
 

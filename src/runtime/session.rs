@@ -943,6 +943,28 @@ impl<S: Store> Session<S> {
         self.store.commit(&self.machine)
     }
 
+    /// Hands what the store recorded to be committed without waiting: `then` runs once it is
+    /// durable (or is known not to be), perhaps on the store's own thread. For a session whose
+    /// replies all go to one output (none waits in [`Session::deliver`]).
+    ///
+    /// # Errors
+    /// An earlier commit failed.
+    pub fn commit_then(&mut self, then: crate::store::Then) -> Result<(), StoreError> {
+        debug_assert!(
+            self.held.is_empty(),
+            "commit_then with replies held for waiters"
+        );
+        self.store.commit_then(&self.machine, then)
+    }
+
+    /// Waits for every commit handed over by [`Session::commit_then`].
+    ///
+    /// # Errors
+    /// One of them failed.
+    pub fn settle(&mut self) -> Result<(), StoreError> {
+        self.store.settle()
+    }
+
     /// Reconciles operations a crash interrupted: each lane's executor says what is true now,
     /// the machine takes it and remembers the interruption, the store records it. Returns one
     /// line per operation for stderr.

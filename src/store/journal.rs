@@ -18,8 +18,9 @@
 use crate::core::effects::Operation;
 use crate::core::machine::{Machine, Record, Snapshot};
 use crate::protocol::replies::HistoryEntry;
-use crate::store::snapshot::{self, SnapshotWriter};
-use crate::store::{Entry, Store, StoreError};
+use crate::store::snapshot;
+use crate::store::writer::{checksum, Batch, Row, RowRef, Write, Writer};
+use crate::store::{Entry, Store, StoreError, Then};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -122,8 +123,11 @@ fn another_estate(dir: &Path, origin: &str) -> JournalError {
 pub struct Journal {
     conn: Connection,
     path: PathBuf,
-    in_transaction: bool,
     failure: Option<String>,
+    /// The writes recorded since the last commit, to be handed to the writer.
+    batch: Batch,
+    /// The writer thread, started by the first commit that has something to write.
+    writer: Option<Writer>,
     _lock: Option<File>,
     /// An intent not yet written: written with its outcome if that comes before the commit.
     held: Held,
@@ -135,8 +139,6 @@ pub struct Journal {
     snapshot_seq: u64,
     /// Entries written since the last snapshot.
     since_snapshot: u64,
-    /// The snapshot writer, started with the first snapshot.
-    snapshots: Option<SnapshotWriter>,
 }
 
 /// An intent held until its outcome or the commit, in buffers reused from one to the next.
@@ -185,19 +187,6 @@ impl Held {
     }
 }
 
-/// A row's fields, borrowed.
-#[derive(Debug, Clone, Copy)]
-struct RowRef<'a> {
-    seq: u64,
-    src: &'a str,
-    msg_id: u64,
-    accepted: bool,
-    request: &'a str,
-    operation: Option<&'a str>,
-    outcome: Option<&'a str>,
-    reply: Option<&'a str>,
-}
-
 impl Entry {
     fn as_row(&self) -> RowRef<'_> {
         RowRef {
@@ -226,35 +215,6 @@ fn into_json<T: Serialize>(mut buffer: String, value: &T) -> String {
     buffer.clear();
     crate::protocol::encode::json_into(&mut buffer, value);
     buffer
-}
-
-/// The checksum of an entry: CRC-32 over its fields (integers in decimal), each preceded by its
-/// length, an absent one by a marker.
-fn checksum(entry: RowRef<'_>) -> u32 {
-    // A header of the integers and every part's length (u64::MAX for an absent one), then the
-    // parts themselves: the same bytes as hashing each part after its length, in fewer calls.
-    let parts = [
-        Some(entry.src),
-        Some(entry.request),
-        entry.operation,
-        entry.outcome,
-        entry.reply,
-    ];
-    let mut header = [0u8; 8 * 8];
-    let integers = [entry.seq, entry.msg_id, u64::from(entry.accepted)];
-    let lengths = parts.iter().map(|p| p.map_or(u64::MAX, |p| p.len() as u64));
-    for (slot, value) in header
-        .chunks_exact_mut(8)
-        .zip(integers.into_iter().chain(lengths))
-    {
-        slot.copy_from_slice(&value.to_le_bytes());
-    }
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&header);
-    for part in parts.into_iter().flatten() {
-        hasher.update(part.as_bytes());
-    }
-    hasher.finalize()
 }
 
 const COLUMNS: &str = "seq, src, msg_id, accepted, request, operation, outcome, reply, checksum";
@@ -453,15 +413,15 @@ impl Journal {
         Journal {
             conn,
             path,
-            in_transaction: false,
             failure: None,
+            batch: Batch::default(),
+            writer: None,
             _lock: lock,
             held: Held::default(),
             outcome: String::new(),
             open: HashMap::new(),
             snapshot_seq: 0,
             since_snapshot: 0,
-            snapshots: None,
         }
     }
 
@@ -697,50 +657,79 @@ impl Journal {
         Ok(entries)
     }
 
-    fn begin(&mut self) -> rusqlite::Result<()> {
-        if !self.in_transaction {
-            self.conn.execute_batch("BEGIN IMMEDIATE")?;
-            self.in_transaction = true;
-        }
-        Ok(())
-    }
-
     fn insert(&mut self, row: RowRef<'_>) -> rusqlite::Result<()> {
-        self.begin()?;
         self.since_snapshot += 1;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO journal (seq, src, msg_id, accepted, request, operation, outcome, reply, checksum)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                row.seq as i64,
-                row.src,
-                row.msg_id as i64,
-                row.accepted,
-                row.request,
-                row.operation,
-                row.outcome,
-                row.reply,
-                i64::from(checksum(row))
-            ])?;
+        let row = Row::put(&mut self.batch, row);
+        self.batch.writes.push(Write::Insert(row));
         Ok(())
     }
 
     fn update(&mut self, row: RowRef<'_>) -> rusqlite::Result<()> {
-        self.begin()?;
-        self.conn
-            .prepare_cached(
-                "UPDATE journal SET accepted = ?2, outcome = ?3, reply = ?4, checksum = ?5 WHERE seq = ?1",
-            )?
-            .execute(params![
-                row.seq as i64,
-                row.accepted,
-                row.outcome,
-                row.reply,
-                i64::from(checksum(row))
-            ])?;
+        let row = Row::put(&mut self.batch, row);
+        self.batch.writes.push(Write::Update(row));
         Ok(())
+    }
+
+    /// Hands what was recorded since the last commit to the writer (started now if it is not
+    /// yet); `then` runs once it is committed. A snapshot is taken with it when one is due.
+    fn hand_over(&mut self, machine: Option<&Machine>, then: Then) -> Result<(), StoreError> {
+        if let Some(why) = self.failed() {
+            let error = StoreError(why);
+            then(&Err(error.clone()));
+            return Err(error);
+        }
+        let idle = self.writer.as_ref().is_none_or(Writer::idle);
+        if self.batch.writes.is_empty() && idle {
+            then(&Ok(()));
+            return Ok(());
+        }
+        if self.writer.is_none() {
+            match Writer::start(&self.path) {
+                Ok(writer) => self.writer = Some(writer),
+                Err(why) => {
+                    let error = StoreError(why);
+                    self.failure = Some(error.0.clone());
+                    then(&Err(error.clone()));
+                    return Err(error);
+                }
+            }
+        }
+        if let Some(machine) = machine.filter(|_| self.since_snapshot >= SNAPSHOT_EVERY) {
+            self.batch.snapshot = Some(machine.snapshot());
+            self.snapshot_seq = machine.seq();
+            self.since_snapshot = 0;
+        }
+        let writer = self.writer.as_mut().expect("started above");
+        writer.send(&mut self.batch, then);
+        Ok(())
+    }
+
+    /// Waits for every commit handed over.
+    fn settle_writes(&mut self) -> Result<(), StoreError> {
+        if let Some(writer) = self.writer.as_mut() {
+            writer.settle();
+        }
+        match self.failed() {
+            Some(why) => Err(StoreError(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes what was recorded so far readable through this connection (committing it early),
+    /// before a read of the journal.
+    fn readable(&mut self) -> Result<(), String> {
+        if !self.batch.writes.is_empty() {
+            let _ = self.hand_over(None, Box::new(|_| {}));
+        }
+        self.settle_writes().map_err(|e| e.0)
+    }
+
+    /// Why nothing more can be written: a record that failed, or a commit.
+    fn failed(&self) -> Option<String> {
+        if let Some(failure) = &self.failure {
+            return Some(format!("{}: {failure}", self.path.display()));
+        }
+        self.writer.as_ref().and_then(Writer::failure)
     }
 
     /// Writes the held intent as a row of its own (its outcome comes after this commit).
@@ -876,18 +865,6 @@ impl Journal {
             }
         }
     }
-
-    fn write_snapshot(&mut self, machine: &Machine) {
-        let writer = self.snapshots.get_or_insert_with(|| {
-            SnapshotWriter::new(self.path.parent().unwrap_or(Path::new(".")))
-        });
-        if let Some(failure) = writer.failure() {
-            eprintln!("rollback-node: {failure}; start-up will replay more of the journal");
-        }
-        writer.submit(machine.snapshot());
-        self.snapshot_seq = machine.seq();
-        self.since_snapshot = 0;
-    }
 }
 
 impl Store for Journal {
@@ -900,34 +877,25 @@ impl Store for Journal {
     }
 
     fn commit(&mut self, machine: &Machine) -> Result<(), StoreError> {
-        let mut result = Ok(());
+        self.commit_then(machine, Box::new(|_| {}))?;
+        self.settle_writes()
+    }
+
+    fn commit_then(&mut self, machine: &Machine, then: Then) -> Result<(), StoreError> {
         if self.failure.is_none() {
             if let Err(e) = self.write_held() {
                 self.failure = Some(format!("cannot write the journal: {e}"));
             }
         }
-        if let Some(failure) = self.failure.take() {
-            if self.in_transaction {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                self.in_transaction = false;
-            }
-            return Err(StoreError(format!("{}: {failure}", self.path.display())));
-        }
-        if self.in_transaction {
-            self.in_transaction = false;
-            if let Err(e) = self.conn.execute_batch("COMMIT") {
-                result = Err(StoreError(format!(
-                    "{}: commit failed: {e}",
-                    self.path.display()
-                )));
-            } else if self.since_snapshot >= SNAPSHOT_EVERY {
-                self.write_snapshot(machine);
-            }
-        }
-        result
+        self.hand_over(Some(machine), then)
+    }
+
+    fn settle(&mut self) -> Result<(), StoreError> {
+        self.settle_writes()
     }
 
     fn history(&mut self, limit: u32) -> Result<Vec<HistoryEntry>, String> {
+        self.readable()?;
         Journal::history(self, Some(u64::from(limit))).map_err(|e| e.to_string())
     }
 
@@ -935,19 +903,12 @@ impl Store for Journal {
         if self.failure.is_some() {
             return;
         }
-        let written = self
-            .write_held()
-            .and_then(|()| self.begin())
-            .and_then(|()| {
-                self.conn
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('ladder', ?1)",
-                    )?
-                    .execute([state])
-                    .map(|_| ())
-            });
-        if let Err(e) = written {
-            self.failure = Some(format!("cannot write the ladder's state: {e}"));
+        match self.write_held() {
+            Ok(()) => {
+                let span = self.batch.put(state);
+                self.batch.writes.push(Write::Ladder(span));
+            }
+            Err(e) => self.failure = Some(format!("cannot write the ladder's state: {e}")),
         }
     }
 
@@ -956,6 +917,7 @@ impl Store for Journal {
     }
 
     fn history_after(&mut self, after: u64, limit: u32) -> Result<Vec<HistoryEntry>, String> {
+        self.readable()?;
         Journal::history_after(self, after, u64::from(limit)).map_err(|e| e.to_string())
     }
 }

@@ -10,6 +10,7 @@
 pub mod journal;
 pub mod replay;
 pub mod snapshot;
+mod writer;
 
 use crate::core::effects::Completion;
 use crate::core::effects::Found;
@@ -149,6 +150,9 @@ fn entry_of(
 #[error("{0}")]
 pub struct StoreError(pub String);
 
+/// What waits for a commit (the replies it answers): called with the commit's result.
+pub type Then = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
+
 /// Where the runtime records what the machine decides, and reads the audit trail.
 pub trait Store {
     /// Records one journal record. A failure is kept and reported by the next commit.
@@ -160,6 +164,29 @@ pub trait Store {
     /// # Errors
     /// A failed record or commit: the replies and effects since the last commit must not go out.
     fn commit(&mut self, machine: &Machine) -> Result<(), StoreError>;
+
+    /// Like [`Store::commit`], without waiting for it: `then` is called with the commit's result
+    /// once everything recorded so far is durable (or is known not to be). A store that commits
+    /// on a thread of its own calls it there, after the `then`s of earlier commits, and in the
+    /// meantime the caller may record what comes next. The default commits at once and calls
+    /// `then` here.
+    ///
+    /// # Errors
+    /// A failure known now (an earlier commit failed): `then` has been told it too.
+    fn commit_then(&mut self, machine: &Machine, then: Then) -> Result<(), StoreError> {
+        let result = self.commit(machine);
+        then(&result);
+        result
+    }
+
+    /// Waits until every commit started by [`Store::commit_then`] has ended and its `then` has
+    /// run.
+    ///
+    /// # Errors
+    /// One of them failed.
+    fn settle(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// The last `limit` operations that ended, oldest first.
     ///
