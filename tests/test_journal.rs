@@ -270,3 +270,30 @@ fn permissions_guard_senders() {
     assert!(lines[0].contains(r#""code":22,"text":"sender ci may not send restore: the estate allows it only from admin (rule permissions.restore); nothing changed""#), "{}", lines[0]);
     assert!(lines[1].contains("restore_complete"), "{}", lines[1]);
 }
+
+/// The snapshot writer copies each remembered reply body as it is kept instead of parsing it
+/// again: the bytes must be those the snapshot's `Serialize` gives, for answers accepted and
+/// refused, and for a sender and a flag name with characters JSON escapes.
+#[test]
+fn a_snapshot_written_fast_is_the_snapshot_serialized() {
+    let mut session = rollback_node::Session::example();
+    let mut out = Vec::new();
+    let lines = [
+        r#"{"src":"c1","dest":"n1","body":{"type":"init","msg_id":0,"node_id":"n1","node_ids":["n1"]}}"#,
+        r#"{"src":"c1","dest":"n1","body":{"type":"disable_feature","msg_id":1,"feature":"new_checkout"}}"#,
+        r#"{"src":"q\"uote\u00e9","dest":"n1","body":{"type":"switch_traffic","msg_id":2,"from":"green","to":"blue"}}"#,
+        r#"{"src":"c1","dest":"n1","body":{"type":"switch_traffic","msg_id":3,"from":"green","to":"blue"}}"#,
+        r#"{"src":"c1","dest":"n1","body":{"type":"rollback","msg_id":4,"version":3}}"#,
+        r#"{"src":"c1","dest":"n1","body":{"type":"enable_feature","msg_id":5,"feature":"tab\there"}}"#,
+    ];
+    for line in lines {
+        session.handle_line(line.as_bytes(), &mut out);
+    }
+    let snapshot = session.machine().snapshot();
+    assert!(snapshot.answers.len() >= 4, "{:?}", snapshot.answers.len());
+    assert!(snapshot.answers.iter().any(|(_, _, a)| !a.accepted));
+    assert_eq!(
+        String::from_utf8(snapshot.to_json().unwrap()).unwrap(),
+        serde_json::to_string(&snapshot).unwrap()
+    );
+}

@@ -877,6 +877,48 @@ pub struct SnapshotOut {
     pub running: Vec<u64>,
 }
 
+impl SnapshotOut {
+    /// The snapshot as JSON: the bytes its `Serialize` gives, but with each remembered reply
+    /// body copied as it is kept (JSON the encoder wrote) rather than parsed again to be
+    /// written.
+    ///
+    /// # Errors
+    /// A part could not be serialized.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let bytes: usize = self.answers.iter().map(|(_, _, a)| a.weight()).sum();
+        let mut out = Vec::with_capacity(bytes + 256);
+        out.extend_from_slice(b"{\"seq\":");
+        serde_json::to_writer(&mut out, &self.seq)?;
+        out.extend_from_slice(b",\"state\":");
+        serde_json::to_writer(&mut out, &self.state)?;
+        out.extend_from_slice(b",\"answers\":[");
+        for (i, (src, msg_id, answer)) in self.answers.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"src\":");
+            serde_json::to_writer(&mut out, &**src)?;
+            out.extend_from_slice(b",\"msg_id\":");
+            serde_json::to_writer(&mut out, msg_id)?;
+            out.extend_from_slice(b",\"request\":");
+            serde_json::to_writer(&mut out, &answer.request)?;
+            out.extend_from_slice(b",\"body\":");
+            out.extend_from_slice(answer.body.as_bytes());
+            out.extend_from_slice(if answer.accepted {
+                b",\"accepted\":true}"
+            } else {
+                b",\"accepted\":false}"
+            });
+        }
+        out.extend_from_slice(b"],\"interrupted\":");
+        serde_json::to_writer(&mut out, &self.interrupted)?;
+        out.extend_from_slice(b",\"running\":");
+        serde_json::to_writer(&mut out, &self.running)?;
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
 impl Serialize for SnapshotOut {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{SerializeMap, SerializeSeq};

@@ -56,7 +56,7 @@ impl SnapshotWriter {
 }
 
 fn write(dir: &Path, snapshot: &SnapshotOut) -> Result<String, String> {
-    let data = serde_json::to_vec(snapshot).map_err(|e| e.to_string())?;
+    let data = snapshot.to_json().map_err(|e| e.to_string())?;
     let path = dir.join(FILE_NAME);
     let mut text = format!("{:08x}\n", crc32fast::hash(&data)).into_bytes();
     text.extend_from_slice(&data);
