@@ -92,7 +92,12 @@ fn json_len<T: serde::Serialize>(value: &T) -> usize {
 /// in order again. Answers are shared ([`Arc`]) with the audit trail, not copied.
 #[derive(Debug, Clone, Default)]
 pub struct Answered {
-    senders: HashMap<Arc<str>, SenderLog, Hasher>,
+    /// Each sender's log, found through `by_name` (or `last`).
+    logs: Vec<SenderLog>,
+    by_name: HashMap<Arc<str>, usize, Hasher>,
+    /// Where the sender looked up last is in `logs` (checked by name before it is used): a
+    /// stream from one sender finds its log without hashing its name.
+    last: usize,
     arrival: VecDeque<Arc<str>>,
     /// The weight of every answer remembered.
     bytes: usize,
@@ -218,9 +223,42 @@ impl SenderLog {
 }
 
 impl Answered {
+    /// Where `src`'s log is in `logs`.
+    #[inline]
+    fn find(&self, src: &str) -> Option<usize> {
+        match self.logs.get(self.last) {
+            Some(log) if &*log.name == src => Some(self.last),
+            _ => self.by_name.get(src).copied(),
+        }
+    }
+
+    /// As [`Answered::find`], remembered for the next look-up.
+    #[inline]
+    fn find_again(&mut self, src: &str) -> Option<usize> {
+        let at = self.find(src)?;
+        self.last = at;
+        Some(at)
+    }
+
+    fn log(&self, src: &str) -> Option<&SenderLog> {
+        self.find(src).map(|at| &self.logs[at])
+    }
+
+    /// Forgets the sender `name` with its log; returns the log.
+    fn remove(&mut self, name: &str) -> Option<SenderLog> {
+        let at = self.by_name.remove(name)?;
+        let log = self.logs.swap_remove(at);
+        if let Some(moved) = self.logs.get(at) {
+            if let Some(index) = self.by_name.get_mut(&*moved.name) {
+                *index = at;
+            }
+        }
+        Some(log)
+    }
+
     /// The answer given to `(src, msg_id)`, if still remembered.
     pub fn get(&self, src: &str, msg_id: u64) -> Option<&Answer> {
-        self.senders.get(src)?.get(msg_id).map(|answer| &**answer)
+        self.log(src)?.get(msg_id).map(|answer| &**answer)
     }
 
     /// Remembers an answer, forgetting the oldest when a window is full.
@@ -230,15 +268,14 @@ impl Answered {
 
     /// The shared name of a sender already remembered.
     pub fn sender(&self, src: &str) -> Option<&Arc<str>> {
-        self.senders.get(src).map(|log| &log.name)
+        self.log(src).map(|log| &log.name)
     }
 
     /// Every remembered answer, senders in the order they were first seen and each sender's
     /// answers in arrival order: inserting them in this order into an empty memory rebuilds it.
     pub fn entries(&self) -> impl Iterator<Item = (&Arc<str>, u64, &Arc<Answer>)> {
         self.arrival.iter().flat_map(move |src| {
-            self.senders
-                .get(&**src)
+            self.log(src)
                 .into_iter()
                 .flat_map(|log| log.answers.iter().map(move |(id, a)| (&log.name, *id, a)))
         })
@@ -252,32 +289,36 @@ impl Answered {
         msg_id: u64,
         answer: Arc<Answer>,
     ) -> (&Arc<str>, &Arc<Answer>) {
-        if !self.senders.contains_key(src) {
-            if self.arrival.len() >= SENDERS {
-                if let Some(oldest) = self.arrival.pop_front() {
-                    if let Some(log) = self.senders.remove(&*oldest) {
-                        self.bytes = self.bytes.saturating_sub(log.weight());
+        let found = match self.find_again(src) {
+            Some(found) => found,
+            None => {
+                if self.arrival.len() >= SENDERS {
+                    if let Some(oldest) = self.arrival.pop_front() {
+                        if let Some(log) = self.remove(&oldest) {
+                            self.bytes = self.bytes.saturating_sub(log.weight());
+                        }
                     }
                 }
+                let name: Arc<str> = Arc::from(src);
+                self.bytes += name.len();
+                self.arrival.push_back(Arc::clone(&name));
+                self.by_name.insert(Arc::clone(&name), self.logs.len());
+                self.logs.push(SenderLog::new(name, PER_SENDER));
+                self.last = self.logs.len() - 1;
+                self.last
             }
-            let name: Arc<str> = Arc::from(src);
-            self.bytes += name.len();
-            self.arrival.push_back(Arc::clone(&name));
-            self.senders
-                .insert(Arc::clone(&name), SenderLog::new(name, PER_SENDER));
-        }
-        let log = self.senders.get_mut(src).expect("inserted above");
-        let (at, change, forgot) = log.insert(msg_id, Arc::clone(&answer));
+        };
+        let (at, change, forgot) = self.logs[found].insert(msg_id, Arc::clone(&answer));
         self.keep_for_reuse(forgot);
         self.bytes = self.bytes.saturating_add_signed(change);
         let kept_at = at.checked_sub(self.shed(src));
         // Only a replaced answer older than the ones shed can be shed itself (it was the
         // sender's oldest): what the caller records is then the answer it gave.
         self.spare = kept_at.is_none().then_some(answer);
-        let log = self
-            .senders
-            .get(src)
+        let found = self
+            .find_again(src)
             .expect("a sender being answered is kept");
+        let log = &self.logs[found];
         match (kept_at, &self.spare) {
             (Some(at), _) => (&log.name, &log.answers[at].1),
             (None, spare) => (&log.name, spare.as_ref().expect("just kept")),
@@ -290,10 +331,8 @@ impl Answered {
     fn shed(&mut self, src: &str) -> usize {
         let mut shed = 0;
         while self.bytes > MAX_BYTES {
-            let log = self
-                .senders
-                .get_mut(src)
-                .expect("the sender being answered");
+            let found = self.find(src).expect("the sender being answered");
+            let log = &mut self.logs[found];
             if log.answers.len() > 1 {
                 let forgot = log.pop_oldest();
                 self.bytes = self
@@ -307,7 +346,7 @@ impl Answered {
                 return shed;
             };
             let oldest = self.arrival.remove(at).expect("found");
-            if let Some(log) = self.senders.remove(&*oldest) {
+            if let Some(log) = self.remove(&oldest) {
                 self.bytes = self.bytes.saturating_sub(log.weight());
             }
         }
@@ -357,12 +396,12 @@ impl Answered {
 
     /// How many answers are remembered in all.
     pub fn len(&self) -> usize {
-        self.senders.values().map(|log| log.answers.len()).sum()
+        self.logs.iter().map(|log| log.answers.len()).sum()
     }
 
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
-        self.senders.is_empty()
+        self.logs.is_empty()
     }
 }
 
@@ -371,13 +410,14 @@ impl Answered {
 impl PartialEq for Answered {
     fn eq(&self, other: &Self) -> bool {
         self.arrival == other.arrival
-            && self.arrival.iter().all(|src| {
-                match (self.senders.get(&**src), other.senders.get(&**src)) {
+            && self
+                .arrival
+                .iter()
+                .all(|src| match (self.log(src), other.log(src)) {
                     (Some(mine), Some(theirs)) => mine.answers == theirs.answers,
                     (None, None) => true,
                     _ => false,
-                }
-            })
+                })
     }
 }
 
