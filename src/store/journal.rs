@@ -6,9 +6,12 @@
 //! the snapshot and the rows after it: start-up time and memory do not grow with the journal's
 //! length.
 //!
-//! - Group commit: rows are written into an open transaction and committed when the runtime is
-//!   about to send replies or start effects, so a batch shares one fsync. An operation whose
-//!   intent and outcome arrive before the commit (an instant simulated effect) is one row.
+//! - Group commit: the rows recorded are handed to the journal's writer thread
+//!   ([`crate::store::writer`]) when the runtime is about to send replies or start effects; the
+//!   writer commits everything handed over since its last commit as one transaction, so a batch
+//!   shares one fsync. An operation whose intent and outcome arrive before the hand-over (an
+//!   instant simulated effect) is one row. Once the journal is open, its own connection only
+//!   reads.
 //! - Damage is never skipped: the rows read at start must be numbered without gaps after the
 //!   snapshot and each must match its CRC-32; an entry that does not decode or replays to
 //!   another reply stops the start, naming it. A damaged snapshot is not trusted: the journal is
