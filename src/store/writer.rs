@@ -185,6 +185,9 @@ struct Queue {
     failure: Option<String>,
     /// The owner is gone: the writer ends once nothing is pending.
     closed: bool,
+    /// The writer thread has ended (it was closed, or it stopped unexpectedly): nothing handed
+    /// over from now on is written or told.
+    stopped: bool,
 }
 
 #[derive(Default)]
@@ -258,9 +261,18 @@ impl Writer {
     /// Hands `batch`'s writes over to be committed (leaving it empty, to be filled again);
     /// `then` runs once they are. Waits while too much waits already.
     pub fn send(&mut self, batch: &mut Batch, then: Then) {
-        batch.thens.push(then);
         let mut queue = self.shared.lock();
-        while queue.pending.text.len() >= WAITING_AT_MOST && queue.failure.is_none() {
+        if queue.stopped {
+            let why = queue.failure.clone().unwrap_or_default();
+            drop(queue);
+            then(&Err(StoreError(why)));
+            return;
+        }
+        batch.thens.push(then);
+        while queue.pending.text.len() >= WAITING_AT_MOST
+            && queue.failure.is_none()
+            && !queue.stopped
+        {
             queue = self
                 .shared
                 .progress
@@ -276,7 +288,7 @@ impl Writer {
     /// Waits until everything handed over has been committed (or failed) and its `then` has run.
     pub fn settle(&mut self) {
         let mut queue = self.shared.lock();
-        while queue.told < queue.handed {
+        while queue.told < queue.handed && !queue.stopped {
             queue = self
                 .shared
                 .progress
@@ -315,6 +327,21 @@ fn write_batches(
     shared: &Shared,
     checkpointer: Option<Checkpointer>,
 ) {
+    /// Marks the writer stopped when this thread ends, however it ends (a panic included), so
+    /// that nobody waits for it.
+    struct Ending<'a>(&'a Shared, &'a Path);
+    impl Drop for Ending<'_> {
+        fn drop(&mut self) {
+            let mut queue = self.0.lock();
+            queue.stopped = true;
+            queue.failure.get_or_insert_with(|| {
+                format!("{}: the journal's writer stopped", self.1.display())
+            });
+            drop(queue);
+            self.0.progress.notify_all();
+        }
+    }
+    let _ending = Ending(shared, path);
     let mut snapshots: Option<SnapshotWriter> = None;
     let mut since_checkpoint = 0u64;
     let mut since_asked = 0u64;
