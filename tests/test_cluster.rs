@@ -479,11 +479,18 @@ fn a_store_that_goes_away_refuses_changes_and_comes_back_by_itself() {
         last["body"]["type"] == "feature_disabled"
     });
     assert!(back, "{last}");
-    let reply = nodes[2].request(
-        "deploy",
-        json!({"type": "rollback", "msg_id": 3, "version": 3}),
-        REPLY,
-    );
+    // Each node reconnects on its own schedule: until node 3 has, it answers 11, which says a
+    // retry with the same msg_id is safe; the deploy pipeline retries as told.
+    let mut reply = Value::Null;
+    let answered = wait_until(Duration::from_secs(20), || {
+        reply = nodes[2].request(
+            "deploy",
+            json!({"type": "rollback", "msg_id": 3, "version": 3}),
+            REPLY,
+        );
+        reply["body"]["code"] != 11
+    });
+    assert!(answered, "{reply}");
     assert_eq!(reply["body"]["type"], "rollback_complete", "{reply}");
     assert_eq!(status(&nodes[0])["cluster"]["store"], "connected");
 }
