@@ -777,7 +777,12 @@ impl Store for PgJournal {
         let written = self.pending.len() as u64;
         let snapshot_due = self.since_snapshot + written >= SNAPSHOT_EVERY;
         if snapshot_due {
-            let text = serde_json::to_string(&machine.snapshot()).unwrap_or_default();
+            let text = machine
+                .snapshot()
+                .to_json()
+                .ok()
+                .and_then(|json| String::from_utf8(json).ok())
+                .unwrap_or_default();
             let _ = write!(
                 body,
                 "INSERT INTO {SCHEMA}.snapshot VALUES (1, {}, {}) ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, body = EXCLUDED.body; ",

@@ -499,7 +499,8 @@ fn serve_inline<S: Store>(
             splitter.finish(|piece| handle(&mut session, piece, &mut out, &mut diagnostics));
             replies.commit(&mut session, &mut out)?;
             session.settle()?;
-            return replies.finished();
+            // Every reply has been written, or the first write that failed says why.
+            return replies.failure();
         }
         splitter.push(&chunk[..read], |piece| {
             handle(&mut session, piece, &mut out, &mut diagnostics)
@@ -571,16 +572,12 @@ impl<W: Write + Send + 'static> Replies<W> {
         Ok(())
     }
 
+    /// The first write that failed, if one did.
     fn failure(&self) -> Result<(), ServeError> {
         match self.failed.lock().ok().and_then(|mut f| f.take()) {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
-    }
-
-    /// After the last commit has settled: whether every reply was written.
-    fn finished(self) -> Result<(), ServeError> {
-        self.failure()
     }
 }
 

@@ -138,8 +138,6 @@ pub struct Journal {
     outcome: String,
     /// The intents written without an outcome, to complete their rows.
     open: HashMap<u64, Entry>,
-    /// The sequence number of the last snapshot.
-    snapshot_seq: u64,
     /// Entries written since the last snapshot.
     since_snapshot: u64,
 }
@@ -305,7 +303,6 @@ impl Journal {
         }
         let mut loaded = journal.load()?;
         loaded.created = created;
-        journal.snapshot_seq = loaded.snapshot.as_ref().map_or(0, |s| s.seq);
         journal.since_snapshot = loaded.entries.len() as u64;
         Ok((journal, loaded))
     }
@@ -423,7 +420,6 @@ impl Journal {
             held: Held::default(),
             outcome: String::new(),
             open: HashMap::new(),
-            snapshot_seq: 0,
             since_snapshot: 0,
         }
     }
@@ -699,7 +695,6 @@ impl Journal {
         }
         if let Some(machine) = machine.filter(|_| self.since_snapshot >= SNAPSHOT_EVERY) {
             self.batch.snapshot = Some(machine.snapshot());
-            self.snapshot_seq = machine.seq();
             self.since_snapshot = 0;
         }
         let writer = self.writer.as_mut().expect("started above");

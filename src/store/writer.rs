@@ -15,7 +15,7 @@ use crate::store::snapshot::SnapshotWriter;
 use crate::store::{StoreError, Then};
 use rusqlite::{params, Connection};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -211,14 +211,11 @@ impl Shared {
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
-    path: PathBuf,
 }
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("Writer").finish_non_exhaustive()
     }
 }
 
@@ -243,7 +240,6 @@ impl Writer {
         Ok(Writer {
             shared,
             thread: Some(thread),
-            path: path.to_owned(),
         })
     }
 
